@@ -1,0 +1,77 @@
+"""The embedded arithmetic-chain study.
+
+Variants (`--config=configs/arith.py:VARIANT`):
+  tiny     seconds on a CPU; what the tests use.
+  default  the embedded study on a laptop CPU (minutes).
+  paper    a bigger policy and data set, for an accelerator.
+
+Any field can be overridden on the command line, e.g.
+`--config.model.num_layers=4 --config.train.num_steps=2000`.
+"""
+
+from ml_collections import config_dict
+
+VARIANTS = ("tiny", "default", "paper")
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  variant = arg or "default"
+  if variant not in VARIANTS:
+    raise ValueError(
+        f"config variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  c = config_dict.ConfigDict()
+  c.variant = variant
+  c.seed = 0
+
+  # Chains of +, -, * on a running value; level = number of operations.
+  c.task = config_dict.ConfigDict(dict(
+      name="arith", min_ops=1, max_ops=8, max_operand=29, max_multiplier=9,
+      max_abs_value=999))
+
+  c.data = config_dict.ConfigDict(dict(
+      num_train=60_000, num_validation=400, num_test=800, seed=0,
+      seq_len=144))
+
+  c.model = config_dict.ConfigDict(dict(
+      num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,
+      mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True))
+
+  c.train = config_dict.ConfigDict(dict(
+      batch_size=56, num_steps=750, learning_rate=3e-3, warmup_steps=50,
+      end_learning_rate_fraction=0.05, weight_decay=0.01, b1=0.9, b2=0.95,
+      grad_clip_norm=1.0, checkpoint_every=100, log_every=25,
+      max_checkpoints=2))
+
+  # Decoding limits shared by every stage that samples.
+  c.sampling = config_dict.ConfigDict(dict(
+      temperature=1.0, top_p=1.0, max_new_tokens=128, batch_size=256))
+
+  # eval_policy: pass@1 from `num_samples` samples per test question.
+  c.eval = config_dict.ConfigDict(dict(num_samples=16))
+
+  # ("data", "model") mesh; -1 takes the remaining devices.
+  c.mesh = config_dict.ConfigDict(dict(
+      data=-1, model=1,
+      rules=(("batch", "data"), ("embed", None), ("mlp", "model"),
+             ("heads", "model"), ("kv_heads", "model"), ("vocab", None),
+             ("length", None), ("head_dim", None))))
+
+  if variant == "tiny":
+    c.task.max_ops = 3
+    c.data.update(num_train=300, num_validation=40, num_test=48, seq_len=80)
+    c.model.update(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1,
+                   head_dim=16, mlp_dim=64)
+    c.train.update(batch_size=8, num_steps=6, warmup_steps=2,
+                   checkpoint_every=3, log_every=2)
+    c.sampling.update(max_new_tokens=48, batch_size=64)
+    c.eval.num_samples = 2
+  elif variant == "paper":
+    c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
+    c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,
+                   head_dim=64, mlp_dim=3072, activation="gelu")
+    c.train.update(batch_size=256, num_steps=50_000, learning_rate=6e-4,
+                   warmup_steps=2_000, checkpoint_every=2_000, log_every=100)
+    c.sampling.batch_size = 1024
+    c.eval.num_samples = 64
+    c.mesh.update(data=-1, model=1)
+  return c

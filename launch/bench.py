@@ -1,0 +1,47 @@
+r"""Benchmarks that print JSON.
+
+  python -m launch.bench --bench=decode [--config=configs/arith.py]
+
+`decode`: sampler tokens/s at batch 1, 16, 64, 256 for the config's policy
+size, next to this machine's f32 matmul rate and memory bandwidth measured in
+the same run, and the fraction of the roofline achieved:
+
+  roofline tokens/s = 1 / max(flops_per_token / matmul_flops_per_s,
+                              bytes_per_token / memory_bytes_per_s)
+  flops_per_token   = 2 × matmul parameters + 4 × layers × heads × head_dim × context
+  bytes_per_token   = KV cache read (2 × layers × kv_heads × head_dim × 4 B × context)
+                      + parameter bytes / batch
+
+with `context` the mean number of real tokens attended over the run
+(prompt + half the new tokens).
+"""
+
+import json
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from ttscale import bench_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/arith.py", "Config file (its model block is benchmarked).")
+_BENCH = flags.DEFINE_enum("bench", "decode", ["decode"], "What to measure.")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"],
+                                 "Decode batch sizes.")
+_VOCAB_SIZE = flags.DEFINE_integer(
+    "vocab_size", 27, "Vocabulary size (the embedded task's tokenizer has 27).")
+
+
+def main(argv):
+  del argv
+  started = time.time()
+  if _BENCH.value == "decode":
+    result = bench_lib.decode_benchmark(
+        _CONFIG.value, [int(b) for b in _BATCH_SIZES.value], _VOCAB_SIZE.value)
+  result["bench_seconds"] = round(time.time() - started, 1)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)

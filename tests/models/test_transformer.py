@@ -1,0 +1,197 @@
+"""Tests of the decoder: cached decoding, packing, and the config's arithmetic.
+
+The reference route everywhere is `LanguageModel.__call__` on whole
+sequences; the cached route (`extend`) must reproduce its logits whatever the
+row lengths, padding and gaps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ttscale import testing
+from ttscale.models import (
+  LanguageModel,
+  ModelConfig,
+  init_cache,
+  policy_extend_fn,
+  policy_forward_fn,
+)
+
+BATCH = 3
+MAX_SLOTS = 10
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+@functools.cache
+def _model_fns():
+  """Jitted (extend, forward) of the tiny policy, shared by every test here."""
+  graphdef, _, _ = testing.tiny_policy()
+  return jax.jit(policy_extend_fn(graphdef)), jax.jit(policy_forward_fn(graphdef))
+
+
+def _params():
+  return testing.tiny_policy()[1]
+
+
+def _full_logits(tokens: np.ndarray, segment_ids: np.ndarray | None = None,
+                 positions: np.ndarray | None = None) -> np.ndarray:
+  """Logits [batch, T, vocab] of whole rows (positions 0.. unless given)."""
+  _, forward = _model_fns()
+  if positions is None:
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  if segment_ids is None:
+    segment_ids = np.ones(tokens.shape, np.int32)
+  return np.asarray(forward(_params(), jnp.asarray(tokens, jnp.int32),
+                            jnp.asarray(positions, jnp.int32),
+                            jnp.asarray(segment_ids, jnp.int32)))
+
+
+def _random_tokens(seed: int, shape) -> np.ndarray:
+  return np.random.default_rng(seed).integers(
+      0, testing.TINY_CONFIG.vocab_size, shape).astype(np.int32)
+
+
+def _decode(sequences: np.ndarray, prefix_lengths, lengths, gap: int = 0):
+  """Runs rows through the cache: a prefill, `gap` empty steps, then 1 token a step.
+
+  Row b prefills its first `prefix_lengths[b]` tokens (right-padded inside a
+  width-4 block), then appends `sequences[b, t]` for t < `lengths[b]`, one per
+  call; a row that has run out appends padding.
+
+  Returns:
+    {(row, t): logits [vocab]} the next-token logits after token t of each row.
+  """
+  extend, _ = _model_fns()
+  params = _params()
+  cache = init_cache(testing.TINY_CONFIG, BATCH, MAX_SLOTS)
+  width = 4
+  prefill_valid = np.arange(width)[None, :] < np.asarray(prefix_lengths)[:, None]
+  prefill_tokens = np.where(prefill_valid, sequences[:, :width], 0)
+  logits, cache = extend(params, jnp.asarray(prefill_tokens),
+                         jnp.asarray(prefill_valid), cache)
+  logits = np.asarray(logits)
+  found = {(row, t): logits[row, t]
+           for row in range(BATCH) for t in range(prefix_lengths[row])}
+  idle = jnp.zeros((BATCH, 1), bool)
+  for _ in range(gap):
+    _, cache = extend(params, jnp.zeros((BATCH, 1), jnp.int32), idle, cache)
+  steps = max(n - p for n, p in zip(lengths, prefix_lengths, strict=True))
+  for step in range(steps):
+    t = np.asarray(prefix_lengths) + step
+    valid = t < np.asarray(lengths)
+    t = np.minimum(t, np.asarray(lengths) - 1)  # a finished row: any token, masked.
+    tokens = np.where(valid, sequences[np.arange(BATCH), t], 0)
+    logits, cache = extend(params, jnp.asarray(tokens[:, None]),
+                           jnp.asarray(valid[:, None]), cache)
+    logits = np.asarray(logits)
+    for row in np.flatnonzero(valid):
+      found[(row, t[row])] = logits[row, 0]
+  return found
+
+
+def test_cached_decode_of_ragged_rows_equals_the_full_forward_pass():
+  sequences = _random_tokens(0, (BATCH, 8))
+  lengths = (8, 6, 5)
+  prefix_lengths = (4, 1, 3)  # rows decode 4, 5 and 2 tokens one at a time.
+  expected = _full_logits(sequences)
+  found = _decode(sequences, prefix_lengths, lengths)
+  assert len(found) == sum(lengths)
+  for (row, t), logits in found.items():
+    np.testing.assert_allclose(logits, expected[row, t], **TOLERANCE,
+                               err_msg=f"row {row}, token {t}")
+
+
+def test_a_gap_of_invalid_slots_does_not_change_the_logits():
+  sequences = _random_tokens(1, (BATCH, 8))
+  lengths = (7, 5, 6)
+  prefix_lengths = (4, 2, 3)
+  without_gap = _decode(sequences, prefix_lengths, lengths)
+  with_gap = _decode(sequences, prefix_lengths, lengths, gap=2)
+  assert with_gap.keys() == without_gap.keys()
+  for key, logits in with_gap.items():
+    np.testing.assert_allclose(logits, without_gap[key], **TOLERANCE,
+                               err_msg=f"(row, token) = {key}")
+
+
+def test_packed_segments_do_not_attend_to_each_other():
+  first, second = _random_tokens(2, 3), _random_tokens(3, 5)
+  padding = np.zeros(3, np.int32)
+  tokens = np.stack([np.concatenate([first, second]),      # packed
+                     np.concatenate([second, padding]),    # second alone
+                     np.concatenate([first, padding, padding[:2]])])  # first alone
+  positions = np.array([[0, 1, 2, 0, 1, 2, 3, 4], list(range(8)), list(range(8))])
+  segment_ids = np.array([[1, 1, 1, 2, 2, 2, 2, 2],
+                          [1, 1, 1, 1, 1, 0, 0, 0],
+                          [1, 1, 1, 0, 0, 0, 0, 0]])
+  logits = _full_logits(tokens, segment_ids, positions)
+  np.testing.assert_allclose(logits[0, 3:], logits[1, :5], **TOLERANCE)
+  np.testing.assert_allclose(logits[0, :3], logits[2, :3], **TOLERANCE)
+  # The same packed row as one segment: the second sequence now sees the first.
+  leaked = _full_logits(tokens, np.ones_like(segment_ids), positions)
+  assert not np.allclose(leaked[0, 3:], logits[1, :5], **TOLERANCE)
+
+
+def test_config_rejects_an_unknown_activation_naming_the_field():
+  with pytest.raises(ValueError, match=r"model\.activation='swish'"):
+    ModelConfig(vocab_size=16, activation="swish")
+
+
+def test_config_rejects_heads_not_divisible_by_kv_heads_naming_the_fields():
+  with pytest.raises(ValueError, match=r"model\.num_heads=6.*model\.num_kv_heads=4"):
+    ModelConfig(vocab_size=16, num_heads=6, num_kv_heads=4)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ModelConfig never checks num_kv_heads > 0: 0 fails with a bare "
+    "ZeroDivisionError from `num_heads % num_kv_heads`, and a negative value "
+    "that divides num_heads (e.g. -2) is accepted"))
+@pytest.mark.parametrize("num_kv_heads", [0, -2])
+def test_config_rejects_non_positive_kv_heads_naming_the_field(num_kv_heads):
+  with pytest.raises(ValueError, match=r"model\.num_kv_heads"):
+    ModelConfig(vocab_size=16, num_heads=4, num_kv_heads=num_kv_heads)
+
+
+def _built_params(config: ModelConfig) -> dict[str, int]:
+  """Parameter counts of the built (abstract) model, by path."""
+  model = nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0)))
+  counts = {}
+  for path, leaf in nnx.state(model, nnx.Param).flat_state():
+    counts["/".join(map(str, path))] = int(np.prod(leaf.shape))
+  return counts
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_num_params_counts_the_built_model(tie_embeddings):
+  config = dataclasses.replace(testing.TINY_CONFIG, tie_embeddings=tie_embeddings)
+  built = _built_params(config)
+  assert config.num_params() == sum(built.values())
+  assert any("lm_head" in path for path in built) == (not tie_embeddings)
+
+
+@pytest.mark.parametrize("tie_embeddings", [True, False])
+def test_flops_per_token_without_context_is_twice_the_matmul_params(tie_embeddings):
+  config = dataclasses.replace(testing.TINY_CONFIG, tie_embeddings=tie_embeddings)
+  built = _built_params(config)
+  # Norm scales are not matmul weights; the embedding lookup is free, but the
+  # output projection (the tied embedding, or the untied head) is a matmul.
+  matmul_params = sum(size for path, size in built.items()
+                      if not path.endswith("scale") and path != "decoder/embedding")
+  if tie_embeddings:
+    matmul_params += built["decoder/embedding"]
+  assert config.flops_per_token(0) == 2 * matmul_params
+
+
+def test_flops_per_token_grows_by_one_attention_read_per_key():
+  config = testing.TINY_CONFIG
+  per_key = 4 * config.num_layers * config.num_heads * config.head_dim
+  for context in (0, 1, 7, 100):
+    assert config.flops_per_token(context + 1) - config.flops_per_token(context) == per_key
+  assert config.flops_per_token(100) == config.flops_per_token(0) + 100 * per_key

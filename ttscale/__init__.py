@@ -1,0 +1,1 @@
+"""ttscale: test-time compute scaling for language models, in JAX."""

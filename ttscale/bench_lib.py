@@ -1,0 +1,98 @@
+"""Measurements behind `launch/bench.py`: the machine's limits and the sampler."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttscale.models import LanguageModel, ModelConfig, init_cache, policy_extend_fn
+from ttscale.search import sampling
+
+
+def _best_seconds(fn, *args, repeats: int = 5) -> float:
+  jax.block_until_ready(fn(*args))  # compile and warm up
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def matmul_flops_per_second(size: int = 1024) -> float:
+  """f32 [size, size] @ [size, size] through XLA, best of several runs."""
+  a = jnp.ones((size, size), jnp.float32)
+  seconds = _best_seconds(jax.jit(lambda x: x @ x), a)
+  return 2 * size ** 3 / seconds
+
+
+def memory_bytes_per_second(num_bytes: int = 256 << 20) -> float:
+  """Read + write bandwidth of a jitted elementwise op over `num_bytes`."""
+  a = jnp.ones((num_bytes // 4,), jnp.float32)
+  seconds = _best_seconds(jax.jit(lambda x: x * 1.5 + 1.0), a)
+  return 2 * num_bytes / seconds
+
+
+def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
+                     prompt_length: int = 32, new_tokens: int = 96) -> dict:
+  """Sampler throughput per batch size against the roofline (module docstring)."""
+  model_config = ModelConfig.from_config(config.model, vocab_size)
+  graphdef, params = nnx.split(LanguageModel(model_config, rngs=nnx.Rngs(0)))
+  extend_fn = policy_extend_fn(graphdef)
+  # No stop tokens: every row decodes exactly `new_tokens`.
+  sampler_config = sampling.SamplerConfig(
+      rule=sampling.SamplingRule(temperature=1.0),
+      stop_at=sampling.StopAt.SOLUTION, max_new_tokens=new_tokens,
+      step_id=-1, eos_id=-1)
+  flops_rate = matmul_flops_per_second()
+  bandwidth = memory_bytes_per_second()
+  context = prompt_length + new_tokens / 2
+  flops_per_token = model_config.flops_per_token(int(context))
+  kv_bytes_per_token = (2 * model_config.num_layers * model_config.num_kv_heads
+                        * model_config.head_dim * 4 * context)
+  param_bytes = 4 * model_config.num_params()
+  rows = []
+  for batch in batch_sizes:
+
+    @jax.jit
+    def run(params, prompts, rng, batch=batch):
+      cache = init_cache(model_config, batch, prompt_length + new_tokens)
+      lengths = jnp.full((batch,), prompt_length, jnp.int32)
+      cache, pending = sampling.prefill(extend_fn, params, cache, prompts, lengths)
+      out = sampling.sample(extend_fn, params, cache, pending,
+                            jnp.ones((batch,), bool), rng, sampler_config)
+      return out.tokens
+
+    prompts = jnp.ones((batch, prompt_length), jnp.int32)
+    seconds = _best_seconds(run, params, prompts, jax.random.key(0))
+    tokens_per_second = batch * new_tokens / seconds
+    bytes_per_token = kv_bytes_per_token + param_bytes / batch
+    roofline = 1.0 / max(flops_per_token / flops_rate, bytes_per_token / bandwidth)
+    rows.append({
+        "batch_size": batch,
+        "tokens_per_second": round(tokens_per_second),
+        "roofline_tokens_per_second": round(roofline),
+        "roofline_fraction": round(tokens_per_second / roofline, 3),
+        "bound": ("compute" if flops_per_token / flops_rate
+                  > bytes_per_token / bandwidth else "memory"),
+        "seconds": round(seconds, 4),
+    })
+  return {
+      "bench": "decode",
+      "model": {"num_params": model_config.num_params(),
+                "num_layers": model_config.num_layers,
+                "embed_dim": model_config.embed_dim,
+                "vocab_size": vocab_size},
+      "prompt_length": prompt_length,
+      "new_tokens": new_tokens,
+      "mean_context": context,
+      "flops_per_token": flops_per_token,
+      "kv_bytes_per_token": kv_bytes_per_token,
+      "machine": {"matmul_flops_per_second": round(flops_rate),
+                  "memory_bytes_per_second": round(bandwidth),
+                  "devices": [str(d) for d in jax.devices()]},
+      "decode": rows,
+  }

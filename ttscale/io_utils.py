@@ -1,0 +1,39 @@
+"""Atomic file writes: a reader never sees a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to a temporary file beside `path`, then renames it."""
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.unlink(temporary)
+    raise
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+  write_bytes_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """Reads a JSON file; a damaged one is a ValueError naming the path."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from e

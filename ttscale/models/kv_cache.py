@@ -1,0 +1,94 @@
+"""The explicit, fixed-length key/value cache that decoding passes in and out.
+
+Slots, not positions. The cache has `max_slots` time slots shared by all rows;
+every call that appends tokens writes them at the same slots
+`[write_index, write_index + T)` for every row — a scalar-offset
+`dynamic_update_slice` that XLA performs in place inside a `while_loop`. A row
+that has nothing to append at a slot (it is padding, finished, or waiting for
+other rows) marks that slot invalid in `slot_valid`, and attention masks it.
+Each row keeps its own RoPE position counter in `next_position`, so rows of
+different lengths continue side by side: the slot index is shared, the
+position is per row.
+
+Keys and values are stored heads-major, `[batch, kv_heads, slots, head_dim]`:
+on the XLA CPU backend the decode-time contractions over this layout ran ~5x
+faster than over `[batch, slots, kv_heads, head_dim]`.
+
+The price is slots wasted on gaps (rows waiting for the longest row of a
+round); `max_slots` must cover the number of decode steps, not tokens.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ttscale.models.config import ModelConfig
+
+# Attention reads the cache in blocks of this many slots (see
+# `transformer.chunked_attention`); caches are sized in whole blocks.
+KV_CHUNK = 32
+
+
+@struct.dataclass
+class KVCache:
+  keys: tuple[jax.Array, ...]    # float32: per layer [batch, kv_heads, max_slots, head_dim]
+  values: tuple[jax.Array, ...]  # float32: per layer [batch, kv_heads, max_slots, head_dim]
+  slot_valid: jax.Array          # bool: [batch, max_slots] slot holds a real token of this row
+  next_position: jax.Array       # int32: [batch] RoPE position of the row's next token
+  write_index: jax.Array         # int32: [] first free slot
+
+  @property
+  def batch_size(self) -> int:
+    return self.slot_valid.shape[0]
+
+  @property
+  def max_slots(self) -> int:
+    return self.slot_valid.shape[1]
+
+
+def init_cache(config: ModelConfig, batch_size: int, max_slots: int,
+               dtype=jnp.float32) -> KVCache:
+  """An empty cache: no valid slot, every row at position 0.
+
+  `max_slots` is rounded up to a whole number of `KV_CHUNK` blocks.
+  """
+  max_slots = -(-max_slots // KV_CHUNK) * KV_CHUNK
+  shape = (batch_size, config.num_kv_heads, max_slots, config.head_dim)
+  layers = range(config.num_layers)
+  return KVCache(
+      keys=tuple(jnp.zeros(shape, dtype) for _ in layers),
+      values=tuple(jnp.zeros(shape, dtype) for _ in layers),
+      slot_valid=jnp.zeros((batch_size, max_slots), bool),
+      next_position=jnp.zeros((batch_size,), jnp.int32),
+      write_index=jnp.zeros((), jnp.int32),
+  )
+
+
+def append_layout(cache: KVCache, token_valid: jax.Array):
+  """Where `T` appended tokens go: their positions, validity and mask.
+
+  Args:
+    cache: the cache before the append.
+    token_valid: bool [batch, T]; False entries are padding (no slot used).
+
+  Returns:
+    positions: int32 [batch, T] RoPE positions (a padding entry repeats the
+      position of the row's next real token; it is masked everywhere).
+    slot_valid: bool [batch, max_slots] after the append.
+    attention_mask: bool [batch, T, max_slots] — query t may read slot s.
+    next_position: int32 [batch] after the append.
+  """
+  batch, length = token_valid.shape
+  counts = jnp.cumsum(token_valid.astype(jnp.int32), axis=1)
+  # --> [batch, T]: each real token's position; padding shares the next one.
+  positions = cache.next_position[:, None] + counts - token_valid.astype(jnp.int32)
+  slot_valid = jax.lax.dynamic_update_slice(
+      cache.slot_valid, token_valid, (0, cache.write_index))
+  slots = jnp.arange(cache.max_slots)
+  query_slots = cache.write_index + jnp.arange(length)
+  causal = slots[None, :] <= query_slots[:, None]               # [T, max_slots]
+  attention_mask = causal[None] & slot_valid[:, None, :]          # [batch, T, max_slots]
+  next_position = cache.next_position + counts[:, -1]
+  return positions, slot_valid, attention_mask, next_position

@@ -1,0 +1,314 @@
+"""One decoder trunk (Flax NNX), used by the policy (LM head) and the PRM.
+
+RMSNorm, rotary position embeddings, grouped/multi-query attention, gated MLP.
+Parameters carry `logical_axes` metadata and activations are constrained by
+logical axes (`ttscale.parallel`), so the same code shards on any mesh.
+
+Two ways to run the trunk:
+- `forward(tokens, positions, segment_ids)`: whole (packed) sequences, for
+  training and for scoring; tokens attend within their segment, causally.
+- `extend(tokens, token_valid, cache)`: append tokens to an explicit
+  `KVCache` (prefill is an append to an empty cache, decoding an append of
+  one token per row); returns the new cache.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttscale import parallel
+from ttscale.models.config import ModelConfig
+from ttscale.models.kv_cache import KV_CHUNK, KVCache, append_layout
+
+_MASKED = -1e30
+
+
+def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None):
+  """A normal-initialised Param with std `scale` (default 1/sqrt(fan_in))."""
+  if scale is None:
+    scale = shape[0] ** -0.5
+  value = scale * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return nnx.Param(value, logical_axes=logical_axes)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, *, eps: float = 1e-6):
+    self.scale = nnx.Param(jnp.ones((dim,)), logical_axes=("embed",))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(variance + self.eps) * self.scale[...]
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
+  """Rotary embedding of x [batch, T, heads, head_dim] at positions [batch, T]."""
+  half = x.shape[-1] // 2
+  frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, T, half]
+  sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+  first, second = x[..., :half], x[..., half:]
+  return jnp.concatenate(
+      [first * cos - second * sin, second * cos + first * sin], axis=-1)
+
+
+def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  if rng is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def _expand_mask(mask: jax.Array, kv_heads: int, groups: int) -> jax.Array:
+  """[batch, T, S] → [batch, 1, groups * T, S], matching grouped queries."""
+  batch, length, slots = mask.shape
+  mask = jnp.broadcast_to(mask[:, None], (batch, groups, length, slots))
+  return mask.reshape(batch, 1, groups * length, slots)
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                    mask: jax.Array) -> jax.Array:
+  """Softmax attention over all S keys.
+
+  Args:
+    q: float [batch, kv_heads, groups * T, head_dim], already scaled.
+    k, v: float [batch, kv_heads, S, head_dim].
+    mask: bool [batch, T, S].
+
+  Returns:
+    float [batch, kv_heads, groups * T, head_dim].
+  """
+  groups = q.shape[2] // mask.shape[1]
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k)
+  scores = jnp.where(_expand_mask(mask, k.shape[1], groups), scores, _MASKED)
+  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), v)
+
+
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      mask: jax.Array, slots_used: jax.Array,
+                      chunk: int = KV_CHUNK) -> jax.Array:
+  """Attention over the first `slots_used` cache slots only, chunk by chunk.
+
+  Decoding is bound by reading the cache, and most of a fixed-length cache is
+  still empty for most of a generation: a dynamic number of `chunk`-slot
+  blocks is read, with an online softmax across blocks, so the bytes read
+  follow the context actually used, not `max_slots`.
+
+  Args: as `dense_attention`, plus `slots_used` (int32 []) and the block size
+  (S must be a multiple of `chunk`; `init_cache` rounds it up).
+  """
+  batch, kv_heads, queries, head_dim = q.shape
+  groups = queries // mask.shape[1]
+  num_chunks = (slots_used + chunk - 1) // chunk
+
+  def body(index, carry):
+    running_max, normaliser, accumulated = carry
+    start = index * chunk
+    k_block = jax.lax.dynamic_slice_in_dim(k, start, chunk, axis=2)
+    v_block = jax.lax.dynamic_slice_in_dim(v, start, chunk, axis=2)
+    mask_block = jax.lax.dynamic_slice_in_dim(mask, start, chunk, axis=2)
+    scores = jnp.einsum("bkqd,bkcd->bkqc", q, k_block)
+    scores = jnp.where(_expand_mask(mask_block, kv_heads, groups), scores, _MASKED)
+    new_max = jnp.maximum(running_max, scores.max(axis=-1))
+    weights = jnp.exp(scores - new_max[..., None])
+    rescale = jnp.exp(running_max - new_max)
+    normaliser = normaliser * rescale + weights.sum(axis=-1)
+    accumulated = accumulated * rescale[..., None] + jnp.einsum(
+        "bkqc,bkcd->bkqd", weights, v_block)
+    return new_max, normaliser, accumulated
+
+  initial = (jnp.full((batch, kv_heads, queries), _MASKED, q.dtype),
+             jnp.zeros((batch, kv_heads, queries), q.dtype),
+             jnp.zeros((batch, kv_heads, queries, head_dim), q.dtype))
+  _, normaliser, accumulated = jax.lax.fori_loop(0, num_chunks, body, initial)
+  # A query with no valid key at all (padding) gets zeros, never NaN.
+  normaliser = jnp.where(normaliser > 0, normaliser, 1.0)
+  return accumulated / normaliser[..., None]
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    d, h, k, hd = (config.embed_dim, config.num_heads, config.num_kv_heads,
+                   config.head_dim)
+    self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"))
+    self.key = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+    self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+    self.out = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"),
+                      scale=(h * hd) ** -0.5)
+    self.config = config
+
+  def __call__(self, x, positions, attention_mask, cached_kv=None,
+               write_index=None):
+    """Self-attention.
+
+    Args:
+      x: float [batch, T, embed].
+      positions: int32 [batch, T].
+      attention_mask: bool [batch, T, S]; S = T without a cache, max_slots with.
+      cached_kv: None, or (keys, values) [batch, kv_heads, max_slots, head_dim]
+        into which this call's keys and values are written at `write_index`.
+      write_index: int32 [] slot of the first token of this call.
+
+    Returns:
+      (output [batch, T, embed], updated (keys, values) or None).
+    """
+    cfg = self.config
+    q = jnp.einsum("btd,dhk->bthk", x, self.query[...])
+    k = jnp.einsum("btd,dhk->bthk", x, self.key[...])
+    v = jnp.einsum("btd,dhk->bthk", x, self.value[...])
+    q = apply_rope(q, positions, cfg.rope_base)
+    k = apply_rope(k, positions, cfg.rope_base)
+    q = parallel.constrain(q, ("batch", "length", "heads", "head_dim"))
+    batch, length = x.shape[:2]
+    groups = cfg.num_heads // cfg.num_kv_heads
+    # --> [batch, kv_heads, T, head_dim]: heads-major, like the cache.
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
+    # --> [batch, kv_heads, groups * T, head_dim]: query heads grouped per kv head.
+    q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
+    q = q.transpose(0, 2, 3, 1, 4).reshape(
+        batch, cfg.num_kv_heads, groups * length, cfg.head_dim)
+    q = q * cfg.head_dim ** -0.5
+    if cached_kv is None:
+      mixed = dense_attention(q, k, v, attention_mask)
+    else:
+      start = (0, 0, write_index, 0)
+      k = jax.lax.dynamic_update_slice(cached_kv[0], k, start)
+      v = jax.lax.dynamic_update_slice(cached_kv[1], v, start)
+      cached_kv = (k, v)
+      mixed = chunked_attention(q, k, v, attention_mask,
+                                slots_used=write_index + length)
+    # --> [batch, T, heads, head_dim]
+    mixed = mixed.reshape(batch, cfg.num_kv_heads, groups, length, cfg.head_dim)
+    mixed = mixed.transpose(0, 3, 1, 2, 4).reshape(
+        batch, length, cfg.num_heads, cfg.head_dim)
+    return jnp.einsum("bthk,hkd->btd", mixed, self.out[...]), cached_kv
+
+
+class GatedMLP(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    d, m = config.embed_dim, config.mlp_dim
+    self.gate = _param(rngs, (d, m), ("embed", "mlp"))
+    self.up = _param(rngs, (d, m), ("embed", "mlp"))
+    self.down = _param(rngs, (m, d), ("mlp", "embed"))
+    self.activation = getattr(jax.nn, config.activation)
+
+  def __call__(self, x):
+    hidden = self.activation(x @ self.gate[...]) * (x @ self.up[...])
+    hidden = parallel.constrain(hidden, ("batch", "length", "mlp"))
+    return hidden @ self.down[...]
+
+
+class Block(nnx.Module):
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.attention_norm = RMSNorm(config.embed_dim)
+    self.attention = Attention(config, rngs)
+    self.mlp_norm = RMSNorm(config.embed_dim)
+    self.mlp = GatedMLP(config, rngs)
+    self.dropout_rate = config.dropout_rate
+
+  def __call__(self, x, positions, attention_mask, cached_kv, write_index,
+               dropout_rng):
+    rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    attended, cached_kv = self.attention(
+        self.attention_norm(x), positions, attention_mask, cached_kv, write_index)
+    x = x + _dropout(attended, self.dropout_rate, rngs[0])
+    x = x + _dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, rngs[1])
+    return parallel.constrain(x, ("batch", "length", "embed")), cached_kv
+
+
+class Decoder(nnx.Module):
+  """Token embedding, `num_layers` blocks and a final norm: hidden states."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.config = config
+    self.embedding = _param(rngs, (config.vocab_size, config.embed_dim),
+                            ("vocab", "embed"))
+    self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+    self.final_norm = RMSNorm(config.embed_dim)
+
+  def _run(self, tokens, positions, attention_mask, cache_kv, write_index,
+           dropout_rng):
+    x = jnp.take(self.embedding[...], tokens, axis=0)
+    x = parallel.constrain(x, ("batch", "length", "embed"))
+    new_keys, new_values = [], []
+    for layer, block in enumerate(self.blocks):
+      layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
+      kv = None if cache_kv is None else (cache_kv[0][layer], cache_kv[1][layer])
+      x, kv = block(x, positions, attention_mask, kv, write_index, layer_rng)
+      if kv is not None:
+        new_keys.append(kv[0])
+        new_values.append(kv[1])
+    return self.final_norm(x), (tuple(new_keys), tuple(new_values))
+
+  def forward(self, tokens: jax.Array, positions: jax.Array,
+              segment_ids: jax.Array | None = None,
+              dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Hidden states of whole sequences, float [batch, T, embed].
+
+    Args:
+      tokens: int32 [batch, T].
+      positions: int32 [batch, T] (restart at 0 in each packed segment).
+      segment_ids: int32 [batch, T]; tokens attend only within their segment;
+        None means one segment per row.
+      dropout_rng: a PRNG key to enable dropout (training), else None.
+    """
+    length = tokens.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))[None]
+    if segment_ids is None:
+      mask = jnp.broadcast_to(causal, (tokens.shape[0], length, length))
+    else:
+      mask = causal & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    hidden, _ = self._run(tokens, positions, mask, None, None, dropout_rng)
+    return hidden
+
+  def extend(self, tokens: jax.Array, token_valid: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Appends tokens to `cache`; returns hidden [batch, T, embed] and the cache.
+
+    Args:
+      tokens: int32 [batch, T].
+      token_valid: bool [batch, T]; False marks padding (not appended).
+      cache: the cache to extend; it must have T free slots.
+    """
+    positions, slot_valid, mask, next_position = append_layout(cache, token_valid)
+    hidden, (keys, values) = self._run(
+        tokens, positions, mask, (cache.keys, cache.values), cache.write_index,
+        None)
+    cache = cache.replace(
+        keys=keys, values=values, slot_valid=slot_valid,
+        next_position=next_position,
+        write_index=cache.write_index + tokens.shape[1])
+    return hidden, cache
+
+
+class LanguageModel(nnx.Module):
+  """The policy: decoder trunk + LM head (tied to the embedding by default)."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.decoder = Decoder(config, rngs)
+    if not config.tie_embeddings:
+      self.lm_head = _param(rngs, (config.embed_dim, config.vocab_size),
+                            ("embed", "vocab"))
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    if self.config.tie_embeddings:
+      return hidden @ self.decoder.embedding[...].T
+    return hidden @ self.lm_head[...]
+
+  def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
+    """Next-token logits of whole sequences, float [batch, T, vocab]."""
+    return self.logits(self.decoder.forward(tokens, positions, segment_ids,
+                                            dropout_rng))
+
+  def extend(self, tokens, token_valid, cache):
+    """Next-token logits [batch, T, vocab] of appended tokens, and the cache."""
+    hidden, cache = self.decoder.extend(tokens, token_valid, cache)
+    return self.logits(hidden), cache

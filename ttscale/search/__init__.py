@@ -1,0 +1,1 @@
+"""Search: the jitted sampler, and (later) best-of-N, beam/lookahead, revisions."""

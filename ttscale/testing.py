@@ -1,0 +1,84 @@
+"""Small models for tests: a tiny real policy and a toy model known by hand.
+
+- `TINY_CONFIG` and `tiny_policy(seed)`: a real `LanguageModel` small enough
+  to compile in well under a second, split once (`nnx.split`) and cached, so
+  every test of a session shares the same parameters.
+- `successor_extend_fn(vocab_size)`: a fixed-logit stand-in for
+  `ttscale.models.policy_extend_fn` whose next token is always the successor
+  of the current one, `(token + 1) % vocab_size`. A row whose pending token is
+  `t` samples `t + 1, t + 2, ...` at any temperature near 0 and reaches a
+  token `s` after exactly `(s - t) % vocab_size` draws, so the stopping
+  behaviour of the sampler can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ttscale.models.config import ModelConfig
+from ttscale.models.kv_cache import KVCache, append_layout
+from ttscale.models.transformer import LanguageModel
+
+# Grouped-query attention (8 query heads in groups of 2 over 4 kv heads: both
+# counts split over a 4-way "model" mesh axis); 2 layers, so that a cached
+# second layer reads keys computed from cached first-layer outputs. Untied:
+# with a tied head, a random model mostly repeats its input token, and greedy
+# continuations would be a single token over and over.
+TINY_CONFIG = ModelConfig(
+    vocab_size=16, num_layers=2, embed_dim=32, num_heads=8, num_kv_heads=4,
+    head_dim=8, mlp_dim=64, tie_embeddings=False)
+
+# The logit the successor model puts on the successor token (0 elsewhere).
+SUCCESSOR_LOGIT = 20.0
+
+
+@functools.cache
+def tiny_policy(seed: int = 0, config: ModelConfig = TINY_CONFIG):
+  """A randomly initialised `LanguageModel`, split once and cached per seed.
+
+  Returns:
+    (graphdef, params, config): `nnx.split` halves of the model and its config;
+    `nnx.merge(graphdef, params)` rebuilds the module.
+  """
+  # One compiled initialiser, drawing from the "rbg" generator: eager
+  # initialisation compiles one program per parameter shape, and threefry
+  # programs are slow to compile on CPU.
+  build = lambda: LanguageModel(
+      config, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
+  graphdef, _ = nnx.split(nnx.eval_shape(build))
+  params = jax.jit(lambda: nnx.state(build(), nnx.Param))()
+  return graphdef, params, config
+
+
+def successor_logprob(vocab_size: int, logit: float = SUCCESSOR_LOGIT) -> float:
+  """Log-probability the successor model gives its successor token (≈ 0)."""
+  return -math.log1p((vocab_size - 1) * math.exp(-logit))
+
+
+def successor_extend_fn(vocab_size: int, logit: float = SUCCESSOR_LOGIT):
+  """A toy `(params, tokens, token_valid, cache) -> (logits, cache)`.
+
+  `params` is ignored. For tokens int32 [batch, T] the logits, float
+  [batch, T, vocab_size], are `logit` at `(token + 1) % vocab_size` and 0
+  elsewhere. The cache advances exactly as the real model's does (slot
+  validity, per-row positions, write index, via `append_layout`); its keys
+  and values are left untouched, since nothing here reads them.
+  """
+
+  def extend(params, tokens: jax.Array, token_valid: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    del params
+    successors = (tokens + 1) % vocab_size
+    logits = logit * jax.nn.one_hot(successors, vocab_size, dtype=jnp.float32)
+    _, slot_valid, _, next_position = append_layout(cache, token_valid)
+    cache = cache.replace(
+        slot_valid=slot_valid, next_position=next_position,
+        write_index=cache.write_index + tokens.shape[1])
+    return logits, cache
+
+  return extend

@@ -1,0 +1,1 @@
+"""Training: optimiser, objectives, the resumable loop, checkpoints."""

@@ -1,0 +1,85 @@
+"""Orbax checkpoints of training state, guarded by a spec of what was trained.
+
+Each checkpoint directory holds a `spec.json` — the model shape, the
+tokenizer fingerprint, anything that must match for the checkpoint to mean
+the same thing — written once when the directory is first used. Opening the
+directory with a different spec is an error that names the first field that
+differs, before anything in the directory is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from ttscale import io_utils
+
+
+def _first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
+  if isinstance(expected, dict) and isinstance(found, dict):
+    for key in sorted(set(expected) | set(found)):
+      name = f"{prefix}.{key}" if prefix else str(key)
+      if key not in expected or key not in found:
+        return f"{name} (present in only one)"
+      difference = _first_difference(expected[key], found[key], name)
+      if difference:
+        return difference
+    return None
+  if expected != found:
+    return f"{prefix}={found!r} in the workdir, {expected!r} now"
+  return None
+
+
+class Checkpointer:
+  """Saves and restores pytrees by step in `directory`, checking its spec."""
+
+  def __init__(self, directory: str, spec: dict, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    spec = json.loads(json.dumps(spec))  # normalise tuples, keys.
+    spec_path = os.path.join(self.directory, "spec.json")
+    if os.path.exists(spec_path):
+      try:
+        with open(spec_path) as f:
+          stored = json.load(f)
+      except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{spec_path}: unreadable checkpoint spec ({e})") from e
+      difference = _first_difference(spec, stored)
+      if difference:
+        raise ValueError(
+            f"{self.directory} holds a checkpoint of another setup: {difference}; "
+            "use a new --workdir or the settings it was made with")
+    else:
+      os.makedirs(self.directory, exist_ok=True)
+      io_utils.write_json_atomic(spec_path, spec)
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, tree: Any) -> None:
+    """Starts an asynchronous save of `tree` (a pytree of arrays) at `step`."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree)))
+
+  def restore(self, step: int, abstract_tree: Any) -> Any:
+    """Restores the tree saved at `step`, shaped like `abstract_tree`."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_tree)))
+    except Exception as e:  # orbax raises many types for a damaged directory.
+      raise ValueError(
+          f"{self.directory}: cannot restore step {step} ({type(e).__name__}: "
+          f"{str(e).splitlines()[0] if str(e) else ''})") from e
+    return restored.state
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

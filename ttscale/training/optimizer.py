@@ -1,0 +1,23 @@
+"""AdamW with linear warm-up, cosine decay and global-norm gradient clipping."""
+
+import optax
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  """The optimiser of a `train` config block.
+
+  Reads `learning_rate`, `warmup_steps`, `num_steps`,
+  `end_learning_rate_fraction`, `weight_decay`, `b1`, `b2`, `grad_clip_norm`.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=train_config.learning_rate,
+      warmup_steps=train_config.warmup_steps,
+      decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
+      end_value=train_config.learning_rate * train_config.end_learning_rate_fraction,
+  )
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.grad_clip_norm),
+      optax.adamw(schedule, b1=train_config.b1, b2=train_config.b2,
+                  weight_decay=train_config.weight_decay),
+  )

@@ -1,0 +1,140 @@
+"""A resumable training loop: optax update, orbax checkpoints, JSONL metrics.
+
+The loop is deterministic in the step number: batch `step` comes from
+`batches.batch(step)` and the dropout key from `fold_in(seed, step)`. So a run
+killed after the checkpoint at step k and restarted from it takes exactly the
+steps an uninterrupted run would have taken, and ends with the same
+parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from ttscale import parallel
+from ttscale.progress import format_seconds
+from ttscale.training.checkpoints import Checkpointer
+from ttscale.training.optimizer import make_optimizer
+
+# (params, batch, dropout_rng) -> (loss, metrics)
+LossFn = Callable[[nnx.State, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+class Batches(Protocol):
+  def batch(self, step: int) -> dict[str, np.ndarray]: ...
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array       # int32: [] steps taken
+  params: nnx.State     # the model's parameters
+  opt_state: Any        # optax state, shaped like params
+
+
+def _truncate_metrics(path: str, after_step: int) -> None:
+  """Drops metric lines past `after_step` (left by a killed run)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+  if len(kept) != len(lines):
+    with open(path, "w") as f:
+      f.writelines(kept)
+
+
+def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
+          train_config, checkpointer: Checkpointer, metrics_path: str,
+          seed: int, mesh=None, rules=None,
+          log: Callable[[str], None] = print) -> nnx.State:
+  """Trains `params` for `train_config.num_steps`, resuming if checkpointed.
+
+  Args:
+    name: shown in progress lines and metric records.
+    loss_fn: `(params, batch, dropout_rng) -> (loss, metrics)`.
+    params: initial parameters (used only when no checkpoint exists; their
+      shapes are the restore target otherwise).
+    batches: `batches.batch(step)` gives the step's arrays `[rows, ...]`.
+    train_config: the `train` config block (optimiser, steps, intervals).
+    checkpointer: where checkpoints go; its spec was checked on creation.
+    metrics_path: JSONL file, one record every `log_every` steps.
+    seed: dropout randomness.
+    mesh, rules: run sharded on `mesh` (None: the default device).
+
+  Returns:
+    The trained parameters.
+  """
+  optimizer = make_optimizer(train_config)
+  num_steps = train_config.num_steps
+
+  def train_step(state: TrainState, batch: dict):
+    dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return TrainState(step=state.step + 1,
+                      params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state), metrics
+
+  with _maybe_sharding(mesh, rules):
+    if mesh is not None:
+      params = parallel.shard_params(params, mesh, rules)
+    state = jax.jit(lambda p: TrainState(
+        step=jnp.zeros((), jnp.int32), params=p,
+        opt_state=optimizer.init(p)))(params)
+    start = checkpointer.latest_step()
+    if start is not None:
+      abstract = jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+          state)
+      state = checkpointer.restore(start, abstract)
+      log(f"{name}: resumed from the checkpoint at step {start}")
+    start = int(state.step)
+    _truncate_metrics(metrics_path, start)
+    step_fn = jax.jit(train_step, donate_argnums=0)
+    started, window_start, window_tokens = time.time(), time.time(), 0.0
+    window: list[dict] = []
+    for step in range(start, num_steps):
+      batch = batches.batch(step)
+      if mesh is not None:
+        batch = parallel.shard_batch(batch, mesh)
+      state, metrics = step_fn(state, batch)
+      window.append(metrics)
+      done = step + 1
+      if done % train_config.log_every == 0 or done == num_steps:
+        means = {k: float(np.mean([float(m[k]) for m in window]))
+                 for k in window[0] if k != "tokens"}
+        window_tokens = float(sum(float(m["tokens"]) for m in window))
+        elapsed = time.time() - window_start
+        record = {"stage": name, "step": done, **means,
+                  "tokens_per_second": window_tokens / max(elapsed, 1e-9)}
+        with open(metrics_path, "a") as f:
+          f.write(json.dumps(record) + "\n")
+        rate = (done - start) / max(time.time() - started, 1e-9)
+        log(f"{name}: step {done}/{num_steps} loss {means['loss']:.4f} "
+            f"acc {means.get('accuracy', float('nan')):.3f} "
+            f"{record['tokens_per_second'] / 1e3:.1f}k tok/s "
+            f"ETA {format_seconds((num_steps - done) / rate)}")
+        window, window_start = [], time.time()
+      if done % train_config.checkpoint_every == 0 or done == num_steps:
+        checkpointer.save(done, state)
+    checkpointer.wait()
+  return state.params
+
+
+def _maybe_sharding(mesh, rules):
+  if mesh is None:
+    return contextlib.nullcontext()
+  return parallel.sharding_context(mesh, rules)
