@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.model.update(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1,
                    head_dim=16, mlp_dim=64)
     c.train.update(batch_size=8, num_steps=6, warmup_steps=2,
-                   checkpoint_every=3, log_every=2)
+                   checkpoint_every=3, log_every=3)
     c.sampling.update(max_new_tokens=48, batch_size=64)
     c.eval.num_samples = 2
   elif variant == "paper":

@@ -22,7 +22,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from ttscale import bench_lib
+from ttscale import bench_lib, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file (its model block is benchmarked).")
@@ -34,6 +34,7 @@ _VOCAB_SIZE = flags.DEFINE_integer(
 
 
 def main(argv):
+  runtime.keep_freed_host_memory()
   del argv
   started = time.time()
   if _BENCH.value == "decode":

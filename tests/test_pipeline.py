@@ -87,10 +87,11 @@ def finished(tmp_path_factory) -> _Finished:
 def test_full_run_writes_markers_metrics_and_one_eval_row_per_test_level(finished):
   config = _tiny_config()
   for name in STAGE_NAMES:
+    assert any(line.startswith(f"stage {name}: done") for line in finished.log), finished.log
     marker = _read_json(os.path.join(finished.workdir, "stages", f"{name}.json"))
     assert marker["stage"] == name
   metrics = _read_metrics(finished.workdir)
-  assert [r["step"] for r in metrics] == [2, 4, 6]  # log_every=2, num_steps=6
+  assert [r["step"] for r in metrics] == [3, 6]  # log_every=3, num_steps=6
   assert all(r["stage"] == "train_policy" for r in metrics)
 
   sources = arith_builder.build_arith_data(config.task, config.data,
@@ -151,25 +152,39 @@ def test_resume_after_the_last_checkpoint_reproduces_the_evaluation(
   assert _without_speed(resumed) == _without_speed(original)
 
 
-def test_resume_from_a_mid_training_checkpoint_reproduces_the_evaluation(
-    finished, tmp_path):
-  # Killed after the step-3 checkpoint: the step-6 one and the markers are gone.
-  workdir = finished.copy(str(tmp_path / "workdir"))
+@pytest.fixture(scope="session")
+def resumed_mid_training(finished, tmp_path_factory):
+  """A copy killed after the step-3 checkpoint (step 6 and the markers gone), re-run."""
+  workdir = finished.copy(str(tmp_path_factory.mktemp("resumed_mid") / "workdir"))
   shutil.rmtree(os.path.join(workdir, "policy", "6"))
   os.remove(os.path.join(workdir, "stages", "train_policy.json"))
   os.remove(os.path.join(workdir, "stages", "eval_policy.json"))
-  log = _run(_tiny_config(), workdir)
+  return workdir, _run(_tiny_config(), workdir)
+
+
+def test_resume_from_a_mid_training_checkpoint_trains_only_the_remaining_steps(
+    finished, resumed_mid_training):
+  workdir, log = resumed_mid_training
   assert "train_policy: resumed from the checkpoint at step 3" in log
   trained = [line.split()[2] for line in log if line.startswith("train_policy: step ")]
-  assert trained == ["4/6", "6/6"]
-  original_metrics = _read_metrics(finished.workdir)
-  resumed_metrics = _read_metrics(workdir)
-  assert [r["step"] for r in resumed_metrics] == [r["step"] for r in original_metrics]
-  # Step 6 averages steps 5 and 6 in both runs (step 4's window is cut by the resume).
-  assert resumed_metrics[-1]["loss"] == pytest.approx(original_metrics[-1]["loss"], abs=1e-6)
+  assert trained == ["6/6"]  # log_every=3: steps 4-6 in one record
+  original_steps = [r["step"] for r in _read_metrics(finished.workdir)]
+  assert [r["step"] for r in _read_metrics(workdir)] == original_steps
+
+
+def test_resume_from_a_mid_training_checkpoint_reproduces_the_evaluation(
+    finished, resumed_mid_training):
+  workdir, _ = resumed_mid_training
   resumed = _read_json(os.path.join(workdir, "eval_policy.json"))
   original = _read_json(os.path.join(finished.workdir, "eval_policy.json"))
   assert _without_speed(resumed) == _without_speed(original)
+
+
+def test_resume_from_a_mid_training_checkpoint_logs_the_uninterrupted_metrics(
+    finished, resumed_mid_training):
+  workdir, _ = resumed_mid_training
+  original = [r["loss"] for r in _read_metrics(finished.workdir)]
+  assert [r["loss"] for r in _read_metrics(workdir)] == pytest.approx(original, abs=1e-6)
 
 
 def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
@@ -189,40 +204,28 @@ def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
   assert not missing.exists()
 
 
-@pytest.fixture(scope="session")
-def other_shape_resume(finished, tmp_path_factory):
-  """Resuming a killed workdir with `model.num_layers` changed: (error, before, after)."""
-  workdir = finished.copy(str(tmp_path_factory.mktemp("other_shape") / "workdir"))
+def test_resume_with_another_model_shape_names_the_field_and_touches_nothing(
+    finished, tmp_path):
+  # Killed before the stage markers were written, restarted with another shape.
+  workdir = finished.copy(str(tmp_path / "workdir"))
   os.remove(os.path.join(workdir, "stages", "train_policy.json"))
   os.remove(os.path.join(workdir, "stages", "eval_policy.json"))
   config = _tiny_config()
   config.model.num_layers = 2
   before = _tree_digest(workdir)
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(ValueError, match=r"model\.num_layers=1 in the workdir, 2 now"):
     _run(config, workdir)
-  return str(error.value), before, _tree_digest(workdir)
+  assert _tree_digest(workdir) == before
 
 
-def test_resume_with_another_model_shape_names_the_field(other_shape_resume):
-  message, _, _ = other_shape_resume
-  assert "model.num_layers=1 in the workdir, 2 now" in message
-
-
-@pytest.mark.xfail(strict=True, reason="pipeline.run rewrites config.json with the new "
-                   "config before any stage checks the workdir")
-def test_resume_with_another_model_shape_leaves_the_workdir_untouched(other_shape_resume):
-  _, before, after = other_shape_resume
-  assert after == before
-
-
-@pytest.mark.xfail(strict=True, reason="finished stages are skipped by marker alone, so a "
-                   "changed model shape is never checked against the workdir")
 def test_rerun_of_a_finished_workdir_with_another_model_shape_is_refused(finished, tmp_path):
   workdir = finished.copy(str(tmp_path / "workdir"))
   config = _tiny_config()
   config.model.num_layers = 2
-  with pytest.raises(ValueError, match=r"model\.num_layers"):
+  before = _tree_digest(workdir)
+  with pytest.raises(ValueError, match=r"model\.num_layers=1 in the workdir, 2 now"):
     _run(config, workdir)
+  assert _tree_digest(workdir) == before
 
 
 def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untouched(
@@ -233,7 +236,10 @@ def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untou
   original = Tokenizer.load(tokenizer_path)
   # The same characters with their frequencies reversed: same vocabulary size
   # (so the model shape still matches), other ids.
-  pieces = [original.id_to_piece(i) for i in range(5, original.vocab_size)]
+  special_ids = {original.pad_id, original.unk_id, original.bos_id, original.eos_id,
+                 original.step_id}
+  pieces = [original.id_to_piece(i) for i in range(original.vocab_size)
+            if i not in special_ids]
   corpus = ["".join(piece * (count + 1) for count, piece in enumerate(pieces))]
   replacement = train_tokenizer(corpus, str(tmp_path / "other.model"))
   assert replacement.vocab_size == original.vocab_size

@@ -19,11 +19,18 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
       f.write(data)
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes files private.
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):
       os.unlink(temporary)
     raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
@@ -33,7 +40,7 @@ def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
 def read_json(path: str | os.PathLike) -> Any:
   """Reads a JSON file; a damaged one is a ValueError naming the path."""
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       return json.load(f)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from e
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f"{os.fspath(path)}: unreadable JSON ({e})") from e

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from collections.abc import Callable
@@ -28,10 +29,17 @@ from ttscale.models import LanguageModel, ModelConfig, policy_forward_fn
 from ttscale.progress import format_seconds
 from ttscale.search import generate, sampling
 from ttscale.tasks import get_task
-from ttscale.training.checkpoints import Checkpointer
+from ttscale.training.checkpoints import Checkpointer, check_spec, first_difference
 from ttscale.training.objectives import next_token_loss
 from ttscale.training.optimizer import make_optimizer
 from ttscale.training.trainer import TrainState, train
+
+# Fields that change how a stage reports or checkpoints, never its result.
+_BOOKKEEPING = ("log_every", "checkpoint_every", "max_checkpoints")
+
+
+def _without(block: dict, keys) -> dict:
+  return {k: v for k, v in block.items() if k not in keys}
 
 
 class Context:
@@ -42,7 +50,6 @@ class Context:
     self.workdir = os.path.abspath(workdir)
     self.log = log
     self.task = get_task(config.task)
-    os.makedirs(self.workdir, exist_ok=True)
 
   def path(self, *parts: str) -> str:
     return os.path.join(self.workdir, *parts)
@@ -73,13 +80,16 @@ class Context:
   def policy_config(self) -> ModelConfig:
     return ModelConfig.from_config(self.config.model, self.tokenizer.vocab_size)
 
-  def policy_checkpointer(self) -> Checkpointer:
-    spec = {"model": dataclasses.asdict(self.policy_config()),
-            "tokenizer": self.tokenizer.fingerprint,
-            "train": self.config.train.to_dict(),
+  def policy_spec(self) -> dict:
+    """What a policy checkpoint must have been trained with to be reused."""
+    return {"tokenizer": self.tokenizer.fingerprint,
+            "model": dataclasses.asdict(self.policy_config()),
+            "train": _without(self.config.train.to_dict(), _BOOKKEEPING),
             "data": self.config.data.to_dict(),
             "task": self.config.task.to_dict()}
-    return Checkpointer(self.path("policy"), spec,
+
+  def policy_checkpointer(self) -> Checkpointer:
+    return Checkpointer(self.path("policy"), self.policy_spec(),
                         max_to_keep=self.config.train.max_checkpoints)
 
   def load_policy(self) -> generate.Policy:
@@ -159,7 +169,7 @@ def stage_eval_policy(ctx: Context) -> dict:
   cfg = ctx.config
   common = dict(max_new_tokens=cfg.sampling.max_new_tokens,
                 batch_size=cfg.sampling.batch_size, seed=cfg.seed + 1,
-                log=ctx.log)
+                mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)
   sampled = generate.sample_solutions(
       policy, ctx.tokenizer, ctx.task, questions,
       num_samples=cfg.eval.num_samples,
@@ -190,13 +200,14 @@ def stage_eval_policy(ctx: Context) -> dict:
       "levels": per_level,
       "overall": {"pass_at_1": float(np.mean(sampled_correct)),
                   "greedy_accuracy": float(np.mean(greedy_correct))},
-      "sampled_tokens_per_second": sampled.num_generated_tokens / sampled.seconds,
   }
   io_utils.write_json_atomic(ctx.path("eval_policy.json"), result)
   for level, row in per_level.items():
     ctx.log(f"eval_policy: level {level}: pass@1 {row['pass_at_1']:.3f} "
             f"greedy {row['greedy_accuracy']:.3f}")
-  return {"overall": result["overall"]}
+  return {"overall": result["overall"],
+          "sampled_tokens_per_second": round(
+              sampled.num_generated_tokens / sampled.seconds)}
 
 
 STAGES: dict[str, Callable[[Context], dict]] = {
@@ -204,6 +215,45 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "train_policy": stage_train_policy,
     "eval_policy": stage_eval_policy,
 }
+
+# The config blocks each stage's output depends on. A finished stage records
+# them; re-running with other values is an error, not a silent reuse.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("task", "data"),
+    "train_policy": ("seed", "task", "data", "model", "train"),
+    "eval_policy": ("seed", "task", "data", "model", "train", "sampling", "eval"),
+}
+
+
+def _stage_inputs(config, name: str) -> dict:
+  values = {}
+  for key in STAGE_INPUTS[name]:
+    value = config[key]
+    value = value.to_dict() if hasattr(value, "to_dict") else value
+    values[key] = _without(value, _BOOKKEEPING) if key == "train" else value
+  return json.loads(json.dumps(values))
+
+
+def validate_workdir(ctx: Context, names: list[str]) -> None:
+  """Checks, reading only, that the workdir was made with this config.
+
+  Raises ValueError naming the first field that differs from a finished
+  stage's record or from the policy checkpoint's spec.
+  """
+  for name in names:
+    marker = ctx.path("stages", f"{name}.json")
+    if not os.path.exists(marker):
+      continue
+    recorded = io_utils.read_json(marker).get("inputs")
+    if not isinstance(recorded, dict):
+      raise ValueError(f"{marker}: no 'inputs' record; the workdir is damaged")
+    difference = first_difference(_stage_inputs(ctx.config, name), recorded)
+    if difference:
+      raise ValueError(
+          f"stage {name} in {ctx.workdir} was done with other settings: "
+          f"{difference}; use a new --workdir or the settings it was made with")
+  if os.path.exists(ctx.path("tokenizer.model")):
+    check_spec(ctx.path("policy"), ctx.policy_spec())
 
 
 def check_stage_names(names) -> list[str]:
@@ -226,7 +276,8 @@ def run_stage(ctx: Context, name: str) -> dict:
   started = time.time()
   summary = STAGES[name](ctx)
   record = {"stage": name, "seconds": time.time() - started,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary}
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary,
+            "inputs": _stage_inputs(ctx.config, name)}
   io_utils.write_json_atomic(marker, record)
   ctx.log(f"stage {name}: done in {format_seconds(record['seconds'])}")
   return record
@@ -236,9 +287,7 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
   """Runs `stages` (default: all, in order); returns {stage: marker record}."""
   names = check_stage_names(stages or list(STAGES))
   ctx = Context(config, workdir, log)
-  jax.config.update("jax_compilation_cache_dir", ctx.path("jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  io_utils.write_json_atomic(ctx.path("config.json"), config.to_dict())
+  validate_workdir(ctx, names)
   records = {name: run_stage(ctx, name) for name in names}
   total = sum(r["seconds"] for r in records.values())
   timings = ", ".join(f"{name} {format_seconds(record['seconds'])}"

@@ -18,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttscale.models.config import ModelConfig
@@ -34,24 +35,34 @@ TINY_CONFIG = ModelConfig(
     head_dim=8, mlp_dim=64, tie_embeddings=False)
 
 # The logit the successor model puts on the successor token (0 elsewhere).
-SUCCESSOR_LOGIT = 20.0
+SUCCESSOR_LOGIT = 8.0
 
 
 @functools.cache
 def tiny_policy(seed: int = 0, config: ModelConfig = TINY_CONFIG):
-  """A randomly initialised `LanguageModel`, split once and cached per seed.
+  """A random `LanguageModel`, split once and cached per (seed, config).
+
+  Parameters are drawn with numpy at the shapes and with the metadata
+  (`logical_axes`) of the built model: compiling JAX's initialisers costs
+  seconds on CPU. Matrices are normal with std `1/sqrt(shape[0])`, like the
+  model's own initialiser; norm scales are `1 + 0.1 * normal`, so that a
+  scale that is ignored shows in the outputs.
 
   Returns:
     (graphdef, params, config): `nnx.split` halves of the model and its config;
     `nnx.merge(graphdef, params)` rebuilds the module.
   """
-  # One compiled initialiser, drawing from the "rbg" generator: eager
-  # initialisation compiles one program per parameter shape, and threefry
-  # programs are slow to compile on CPU.
-  build = lambda: LanguageModel(
-      config, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
-  graphdef, _ = nnx.split(nnx.eval_shape(build))
-  params = jax.jit(lambda: nnx.state(build(), nnx.Param))()
+  abstract = nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(abstract)
+  rng = np.random.default_rng(seed)
+
+  def draw(variable: nnx.Variable) -> nnx.Variable:
+    shape = variable.get_value().shape
+    noise = rng.standard_normal(shape).astype(np.float32)
+    value = 1 + 0.1 * noise if len(shape) == 1 else noise / np.sqrt(shape[0])
+    return variable.replace(jnp.asarray(value, jnp.float32))
+
+  params = jax.tree.map(draw, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, params, config
 
 

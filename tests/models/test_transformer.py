@@ -24,9 +24,11 @@ from ttscale.models import (
   policy_extend_fn,
   policy_forward_fn,
 )
+from ttscale.models.kv_cache import KV_CHUNK
 
 BATCH = 3
-MAX_SLOTS = 10
+GAP = 64       # rows that wait two whole attention blocks of the cache
+MAX_SLOTS = 4 + GAP + 8
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -110,15 +112,23 @@ def test_cached_decode_of_ragged_rows_equals_the_full_forward_pass():
 
 
 def test_a_gap_of_invalid_slots_does_not_change_the_logits():
+  # The gap spans whole blocks of `KV_CHUNK` slots: blocks read with no valid
+  # key for a row, between its prefix and its new tokens, or (row 1, whose
+  # prefix is empty) before any of its keys.
+  assert GAP >= 2 * KV_CHUNK
   sequences = _random_tokens(1, (BATCH, 8))
   lengths = (7, 5, 6)
-  prefix_lengths = (4, 2, 3)
+  prefix_lengths = (4, 0, 3)
   without_gap = _decode(sequences, prefix_lengths, lengths)
-  with_gap = _decode(sequences, prefix_lengths, lengths, gap=2)
+  with_gap = _decode(sequences, prefix_lengths, lengths, gap=GAP)
   assert with_gap.keys() == without_gap.keys()
+  assert len(with_gap) == sum(lengths)
   for key, logits in with_gap.items():
     np.testing.assert_allclose(logits, without_gap[key], **TOLERANCE,
                                err_msg=f"(row, token) = {key}")
+  expected = _full_logits(sequences)
+  for (row, t), logits in with_gap.items():
+    np.testing.assert_allclose(logits, expected[row, t], **TOLERANCE)
 
 
 def test_packed_segments_do_not_attend_to_each_other():

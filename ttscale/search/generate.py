@@ -8,8 +8,10 @@ with the same static settings, so tests and stages don't recompile.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +58,7 @@ def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
     active = jnp.ones((batch_size,), bool)
     out = sampling.sample(extend_fn, params, cache, pending, active, rng,
                           sampler_config)
-    return out.tokens, out.lengths, out.ended_solution
+    return out.tokens, out.lengths
 
   return run
 
@@ -77,7 +79,6 @@ def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
     `Samples`, texts as `[len(questions)][num_samples]` strings (without the
     end-of-solution token; a truncated solution is returned as far as it got).
   """
-  import time
   started = time.time()
   prompts = [[tokenizer.bos_id] + tokenizer.encode(task.prompt(q))
              for q in questions]
@@ -92,28 +93,28 @@ def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
                           config)
   num_batches = -(-len(rows) // batch_size)
   progress = Progress(progress_name, num_batches, log) if progress_name else None
+  context = (parallel.sharding_context(mesh, rules) if mesh is not None
+             else contextlib.nullcontext())
   texts: list[str] = []
   generated = 0
-  for b in range(num_batches):
-    chunk = rows[b * batch_size:(b + 1) * batch_size]
-    real = len(chunk)
-    chunk = chunk + [chunk[-1]] * (batch_size - real)  # pad the last batch
-    tokens, lengths = left_pad(chunk, width, tokenizer.pad_id)
-    inputs = (policy.params, tokens, lengths, jax.random.fold_in(jax.random.key(seed), b))
-    if mesh is not None:
-      with parallel.sharding_context(mesh, rules):
-        params = parallel.replicate(policy.params, mesh)
+  with context:
+    params = policy.params if mesh is None else parallel.replicate(policy.params, mesh)
+    for b in range(num_batches):
+      chunk = rows[b * batch_size:(b + 1) * batch_size]
+      real = len(chunk)
+      chunk = chunk + [chunk[-1]] * (batch_size - real)  # pad the last batch
+      tokens, lengths = left_pad(chunk, width, tokenizer.pad_id)
+      if mesh is not None:
         tokens, lengths = parallel.shard_batch((tokens, lengths), mesh)
-        out_tokens, out_lengths, _ = run(params, tokens, lengths, inputs[3])
-    else:
-      out_tokens, out_lengths, _ = run(*inputs)
-    out_tokens, out_lengths = np.asarray(out_tokens), np.asarray(out_lengths)
-    for row in range(real):
-      ids = out_tokens[row, :out_lengths[row]]
-      generated += int(out_lengths[row])
-      texts.append(tokenizer.decode(ids[ids != tokenizer.eos_id]))
-    if progress:
-      progress.update()
+      out_tokens, out_lengths = run(params, tokens, lengths,
+                                    jax.random.fold_in(jax.random.key(seed), b))
+      out_tokens, out_lengths = np.asarray(out_tokens), np.asarray(out_lengths)
+      for row in range(real):
+        ids = out_tokens[row, :out_lengths[row]]
+        generated += int(out_lengths[row])
+        texts.append(tokenizer.decode(ids[ids != tokenizer.eos_id]))
+      if progress:
+        progress.update()
   grouped = [texts[i * num_samples:(i + 1) * num_samples]
              for i in range(len(questions))]
   return Samples(texts=grouped, num_generated_tokens=generated,

@@ -18,19 +18,37 @@ import orbax.checkpoint as ocp
 from ttscale import io_utils
 
 
-def _first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
+def first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
+  """The first dotted field where two JSON-like trees differ, as a phrase."""
   if isinstance(expected, dict) and isinstance(found, dict):
-    for key in sorted(set(expected) | set(found)):
+    # In the expected dict's order, so callers put the telling fields first.
+    for key in [*expected, *(k for k in found if k not in expected)]:
       name = f"{prefix}.{key}" if prefix else str(key)
       if key not in expected or key not in found:
         return f"{name} (present in only one)"
-      difference = _first_difference(expected[key], found[key], name)
+      difference = first_difference(expected[key], found[key], name)
       if difference:
         return difference
     return None
   if expected != found:
     return f"{prefix}={found!r} in the workdir, {expected!r} now"
   return None
+
+
+def check_spec(directory: str, spec: dict) -> None:
+  """Raises ValueError if `directory` holds checkpoints of another spec.
+
+  Reads only; a directory without `spec.json` passes.
+  """
+  spec_path = os.path.join(directory, "spec.json")
+  if not os.path.exists(spec_path):
+    return
+  stored = io_utils.read_json(spec_path)
+  difference = first_difference(json.loads(json.dumps(spec)), stored)
+  if difference:
+    raise ValueError(
+        f"{os.path.abspath(directory)} holds a checkpoint of another setup: "
+        f"{difference}; use a new --workdir or the settings it was made with")
 
 
 class Checkpointer:
@@ -41,16 +59,7 @@ class Checkpointer:
     spec = json.loads(json.dumps(spec))  # normalise tuples, keys.
     spec_path = os.path.join(self.directory, "spec.json")
     if os.path.exists(spec_path):
-      try:
-        with open(spec_path) as f:
-          stored = json.load(f)
-      except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{spec_path}: unreadable checkpoint spec ({e})") from e
-      difference = _first_difference(spec, stored)
-      if difference:
-        raise ValueError(
-            f"{self.directory} holds a checkpoint of another setup: {difference}; "
-            "use a new --workdir or the settings it was made with")
+      check_spec(self.directory, spec)
     else:
       os.makedirs(self.directory, exist_ok=True)
       io_utils.write_json_atomic(spec_path, spec)

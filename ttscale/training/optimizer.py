@@ -13,7 +13,8 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
       init_value=0.0,
       peak_value=train_config.learning_rate,
       warmup_steps=train_config.warmup_steps,
-      decay_steps=max(train_config.num_steps, train_config.warmup_steps + 1),
+      # The last update is number num_steps - 1: it uses the end value.
+      decay_steps=max(train_config.num_steps - 1, train_config.warmup_steps + 1),
       end_value=train_config.learning_rate * train_config.end_learning_rate_fraction,
   )
   return optax.chain(

@@ -75,8 +75,13 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
   Returns:
     The trained parameters.
   """
+  if train_config.checkpoint_every % train_config.log_every:
+    # Metric windows must not straddle a checkpoint, or a resumed run would
+    # log a window that differs from the uninterrupted run's.
+    raise ValueError(
+        f"train.checkpoint_every={train_config.checkpoint_every} must be a "
+        f"multiple of train.log_every={train_config.log_every}")
   optimizer = make_optimizer(train_config)
-  num_steps = train_config.num_steps
 
   def train_step(state: TrainState, batch: dict):
     dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -104,34 +109,45 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     start = int(state.step)
     _truncate_metrics(metrics_path, start)
     step_fn = jax.jit(train_step, donate_argnums=0)
-    started, window_start, window_tokens = time.time(), time.time(), 0.0
-    window: list[dict] = []
-    for step in range(start, num_steps):
-      batch = batches.batch(step)
-      if mesh is not None:
-        batch = parallel.shard_batch(batch, mesh)
-      state, metrics = step_fn(state, batch)
-      window.append(metrics)
-      done = step + 1
-      if done % train_config.log_every == 0 or done == num_steps:
-        means = {k: float(np.mean([float(m[k]) for m in window]))
-                 for k in window[0] if k != "tokens"}
-        window_tokens = float(sum(float(m["tokens"]) for m in window))
-        elapsed = time.time() - window_start
-        record = {"stage": name, "step": done, **means,
-                  "tokens_per_second": window_tokens / max(elapsed, 1e-9)}
-        with open(metrics_path, "a") as f:
-          f.write(json.dumps(record) + "\n")
-        rate = (done - start) / max(time.time() - started, 1e-9)
-        log(f"{name}: step {done}/{num_steps} loss {means['loss']:.4f} "
-            f"acc {means.get('accuracy', float('nan')):.3f} "
-            f"{record['tokens_per_second'] / 1e3:.1f}k tok/s "
-            f"ETA {format_seconds((num_steps - done) / rate)}")
-        window, window_start = [], time.time()
-      if done % train_config.checkpoint_every == 0 or done == num_steps:
-        checkpointer.save(done, state)
-    checkpointer.wait()
+    try:
+      state = _run_steps(name, step_fn, state, start, batches, train_config,
+                         checkpointer, metrics_path, mesh, log)
+    finally:
+      # Also on Ctrl-C: let a checkpoint already started reach the disk.
+      checkpointer.wait()
   return state.params
+
+
+def _run_steps(name, step_fn, state, start, batches, train_config,
+               checkpointer, metrics_path, mesh, log):
+  """Steps `start`..num_steps: update, log every `log_every`, checkpoint."""
+  num_steps = train_config.num_steps
+  started = window_start = time.time()
+  window: list[dict] = []
+  for step in range(start, num_steps):
+    batch = batches.batch(step)
+    if mesh is not None:
+      batch = parallel.shard_batch(batch, mesh)
+    state, metrics = step_fn(state, batch)
+    window.append(metrics)
+    done = step + 1
+    if done % train_config.log_every == 0 or done == num_steps:
+      means = {k: float(np.mean([float(m[k]) for m in window]))
+               for k in window[0] if k != "tokens"}
+      window_tokens = float(sum(float(m["tokens"]) for m in window))
+      record = {"stage": name, "step": done, **means,
+                "tokens_per_second": window_tokens / max(time.time() - window_start, 1e-9)}
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+      rate = (done - start) / max(time.time() - started, 1e-9)
+      log(f"{name}: step {done}/{num_steps} loss {means['loss']:.4f} "
+          f"acc {means.get('accuracy', float('nan')):.3f} "
+          f"{record['tokens_per_second'] / 1e3:.1f}k tok/s "
+          f"ETA {format_seconds((num_steps - done) / rate)}")
+      window, window_start = [], time.time()
+    if done % train_config.checkpoint_every == 0 or done == num_steps:
+      checkpointer.save(done, state)
+  return state
 
 
 def _maybe_sharding(mesh, rules):
