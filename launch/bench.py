@@ -26,6 +26,10 @@ from ttscale import bench_lib, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file (its model block is benchmarked).")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 2,
+    "On a CPU host, split it into this many JAX devices so that data-parallel "
+    "work uses every core (1: one device).")
 _BENCH = flags.DEFINE_enum("bench", "decode", ["decode"], "What to measure.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"],
                                  "Decode batch sizes.")
@@ -35,6 +39,7 @@ _VOCAB_SIZE = flags.DEFINE_integer(
 
 def main(argv):
   runtime.keep_freed_host_memory()
+  runtime.split_host_cpu(_CPU_DEVICES.value)
   del argv
   started = time.time()
   if _BENCH.value == "decode":

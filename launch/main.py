@@ -21,6 +21,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file, optionally with :variant.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where every output goes.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 2,
+    "On a CPU host, split it into this many JAX devices so that data-parallel "
+    "work uses every core (1: one device).")
 _STAGES = flags.DEFINE_list("stages", None,
                             f"Stages to run (default all): {', '.join(pipeline.STAGES)}.")
 
@@ -59,6 +63,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO.
   runtime.keep_freed_host_memory()
+  runtime.split_host_cpu(_CPU_DEVICES.value)
   try:
     pipeline.check_stage_names(_STAGES.value or [])
     # Second runs reuse compiled programs (process-wide, so set here only).

@@ -6,28 +6,18 @@ device set; none gets as far as training.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
 
+from ttscale.testing import tree_digest
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TIMEOUT_SECONDS = 60  # a bad input must not start training
 
 
-def _tree_digest(root: str) -> dict[str, str]:
-  """{relative path: sha256} of every file under `root`, plus its directories."""
-  digest = {}
-  for directory, subdirectories, files in os.walk(root):
-    for name in subdirectories:
-      digest[os.path.relpath(os.path.join(directory, name), root) + "/"] = "dir"
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "rb") as f:
-        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return digest
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
@@ -54,9 +44,9 @@ def unknown_variant(tmp_path_factory):
   """(process, workdir digest before, after) for `--config=configs/arith.py:huge`."""
   directory = tmp_path_factory.mktemp("unknown_variant")
   (directory / "sentinel").write_text("untouched")
-  before = _tree_digest(str(directory))
+  before = tree_digest(str(directory))
   process = _launch("--config=configs/arith.py:huge", f"--workdir={directory}")
-  return process, before, _tree_digest(str(directory))
+  return process, before, tree_digest(str(directory))
 
 
 def test_unknown_config_variant_fails_naming_it_and_the_known_ones(unknown_variant):
@@ -74,29 +64,29 @@ def test_unknown_config_variant_is_reported_on_the_last_line(unknown_variant):
 
 
 def test_unknown_stage_fails_with_one_line_naming_it(workdir):
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}",
                     "--stages=train_policy,bogus")
   assert process.returncode != 0
   last = _last_line(process.stderr)
   assert "'bogus'" in last and "--stages" in last
   assert "data, train_policy, eval_policy" in last
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before
 
 
 def test_missing_workdir_fails_naming_the_flag(workdir):
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   process = _launch("--config=configs/arith.py:tiny")
   assert process.returncode != 0
   assert "--workdir" in process.stderr
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before
 
 
 def test_config_override_parses_so_only_the_unknown_stage_fails(workdir):
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}",
                     "--config.model.num_layers=3", "--stages=bogus")
   assert process.returncode != 0
   assert "'bogus'" in _last_line(process.stderr)
   assert "Traceback" not in process.stderr
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before

@@ -238,13 +238,7 @@ class _Kernel(nnx.Module):
 
 @pytest.mark.parametrize("mesh_shape", [
     None,
-    pytest.param((2, 4), marks=pytest.mark.xfail(strict=True, reason=(
-        "trainer.train builds the optimizer state with a jit that has no "
-        "out_shardings: Adam's mu/nu come out replicated (PartitionSpec()) "
-        "while the params are sharded over 'model'; the first step returns "
-        "them sharded, so the step is compiled a second time for the new "
-        "input shardings (and the moments sit replicated on every device "
-        "until then)"))),
+    (2, 4),
 ])
 def test_trainer_compiles_its_step_once(mesh_shape, tmp_path):
   # The trainer's placement of its state does not depend on the model: a

@@ -6,7 +6,6 @@ work on a copy of it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -18,6 +17,7 @@ import pytest
 from ttscale import pipeline
 from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
+from ttscale.testing import tree_digest
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
 STAGE_NAMES = ("data", "train_policy", "eval_policy")
@@ -31,17 +31,6 @@ def _tiny_config():
   return module.get_config("tiny")
 
 
-def _tree_digest(root: str) -> dict[str, str]:
-  """{relative path: sha256} of every file under `root`, plus its directories."""
-  digest = {}
-  for directory, subdirectories, files in os.walk(root):
-    for name in subdirectories:
-      digest[os.path.relpath(os.path.join(directory, name), root) + "/"] = "dir"
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "rb") as f:
-        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return digest
 
 
 def _read_json(path: str):
@@ -111,14 +100,14 @@ def test_full_run_writes_markers_metrics_and_one_eval_row_per_test_level(finishe
 def test_rerun_of_a_finished_workdir_skips_every_stage_and_changes_nothing(
     finished, tmp_path):
   workdir = finished.copy(str(tmp_path / "workdir"))
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   started = time.time()
   log = _run(_tiny_config(), workdir)
   seconds = time.time() - started
   for name in STAGE_NAMES:
     assert any(line.startswith(f"stage {name}: already done") for line in log), log
   assert not any(line.endswith(": running") for line in log), log
-  assert _tree_digest(workdir) == before  # markers, metrics, eval: all as they were
+  assert tree_digest(workdir) == before  # markers, metrics, eval: all as they were
   assert seconds < 5.0
 
 
@@ -191,13 +180,13 @@ def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
   workdir = tmp_path / "workdir"
   workdir.mkdir()
   (workdir / "sentinel").write_text("untouched")
-  before = _tree_digest(str(workdir))
+  before = tree_digest(str(workdir))
   with pytest.raises(ValueError) as error:
     pipeline.run(_tiny_config(), str(workdir), ["data", "bogus"], log=lambda _: None)
   message = str(error.value)
   assert "--stages" in message and "'bogus'" in message
   assert all(name in message for name in STAGE_NAMES)
-  assert _tree_digest(str(workdir)) == before
+  assert tree_digest(str(workdir)) == before
   missing = tmp_path / "never_created"
   with pytest.raises(ValueError, match="bogus"):
     pipeline.run(_tiny_config(), str(missing), ["bogus"], log=lambda _: None)
@@ -212,20 +201,20 @@ def test_resume_with_another_model_shape_names_the_field_and_touches_nothing(
   os.remove(os.path.join(workdir, "stages", "eval_policy.json"))
   config = _tiny_config()
   config.model.num_layers = 2
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   with pytest.raises(ValueError, match=r"model\.num_layers=1 in the workdir, 2 now"):
     _run(config, workdir)
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before
 
 
 def test_rerun_of_a_finished_workdir_with_another_model_shape_is_refused(finished, tmp_path):
   workdir = finished.copy(str(tmp_path / "workdir"))
   config = _tiny_config()
   config.model.num_layers = 2
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   with pytest.raises(ValueError, match=r"model\.num_layers=1 in the workdir, 2 now"):
     _run(config, workdir)
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before
 
 
 def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untouched(
@@ -245,7 +234,7 @@ def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untou
   assert replacement.vocab_size == original.vocab_size
   assert replacement.fingerprint != original.fingerprint
   shutil.copyfile(str(tmp_path / "other.model"), tokenizer_path)
-  before = _tree_digest(workdir)
+  before = tree_digest(workdir)
   with pytest.raises(ValueError, match=f"tokenizer='{original.fingerprint}' in the workdir"):
     _run(_tiny_config(), workdir, ["eval_policy"])
-  assert _tree_digest(workdir) == before
+  assert tree_digest(workdir) == before

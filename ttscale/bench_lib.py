@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ttscale import parallel
 from ttscale.models import LanguageModel, ModelConfig, init_cache, policy_extend_fn
 from ttscale.search import sampling
 
@@ -29,11 +31,15 @@ def matmul_flops_per_second(size: int = 1024) -> float:
   return 2 * size ** 3 / seconds
 
 
-def memory_bytes_per_second(num_bytes: int = 256 << 20) -> float:
-  """Read + write bandwidth of a jitted elementwise op over `num_bytes`."""
+def memory_bytes_per_second(num_bytes: int = 64 << 20) -> float:
+  """Read bandwidth: a jitted sum over `num_bytes` of f32, best of several runs.
+
+  A read, because decoding reads the cache; a sum, because its output is tiny
+  (a large output buffer would measure page faults, not memory).
+  """
   a = jnp.ones((num_bytes // 4,), jnp.float32)
-  seconds = _best_seconds(jax.jit(lambda x: x * 1.5 + 1.0), a)
-  return 2 * num_bytes / seconds
+  seconds = _best_seconds(jax.jit(jnp.sum), a)
+  return num_bytes / seconds
 
 
 def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
@@ -54,6 +60,8 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
   kv_bytes_per_token = (2 * model_config.num_layers * model_config.num_kv_heads
                         * model_config.head_dim * 4 * context)
   param_bytes = 4 * model_config.num_params()
+  mesh = jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
   rows = []
   for batch in batch_sizes:
 
@@ -67,7 +75,13 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
       return out.tokens
 
     prompts = jnp.ones((batch, prompt_length), jnp.int32)
-    seconds = _best_seconds(run, params, prompts, jax.random.key(0))
+    # Rows split over every device when they divide evenly (one per core).
+    split = batch % jax.device_count() == 0
+    with parallel.sharding_context(mesh, (("batch", "data"),)) if split \
+        else contextlib.nullcontext():
+      if split:
+        prompts = parallel.shard_batch(prompts, mesh)
+      seconds = _best_seconds(run, params, prompts, jax.random.key(0))
     tokens_per_second = batch * new_tokens / seconds
     bytes_per_token = kv_bytes_per_token + param_bytes / batch
     roofline = 1.0 / max(flops_per_token / flops_rate, bytes_per_token / bandwidth)
@@ -79,6 +93,7 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
         "bound": ("compute" if flops_per_token / flops_rate
                   > bytes_per_token / bandwidth else "memory"),
         "seconds": round(seconds, 4),
+        "devices": jax.device_count() if split else 1,
     })
   return {
       "bench": "decode",

@@ -288,6 +288,8 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
   names = check_stage_names(stages or list(STAGES))
   ctx = Context(config, workdir, log)
   validate_workdir(ctx, names)
+  log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; "
+      f"mesh {dict(ctx.mesh.shape)}")
   records = {name: run_stage(ctx, name) for name in names}
   total = sum(r["seconds"] for r in records.values())
   timings = ", ".join(f"{name} {format_seconds(record['seconds'])}"

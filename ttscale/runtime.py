@@ -1,5 +1,8 @@
 """Process-level settings for running JAX on a host CPU.
 
+Both settings here must be made before JAX starts its backends, so the
+launchers call them first thing in `main`.
+
 XLA's CPU backend allocates its temporaries with `malloc`. glibc serves
 blocks above a threshold with fresh `mmap`s and returns freed memory to the
 OS, so every decode or train step page-faults its buffers in again: on this
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
@@ -34,3 +38,18 @@ def keep_freed_host_memory() -> bool:
       mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1,
       mallopt(_M_TOP_PAD, 64 << 20) == 1,
   ])
+
+
+def split_host_cpu(num_devices: int) -> None:
+  """Makes the host CPU appear as `num_devices` JAX devices.
+
+  Data-parallel work sharded over them runs one thread per device, which uses
+  every core for the many small ops of a small model (measured here on 2
+  cores: training ~1.2x, sampling ~1.4x faster with 2 devices than 1). It
+  only affects the CPU platform, and must run before JAX creates its
+  backends; an `XLA_FLAGS` that already sets the count wins.
+  """
+  flag = "--xla_force_host_platform_device_count"
+  current = os.environ.get("XLA_FLAGS", "")
+  if num_devices > 1 and flag not in current:
+    os.environ["XLA_FLAGS"] = f"{current} {flag}={num_devices}".strip()

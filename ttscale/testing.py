@@ -3,6 +3,8 @@
 - `TINY_CONFIG` and `tiny_policy(seed)`: a real `LanguageModel` small enough
   to compile in well under a second, split once (`nnx.split`) and cached, so
   every test of a session shares the same parameters.
+- `tree_digest(root)`: a fingerprint of a directory tree, to show that a
+  failed command left a workdir untouched.
 - `successor_extend_fn(vocab_size)`: a fixed-logit stand-in for
   `ttscale.models.policy_extend_fn` whose next token is always the successor
   of the current one, `(token + 1) % vocab_size`. A row whose pending token is
@@ -14,7 +16,9 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +97,19 @@ def successor_extend_fn(vocab_size: int, logit: float = SUCCESSOR_LOGIT):
     return logits, cache
 
   return extend
+
+
+def tree_digest(root: str) -> dict[str, str]:
+  """{relative path: sha256} of every file under `root`, plus its directories.
+
+  Two equal digests mean nothing under `root` was created, removed or changed.
+  """
+  digest = {}
+  for directory, subdirectories, files in os.walk(root):
+    for name in subdirectories:
+      digest[os.path.relpath(os.path.join(directory, name), root) + "/"] = "dir"
+    for name in files:
+      path = os.path.join(directory, name)
+      with open(path, "rb") as f:
+        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return digest

@@ -7,7 +7,6 @@ uninterrupted one, and one killed after its step-3 checkpoint and resumed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from flax import nnx
 
 from ttscale.data.batching import TrainBatches, pack_sequences
 from ttscale.models import LanguageModel, ModelConfig, policy_forward_fn
+from ttscale.testing import tree_digest
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.objectives import next_token_loss
 from ttscale.training.optimizer import make_optimizer
@@ -42,17 +42,6 @@ def _train_config(**overrides) -> types.SimpleNamespace:
   return types.SimpleNamespace(**values)
 
 
-def _tree_digest(root: str) -> dict[str, str]:
-  """{relative path: sha256} of every file under `root`, plus its directories."""
-  digest = {}
-  for directory, subdirectories, files in os.walk(root):
-    for name in subdirectories:
-      digest[os.path.relpath(os.path.join(directory, name), root) + "/"] = "dir"
-    for name in files:
-      path = os.path.join(directory, name)
-      with open(path, "rb") as f:
-        digest[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return digest
 
 
 def _read_metrics(path: str) -> list[dict]:
@@ -210,18 +199,18 @@ def checkpoint_dir(tmp_path) -> str:
 
 
 def test_checkpointer_with_another_spec_names_the_field_and_touches_nothing(checkpoint_dir):
-  before = _tree_digest(checkpoint_dir)
+  before = tree_digest(checkpoint_dir)
   other_spec = {"model": {"num_layers": 2, "embed_dim": 16}, "tokenizer": "abc123"}
   with pytest.raises(ValueError, match=r"model\.num_layers=1 in the workdir, 2 now"):
     Checkpointer(checkpoint_dir, other_spec)
-  assert _tree_digest(checkpoint_dir) == before
+  assert tree_digest(checkpoint_dir) == before
 
 
 def test_checkpointer_with_a_missing_spec_field_names_it(checkpoint_dir):
-  before = _tree_digest(checkpoint_dir)
+  before = tree_digest(checkpoint_dir)
   with pytest.raises(ValueError, match=r"tokenizer \(present in only one\)"):
     Checkpointer(checkpoint_dir, {"model": SPEC["model"]})
-  assert _tree_digest(checkpoint_dir) == before
+  assert tree_digest(checkpoint_dir) == before
 
 
 def test_checkpointer_with_the_same_spec_restores_the_saved_tree(checkpoint_dir):
@@ -236,10 +225,10 @@ def test_checkpointer_with_a_corrupt_spec_names_the_file(checkpoint_dir):
   spec_path = os.path.join(checkpoint_dir, "spec.json")
   with open(spec_path, "w") as f:
     f.write('{"model": {"num_lay')
-  before = _tree_digest(checkpoint_dir)
+  before = tree_digest(checkpoint_dir)
   with pytest.raises(ValueError, match=re.escape(spec_path)):
     Checkpointer(checkpoint_dir, SPEC)
-  assert _tree_digest(checkpoint_dir) == before
+  assert tree_digest(checkpoint_dir) == before
 
 
 # ------------------------------------------------------------------ optimiser

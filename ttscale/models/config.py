@@ -29,14 +29,17 @@ class ModelConfig:
     if self.activation not in ACTIVATIONS:
       raise ValueError(
           f"model.activation={self.activation!r}: expected one of {ACTIVATIONS}")
+    for name in ("vocab_size", "num_layers", "embed_dim", "num_heads",
+                 "num_kv_heads", "head_dim", "mlp_dim"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name}={getattr(self, name)}: expected > 0")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
           f"model.num_heads={self.num_heads} must be a multiple of "
           f"model.num_kv_heads={self.num_kv_heads}")
-    for name in ("vocab_size", "num_layers", "embed_dim", "num_heads",
-                 "head_dim", "mlp_dim"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"model.{name}={getattr(self, name)}: expected > 0")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim}: expected an even "
+                       "number (rotary embeddings rotate pairs)")
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> ModelConfig:

@@ -96,9 +96,12 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
   with _maybe_sharding(mesh, rules):
     if mesh is not None:
       params = parallel.shard_params(params, mesh, rules)
-    state = jax.jit(lambda p: TrainState(
-        step=jnp.zeros((), jnp.int32), params=p,
-        opt_state=optimizer.init(p)))(params)
+    # Not jitted: optax builds the moments with zeros_like, which keeps each
+    # parameter's sharding, so the step compiles once for its final layout.
+    # A copy, because the step donates its input state.
+    params = jax.tree.map(lambda x: x.copy(), params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
     start = checkpointer.latest_step()
     if start is not None:
       abstract = jax.tree.map(
