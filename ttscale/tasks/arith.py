@@ -152,9 +152,9 @@ class ArithTask:
 
   min_ops: int = 1
   max_ops: int = 8
-  max_operand: int = 29
+  max_operand: int = 19
   max_multiplier: int = 9
-  max_abs_value: int = 999
+  max_abs_value: int = 149
   name: str = dataclasses.field(default="arith", init=False)
   step_delimiter: str = dataclasses.field(default="\n", init=False)
 
