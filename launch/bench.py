@@ -13,7 +13,9 @@ the same run, and the fraction of the roofline achieved:
                       + parameter bytes / batch
 
 with `context` the mean number of real tokens attended over the run
-(prompt + half the new tokens).
+(prompt + half the new tokens). The machine's rates are measured in the same
+run: an f32 1024² matmul and a read-only sum over 64 MiB. Rows are split over
+the host's JAX devices (`--cpu_devices`) when they divide evenly.
 """
 
 import json

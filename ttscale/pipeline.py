@@ -105,6 +105,10 @@ class Context:
     optimizer = make_optimizer(self.config.train)
     abstract = jax.eval_shape(lambda p: TrainState(
         step=np.int32(0), params=p, opt_state=optimizer.init(p)), params)
+    # Restored replicated on this run's mesh, whatever mesh saved it.
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
     state = checkpointer.restore(step, abstract)
     checkpointer.close()
     return generate.Policy(graphdef, state.params, model_config)
