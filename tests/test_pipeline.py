@@ -10,8 +10,12 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 
+import jax
+import numpy as np
 import pytest
 
 from ttscale import pipeline
@@ -238,3 +242,32 @@ def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untou
   with pytest.raises(ValueError, match=f"tokenizer='{original.fingerprint}' in the workdir"):
     _run(_tiny_config(), workdir, ["eval_policy"])
   assert tree_digest(workdir) == before
+
+
+_LOAD_POLICY_CHECKSUM = """
+import importlib.util, sys
+import jax, numpy as np
+from ttscale import pipeline
+spec = importlib.util.spec_from_file_location("arith_config", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+policy = pipeline.Context(module.get_config("tiny"), sys.argv[2]).load_policy()
+print(jax.device_count(), sum(float(np.abs(np.asarray(x)).sum())
+                              for x in jax.tree.leaves(policy.params)))
+"""
+
+
+def test_a_policy_saved_on_eight_devices_loads_on_one(finished):
+  # The session trained on 8 devices; a user may evaluate on one.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = os.path.dirname(CONFIG_PATH) + os.pathsep + os.path.join(
+      os.path.dirname(CONFIG_PATH), os.pardir)
+  process = subprocess.run(
+      [sys.executable, "-c", _LOAD_POLICY_CHECKSUM, CONFIG_PATH, finished.workdir],
+      capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert process.returncode == 0, process.stderr[-2000:]
+  devices, checksum = process.stdout.split()
+  policy = pipeline.Context(_tiny_config(), finished.workdir).load_policy()
+  expected = sum(float(np.abs(np.asarray(x)).sum()) for x in jax.tree.leaves(policy.params))
+  assert int(devices) == 1
+  assert float(checksum) == pytest.approx(expected, rel=1e-6)
