@@ -94,6 +94,9 @@ class Context:
 
   def load_policy(self) -> generate.Policy:
     """The trained policy from its last checkpoint."""
+    if not os.path.isdir(self.path("policy")):
+      raise ValueError(f"{self.path('policy')} is missing: run the "
+                       "'train_policy' stage first")
     checkpointer = self.policy_checkpointer()
     step = checkpointer.latest_step()
     if step is None or step < self.config.train.num_steps:
