@@ -151,10 +151,10 @@ class ArithTask:
   """The arithmetic-chain task; see the module docstring for the format."""
 
   min_ops: int = 1
-  max_ops: int = 8
+  max_ops: int = 9
   max_operand: int = 19
-  max_multiplier: int = 9
-  max_abs_value: int = 149
+  max_multiplier: int = 5
+  max_abs_value: int = 999
   name: str = dataclasses.field(default="arith", init=False)
   step_delimiter: str = dataclasses.field(default="\n", init=False)
 
