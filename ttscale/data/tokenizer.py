@@ -29,10 +29,11 @@ import hashlib
 import io
 import os
 import string
-import tempfile
 from collections.abc import Iterable
 
 import sentencepiece
+
+from ttscale import io_utils
 
 STEP_SYMBOL = "\u2424"  # "␤": stands for "\n" inside the sentencepiece model
 _SPACE_MARKER = "\u2581"  # "▁": sentencepiece's own spelling of a space
@@ -243,24 +244,5 @@ def train_tokenizer(
   )
   model_proto = model_writer.getvalue()
   tokenizer = Tokenizer(model_proto)
-  _write_atomically(model_proto, path)
+  io_utils.write_bytes_atomic(path, model_proto)
   return tokenizer
-
-
-def _write_atomically(contents: bytes, path: str | os.PathLike) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  file_descriptor, temporary_path = tempfile.mkstemp(
-    dir=directory, prefix=".tokenizer-", suffix=".tmp"
-  )
-  try:
-    # mkstemp makes the file private; a model file is meant to be shared.
-    os.chmod(temporary_path, 0o644)
-    with os.fdopen(file_descriptor, "wb") as temporary_file:
-      temporary_file.write(contents)
-      temporary_file.flush()
-      os.fsync(temporary_file.fileno())
-    os.replace(temporary_path, path)
-  except BaseException:
-    os.unlink(temporary_path)
-    raise

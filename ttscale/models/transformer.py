@@ -69,6 +69,13 @@ def _expand_mask(mask: jax.Array, kv_heads: int, groups: int) -> jax.Array:
   return mask.reshape(batch, 1, groups * length, slots)
 
 
+def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
+  """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
+  groups = scores.shape[2] // mask.shape[1]
+  scores = jnp.where(_expand_mask(mask, values.shape[1], groups), scores, _MASKED)
+  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
+
+
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                     mask: jax.Array) -> jax.Array:
   """Softmax attention over all S keys.
@@ -81,10 +88,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   Returns:
     float [batch, kv_heads, groups * T, head_dim].
   """
-  groups = q.shape[2] // mask.shape[1]
-  scores = jnp.einsum("bkqd,bksd->bkqs", q, k)
-  scores = jnp.where(_expand_mask(mask, k.shape[1], groups), scores, _MASKED)
-  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), v)
+  return _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v)
 
 
 def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
@@ -105,10 +109,7 @@ def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
   Returns:
     float [batch, kv_heads, groups * T, head_dim].
   """
-  groups = q.shape[2] // mask.shape[1]
-  scores = jnp.einsum("bkqd,bkds->bkqs", q, keys_t)
-  scores = jnp.where(_expand_mask(mask, keys_t.shape[1], groups), scores, _MASKED)
-  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
+  return _softmax_mix(jnp.einsum("bkqd,bkds->bkqs", q, keys_t), mask, values)
 
 
 class Attention(nnx.Module):
