@@ -129,6 +129,9 @@ def runs(packed, tmp_path_factory):
   # Let the step-3 save finish: the kill came after the checkpoint was written.
   killed_checkpointer.close()
   metrics_when_killed = _read_metrics(os.path.join(resumed_dir, "metrics.jsonl"))
+  # Another training stage shares the metrics file; a resume must keep its lines.
+  with open(os.path.join(resumed_dir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"stage": "other", "step": 99, "loss": 1.0}) + "\n")
 
   resumed_batches = _RecordingBatches(TrainBatches(packed, batch_size=4, seed=1))
   resumed_log: list[str] = []
@@ -142,7 +145,10 @@ def runs(packed, tmp_path_factory):
       step_on_disk_when_killed=step_on_disk_when_killed,
       metrics_when_killed=metrics_when_killed,
       resumed_params=resumed_params,
-      resumed_metrics=_read_metrics(os.path.join(resumed_dir, "metrics.jsonl")),
+      resumed_metrics=[r for r in _read_metrics(os.path.join(resumed_dir, "metrics.jsonl"))
+                       if r["stage"] == "test"],
+      other_stage_metrics=[r for r in _read_metrics(os.path.join(resumed_dir, "metrics.jsonl"))
+                           if r["stage"] == "other"],
       resumed_steps=resumed_batches.requested_steps,
       resumed_log=resumed_log)
 
@@ -174,6 +180,10 @@ def test_resumed_metrics_drop_the_lost_step_and_match_the_uninterrupted_run(runs
   for expected, found in zip(runs.uninterrupted_metrics, runs.resumed_metrics, strict=True):
     for key in ("loss", "dropout_probe", "grad_norm"):
       assert found[key] == pytest.approx(expected[key], rel=0, abs=1e-6), (found["step"], key)
+
+
+def test_resume_keeps_the_metric_lines_of_other_stages(runs):
+  assert [r["step"] for r in runs.other_stage_metrics] == [99]
 
 
 def test_dropout_mask_changes_with_the_step_and_repeats_across_runs(runs):

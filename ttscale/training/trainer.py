@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from ttscale import parallel
+from ttscale import io_utils, parallel
 from ttscale.progress import format_seconds
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.optimizer import make_optimizer
@@ -42,16 +42,20 @@ class TrainState:
   opt_state: Any        # optax state, shaped like params
 
 
-def _truncate_metrics(path: str, after_step: int) -> None:
-  """Drops metric lines past `after_step` (left by a killed run)."""
+def _truncate_metrics(path: str, name: str, after_step: int) -> None:
+  """Drops `name`'s metric lines past `after_step` (left by a killed run).
+
+  The file is shared by every training stage; other stages' lines stay.
+  """
   if not os.path.exists(path):
     return
   with open(path) as f:
     lines = [line for line in f if line.strip()]
-  kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+  kept = [line for line in lines
+          if (record := json.loads(line)).get("stage") != name
+          or record.get("step", 0) <= after_step]
   if len(kept) != len(lines):
-    with open(path, "w") as f:
-      f.writelines(kept)
+    io_utils.write_bytes_atomic(path, "".join(kept).encode())
 
 
 def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
@@ -110,7 +114,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
       state = checkpointer.restore(start, abstract)
       log(f"{name}: resumed from the checkpoint at step {start}")
     start = int(state.step)
-    _truncate_metrics(metrics_path, start)
+    _truncate_metrics(metrics_path, name, start)
     step_fn = jax.jit(train_step, donate_argnums=0)
     try:
       state = _run_steps(name, step_fn, state, start, batches, train_config,
