@@ -3,9 +3,10 @@
 from ttscale.models.config import ModelConfig
 from ttscale.models.kv_cache import KVCache, init_cache
 from ttscale.models.transformer import Decoder, LanguageModel
+from ttscale.models.value import ValueModel
 
-__all__ = ["Decoder", "KVCache", "LanguageModel", "ModelConfig", "init_cache",
-           "policy_extend_fn", "policy_forward_fn"]
+__all__ = ["Decoder", "KVCache", "LanguageModel", "ModelConfig", "ValueModel",
+           "init_cache", "policy_extend_fn", "policy_forward_fn"]
 
 
 def policy_extend_fn(graphdef):
