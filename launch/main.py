@@ -65,7 +65,6 @@ def main(argv):
   runtime.keep_freed_host_memory()
   runtime.split_host_cpu(_CPU_DEVICES.value)
   try:
-    pipeline.check_stage_names(_STAGES.value or [])
     # Second runs reuse compiled programs (process-wide, so set here only).
     import jax
     jax.config.update("jax_compilation_cache_dir",

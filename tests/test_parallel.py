@@ -62,6 +62,16 @@ def _on(mesh_shape):
   return mesh, parallel.sharding_context(mesh, RULES)
 
 
+def _run_on(mesh_shape, fn, params, batch):
+  """`fn(params, batch)`, sharded by the rules on `mesh_shape` (None: one device)."""
+  mesh, context = _on(mesh_shape)
+  with context:
+    if mesh is not None:
+      params = parallel.shard_params(params, mesh, RULES)
+      batch = parallel.shard_batch(batch, mesh)
+    return fn(params, batch)
+
+
 def test_device_count_is_eight():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 CPU devices"
 
@@ -156,13 +166,7 @@ def _train_step(mesh_shape) -> _StepOutput:
     return _StepOutput(params_in=params, logits=logits, loss=loss, grads=grads,
                        params=optax.apply_updates(params, updates))
 
-  batch = _train_batch()
-  mesh, context = _on(mesh_shape)
-  with context:
-    if mesh is not None:
-      params = parallel.shard_params(params, mesh, RULES)
-      batch = parallel.shard_batch(batch, mesh)
-    return step(params, batch)
+  return _run_on(mesh_shape, step, params, _train_batch())
 
 
 def _assert_trees_close(tree, expected_tree):
@@ -295,13 +299,7 @@ def _greedy_samples(mesh_shape):
     return sampling.sample(extend, params, cache, pending, active,
                            jax.random.key(0, impl="rbg"), GREEDY)
 
-  batch = _prompts()
-  mesh, context = _on(mesh_shape)
-  with context:
-    if mesh is not None:
-      params = parallel.shard_params(params, mesh, RULES)
-      batch = parallel.shard_batch(batch, mesh)
-    return run(params, *batch)
+  return _run_on(mesh_shape, lambda p, batch: run(p, *batch), params, _prompts())
 
 
 @pytest.mark.parametrize("mesh_shape", MESH_SHAPES)

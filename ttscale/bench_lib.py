@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 import jax
@@ -77,8 +76,7 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
     prompts = jnp.ones((batch, prompt_length), jnp.int32)
     # Rows split over every device when they divide evenly (one per core).
     split = batch % jax.device_count() == 0
-    with parallel.sharding_context(mesh, (("batch", "data"),)) if split \
-        else contextlib.nullcontext():
+    with parallel.maybe_sharding(mesh if split else None, (("batch", "data"),)):
       if split:
         prompts = parallel.shard_batch(prompts, mesh)
       seconds = _best_seconds(run, params, prompts, jax.random.key(0))

@@ -70,6 +70,13 @@ def sharding_context(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
     _context.rules = previous
 
 
+def maybe_sharding(mesh: Mesh | None, rules: LogicalRules):
+  """`sharding_context(mesh, rules)`, or a no-op context when `mesh` is None."""
+  if mesh is None:
+    return contextlib.nullcontext()
+  return sharding_context(mesh, rules)
+
+
 def active_rules() -> tuple[tuple[str, str | None], ...] | None:
   """The rules of the innermost `sharding_context`, or None outside one."""
   return getattr(_context, "rules", None)

@@ -8,7 +8,6 @@ with the same static settings, so tests and stages don't recompile.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import time
@@ -93,11 +92,9 @@ def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
                           config)
   num_batches = -(-len(rows) // batch_size)
   progress = Progress(progress_name, num_batches, log) if progress_name else None
-  context = (parallel.sharding_context(mesh, rules) if mesh is not None
-             else contextlib.nullcontext())
   texts: list[str] = []
   generated = 0
-  with context:
+  with parallel.maybe_sharding(mesh, rules):
     params = policy.params if mesh is None else parallel.replicate(policy.params, mesh)
     for b in range(num_batches):
       chunk = rows[b * batch_size:(b + 1) * batch_size]

@@ -9,7 +9,6 @@ parameters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -97,7 +96,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
                       params=optax.apply_updates(state.params, updates),
                       opt_state=opt_state), metrics
 
-  with _maybe_sharding(mesh, rules):
+  with parallel.maybe_sharding(mesh, rules):
     if mesh is not None:
       params = parallel.shard_params(params, mesh, rules)
     # Not jitted: optax builds the moments with zeros_like, which keeps each
@@ -155,9 +154,3 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
     if done % train_config.checkpoint_every == 0 or done == num_steps:
       checkpointer.save(done, state)
   return state
-
-
-def _maybe_sharding(mesh, rules):
-  if mesh is None:
-    return contextlib.nullcontext()
-  return parallel.sharding_context(mesh, rules)
