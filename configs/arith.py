@@ -55,6 +55,43 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # eval_policy: pass@1 from `num_samples` samples per test question.
   c.eval = config_dict.ConfigDict(dict(num_samples=16))
 
+  # prm_labels: `samples_per_question` solutions for each of the first
+  # `num_questions` training questions; every step not ending a solution is
+  # labelled by `num_rollouts` continuations (paper: 16). A held-out
+  # `holdout_fraction` of the questions is used for early stopping and
+  # calibration. Rollouts run in parts of `prefixes_per_part` prefixes (the
+  # unit of resumption).
+  c.prm = config_dict.ConfigDict(dict(
+      num_questions=1500, samples_per_question=2, num_rollouts=16,
+      holdout_fraction=0.1, prefixes_per_part=128))
+
+  # The PRM's and ORM's training: from the policy's weights. The paper
+  # fine-tunes a large model at lr 3e-5, batch 128, dropout 0.05, betas
+  # 0.9/0.95; our small model, trained from scratch at 3e-3, fine-tunes at
+  # 1e-3 (rows are whole solutions). Validation loss on the held-out
+  # questions at every checkpoint; stop after `patience` without improvement.
+  c.verifier_train = config_dict.ConfigDict(dict(
+      batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=30,
+      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
+      grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
+      max_checkpoints=2, patience=3))
+
+  # eval_prm: a pool of `pool_size` samples for each of the first
+  # `num_questions` test questions; accuracy at N = 1, 2, 4, ..., pool_size
+  # averaged over `num_draws` subsets per question.
+  c.eval_prm = config_dict.ConfigDict(dict(
+      num_questions=600, pool_size=32, num_draws=64,
+      aggregations=("last", "min", "prod"), calibration_bins=10))
+
+  # sweep_search: every configuration of the paper's Fig. 3 (best-of-N
+  # weighted; beam M=4 and M=sqrt(N); lookahead k=3 with M=4 and M=sqrt(N),
+  # k=1 with M=sqrt(N)) at every budget N = 1, 2, 4, ..., max_budget, on the
+  # first `num_questions` test questions. Programs run `rows` rows at a time
+  # (rows / N questions). A row's step may take `max_step_tokens` tokens; the
+  # search stops after `max_rounds` rounds (paper: 40).
+  c.search = config_dict.ConfigDict(dict(
+      max_budget=64, num_questions=200, max_rounds=40, max_step_tokens=32, rows=256))
+
   # ("data", "model") mesh; -1 takes the remaining devices.
   c.mesh = config_dict.ConfigDict(dict(
       data=-1, model=1,
@@ -71,6 +108,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
                    checkpoint_every=3, log_every=3)
     c.sampling.update(max_new_tokens=48, batch_size=64)
     c.eval.num_samples = 2
+    c.prm.update(num_questions=40, samples_per_question=2, num_rollouts=4,
+                 prefixes_per_part=16)
+    c.verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
+                            checkpoint_every=3, log_every=3, patience=2)
+    c.eval_prm.update(num_questions=16, pool_size=4, num_draws=8)
+    c.search.update(max_budget=4, num_questions=6, max_step_tokens=16, max_rounds=8,
+                    rows=16)
   elif variant == "paper":
     c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
     c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,

@@ -1,6 +1,7 @@
 r"""Benchmarks that print JSON.
 
   python -m launch.bench --bench=decode [--config=configs/arith.py]
+  python -m launch.bench --bench=search --workdir=workdir [--budgets=16,64,256]
 
 `decode`: sampler tokens/s at batch 1, 16, 64, 256 for the config's policy
 size, next to this machine's f32 matmul rate and memory bandwidth measured in
@@ -16,9 +17,16 @@ with `context` the mean number of real tokens attended over the run
 (prompt + half the new tokens). The machine's rates are measured in the same
 run: an f32 1024² matmul and a read-only sum over 64 MiB. Rows are split over
 the host's JAX devices (`--cpu_devices`) when they divide evenly.
+
+`search`: with the trained policy and PRM of `--workdir`, wall time per
+question of best-of-N, beam search (M=4) and lookahead (k=3, M=4) at each
+budget, their ratio to best-of-N, policy tokens decoded per second (rollouts
+included), and the PRM's share of the time (each program timed again with
+its PRM calls left out); see `ttscale.bench_lib.search_benchmark`.
 """
 
 import json
+import sys
 import time
 
 from absl import app, flags
@@ -32,7 +40,11 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 2,
     "On a CPU host, split it into this many JAX devices so that data-parallel "
     "work uses every core (1: one device).")
-_BENCH = flags.DEFINE_enum("bench", "decode", ["decode"], "What to measure.")
+_BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search"], "What to measure.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "search: a workdir with a trained policy and PRM (stages through "
+    "train_prm) made with --config.")
+_BUDGETS = flags.DEFINE_list("budgets", ["16", "64", "256"], "search: budgets N.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"],
                                  "Decode batch sizes.")
 _VOCAB_SIZE = flags.DEFINE_integer(
@@ -47,6 +59,17 @@ def main(argv):
   if _BENCH.value == "decode":
     result = bench_lib.decode_benchmark(
         _CONFIG.value, [int(b) for b in _BATCH_SIZES.value], _VOCAB_SIZE.value)
+  else:
+    if not _WORKDIR.value:
+      print("error: --bench=search needs --workdir with a trained policy and PRM",
+            file=sys.stderr)
+      sys.exit(2)
+    try:
+      result = bench_lib.search_benchmark(_CONFIG.value, _WORKDIR.value,
+                                          [int(b) for b in _BUDGETS.value])
+    except ValueError as error:
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(2)
   result["bench_seconds"] = round(time.time() - started, 1)
   print(json.dumps(result, indent=2))
 

@@ -90,3 +90,20 @@ def test_config_override_parses_so_only_the_unknown_stage_fails(workdir):
   assert "'bogus'" in _last_line(process.stderr)
   assert "Traceback" not in process.stderr
   assert tree_digest(workdir) == before
+
+
+def test_unknown_aggregation_fails_with_one_line_naming_the_field_and_it(workdir):
+  """Fails if an unknown `eval_prm.aggregations` entry, given as a tuple
+  override, is accepted, reported as a traceback or without the field and
+  value, exits other than 2, or if anything is written first."""
+  before = tree_digest(workdir)
+  # ml_collections parses a tuple override as a Python literal; `last,bogus`
+  # would be the 1-tuple ('last,bogus',).
+  process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}",
+                    "--config.eval_prm.aggregations=('last', 'bogus')")
+  assert process.returncode == 2, process.stderr[-2000:]
+  last = _last_line(process.stderr)
+  assert last.startswith("error: eval_prm.aggregations:"), last
+  assert "'bogus'" in last and "'last'" not in last
+  assert "Traceback" not in process.stderr
+  assert tree_digest(workdir) == before

@@ -18,13 +18,15 @@ import jax
 import numpy as np
 import pytest
 
-from ttscale import pipeline
+from ttscale import io_utils, pipeline
 from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
 from ttscale.testing import tree_digest
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
-STAGE_NAMES = ("data", "train_policy", "eval_policy")
+POLICY_STAGES = ("data", "train_policy", "eval_policy")
+STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm")
+TRAINING_STAGES = ("train_policy", "train_prm", "train_orm")
 
 
 def _tiny_config():
@@ -42,9 +44,11 @@ def _read_json(path: str):
     return json.load(f)
 
 
-def _read_metrics(workdir: str) -> list[dict]:
+def _read_metrics(workdir: str, stage: str | None = None) -> list[dict]:
+  """The metric records of `stage` (default: of every stage), in file order."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if stage is None or r["stage"] == stage]
 
 
 def _without_speed(evaluation: dict) -> dict:
@@ -84,8 +88,10 @@ def test_full_run_writes_markers_metrics_and_one_eval_row_per_test_level(finishe
     marker = _read_json(os.path.join(finished.workdir, "stages", f"{name}.json"))
     assert marker["stage"] == name
   metrics = _read_metrics(finished.workdir)
-  assert [r["step"] for r in metrics] == [3, 6]  # log_every=3, num_steps=6
-  assert all(r["stage"] == "train_policy" for r in metrics)
+  assert {r["stage"] for r in metrics} == set(TRAINING_STAGES)
+  for stage in TRAINING_STAGES:  # log_every=3, num_steps=6 (the verifiers: + validation)
+    steps = [r["step"] for r in metrics if r["stage"] == stage and "loss" in r]
+    assert steps == [3, 6], (stage, steps)
 
   sources = arith_builder.build_arith_data(config.task, config.data,
                                            os.path.join(finished.workdir, "data"))
@@ -161,8 +167,8 @@ def test_resume_from_a_mid_training_checkpoint_trains_only_the_remaining_steps(
   assert "train_policy: resumed from the checkpoint at step 3" in log
   trained = [line.split()[2] for line in log if line.startswith("train_policy: step ")]
   assert trained == ["6/6"]  # log_every=3: steps 4-6 in one record
-  original_steps = [r["step"] for r in _read_metrics(finished.workdir)]
-  assert [r["step"] for r in _read_metrics(workdir)] == original_steps
+  original_steps = [r["step"] for r in _read_metrics(finished.workdir, "train_policy")]
+  assert [r["step"] for r in _read_metrics(workdir, "train_policy")] == original_steps
 
 
 def test_resume_from_a_mid_training_checkpoint_reproduces_the_evaluation(
@@ -176,8 +182,9 @@ def test_resume_from_a_mid_training_checkpoint_reproduces_the_evaluation(
 def test_resume_from_a_mid_training_checkpoint_logs_the_uninterrupted_metrics(
     finished, resumed_mid_training):
   workdir, _ = resumed_mid_training
-  original = [r["loss"] for r in _read_metrics(finished.workdir)]
-  assert [r["loss"] for r in _read_metrics(workdir)] == pytest.approx(original, abs=1e-6)
+  original = [r["loss"] for r in _read_metrics(finished.workdir, "train_policy")]
+  resumed = [r["loss"] for r in _read_metrics(workdir, "train_policy")]
+  assert resumed == pytest.approx(original, abs=1e-6)
 
 
 def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
@@ -271,3 +278,286 @@ def test_a_policy_saved_on_eight_devices_loads_on_one(finished):
   expected = sum(float(np.abs(np.asarray(x)).sum()) for x in jax.tree.leaves(policy.params))
   assert int(devices) == 1
   assert float(checksum) == pytest.approx(expected, rel=1e-6)
+
+
+# ------------------------------------------------------------------ verifiers
+
+
+def _through_eval_policy(finished: _Finished, destination: str) -> str:
+  """A new workdir holding only the finished one's data and policy stages.
+
+  Its metrics file keeps only the policy's lines, as after a run that ended
+  with `eval_policy`.
+  """
+  os.makedirs(os.path.join(destination, "stages"))
+  for name in ("data", "policy"):
+    shutil.copytree(os.path.join(finished.workdir, name), os.path.join(destination, name))
+  for name in ("tokenizer.model", "eval_policy.json",
+               *(os.path.join("stages", f"{stage}.json") for stage in POLICY_STAGES)):
+    shutil.copyfile(os.path.join(finished.workdir, name), os.path.join(destination, name))
+  with open(os.path.join(destination, "metrics.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in _read_metrics(finished.workdir, "train_policy"))
+  return destination
+
+
+def _through_prm_labels(finished: _Finished, destination: str) -> str:
+  """`_through_eval_policy` plus the finished workdir's `prm_labels` stage."""
+  _through_eval_policy(finished, destination)
+  shutil.copytree(os.path.join(finished.workdir, "prm_labels"),
+                  os.path.join(destination, "prm_labels"))
+  shutil.copyfile(os.path.join(finished.workdir, "stages", "prm_labels.json"),
+                  os.path.join(destination, "stages", "prm_labels.json"))
+  return destination
+
+
+def _marker(workdir: str, stage: str) -> dict:
+  return _read_json(os.path.join(workdir, "stages", f"{stage}.json"))
+
+
+def _part_files(workdir: str) -> dict[str, tuple[int, int, bytes]]:
+  """{part file name: (inode, mtime in ns, content)} of `prm_labels/parts`."""
+  parts_dir = os.path.join(workdir, "prm_labels", "parts")
+  files = {}
+  for name in sorted(os.listdir(parts_dir)):
+    path = os.path.join(parts_dir, name)
+    with open(path, "rb") as f:
+      files[name] = (os.stat(path).st_ino, os.stat(path).st_mtime_ns, f.read())
+  return files
+
+
+class _KilledAndResumed:
+  """A workdir whose stage was killed once and re-run."""
+
+  def __init__(self, workdir: str, killed_log: list[str], after_kill, resumed_log: list[str]):
+    self.workdir = workdir
+    self.killed_log = killed_log
+    self.after_kill = after_kill  # what the kill left behind (per fixture)
+    self.resumed_log = resumed_log
+
+
+@pytest.fixture(scope="session")
+def prm_labels_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
+  """`prm_labels` killed (Ctrl-C) right after its 2nd rollout part was written, re-run."""
+  workdir = _through_eval_policy(
+      finished, str(tmp_path_factory.mktemp("prm_labels_resumed") / "workdir"))
+  parts_dir = os.path.join(workdir, "prm_labels", "parts")
+  written: list[str] = []
+  write_json_atomic = io_utils.write_json_atomic
+
+  def write_then_kill_at_the_second_part(path, value):
+    write_json_atomic(path, value)
+    if os.path.dirname(os.path.abspath(path)) == parts_dir:
+      written.append(path)
+      if len(written) == 2:
+        raise KeyboardInterrupt
+
+  killed_log: list[str] = []
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(io_utils, "write_json_atomic", write_then_kill_at_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run(_tiny_config(), workdir, ["prm_labels"], log=killed_log.append)
+  after_kill = _part_files(workdir)
+  assert not os.path.exists(os.path.join(workdir, "stages", "prm_labels.json"))
+  assert not os.path.exists(os.path.join(workdir, "prm_labels", "labels.jsonl"))
+  return _KilledAndResumed(workdir, killed_log, after_kill,
+                           _run(_tiny_config(), workdir, ["prm_labels"]))
+
+
+def test_prm_labels_resumed_after_a_kill_gives_the_uninterrupted_labels(
+    finished, prm_labels_killed_and_resumed):
+  """Fails if a resumed `prm_labels` labels other steps, in another order, or
+  with other rollout counts than an uninterrupted run (e.g. parts re-cut on
+  resume, a part's randomness depending on what ran before it in-process)."""
+  run = prm_labels_killed_and_resumed
+  assert any(line.startswith("stage prm_labels: done") for line in run.resumed_log)
+  resumed = io_utils.read_jsonl(os.path.join(run.workdir, "prm_labels", "labels.jsonl"))
+  original = io_utils.read_jsonl(os.path.join(finished.workdir, "prm_labels", "labels.jsonl"))
+  assert len(resumed) == len(original) == _marker(finished.workdir, "prm_labels")[
+      "summary"]["num_solutions"]
+  for number, (got, expected) in enumerate(zip(resumed, original, strict=True)):
+    assert got == expected, f"record {number}"
+  # Every part holds the counts and token totals of the uninterrupted run's.
+  parts = {name: json.loads(content) for name, (_, _, content) in _part_files(run.workdir).items()}
+  original_parts = {name: json.loads(content)
+                    for name, (_, _, content) in _part_files(finished.workdir).items()}
+  assert sorted(parts) == sorted(original_parts)
+  for name, part in parts.items():
+    assert part["num_correct"] == original_parts[name]["num_correct"], name
+    assert part["generated_tokens"] == original_parts[name]["generated_tokens"], name
+
+
+def test_prm_labels_resume_reuses_the_parts_written_before_the_kill(
+    finished, prm_labels_killed_and_resumed):
+  """Fails if the kill did not land mid-stage (too few parts in the tiny
+  config), if a re-run rewrites a finished part, or if the summary does not
+  count the parts it found on disk."""
+  run = prm_labels_killed_and_resumed
+  original_summary = _marker(finished.workdir, "prm_labels")["summary"]
+  assert original_summary["num_parts"] > 2  # else the kill would not be mid-stage
+  assert sorted(run.after_kill) == ["00000.json", "00001.json"]
+  after_rerun = _part_files(run.workdir)
+  for name, before in run.after_kill.items():
+    assert after_rerun[name] == before, f"{name} was rewritten"
+  summary = _marker(run.workdir, "prm_labels")["summary"]
+  assert summary["parts_resumed"] == 2
+  assert summary["num_parts"] == original_summary["num_parts"] == len(after_rerun)
+  timing = ("rollout_seconds", "rollout_tokens_per_second", "parts_resumed")
+  assert ({k: v for k, v in summary.items() if k not in timing}
+          == {k: v for k, v in original_summary.items() if k not in timing})
+
+
+@pytest.fixture(scope="session")
+def train_prm_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
+  """`train_prm` killed (Ctrl-C) after its step-3 checkpoint, at the step-6 log, re-run."""
+  workdir = _through_prm_labels(
+      finished, str(tmp_path_factory.mktemp("train_prm_resumed") / "workdir"))
+  killed_log: list[str] = []
+
+  def log_then_kill_at_step_6(line: str) -> None:
+    killed_log.append(line)
+    if line.startswith("train_prm: step 6/"):
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(_tiny_config(), workdir, ["train_prm"], log=log_then_kill_at_step_6)
+  state_dir = os.path.join(workdir, "prm", "state")
+  after_kill = sorted(name for name in os.listdir(state_dir) if name != "spec.json")
+  return _KilledAndResumed(workdir, killed_log, after_kill,
+                           _run(_tiny_config(), workdir, ["train_prm"]))
+
+
+def _without_tokens_per_second(records: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in records]
+
+
+def test_train_prm_resumed_after_a_kill_trains_only_the_remaining_steps(
+    train_prm_killed_and_resumed):
+  """Fails if the kill did not follow the step-3 checkpoint, or if the re-run
+  starts over instead of resuming from it."""
+  run = train_prm_killed_and_resumed
+  assert run.after_kill == ["3"]
+  assert "train_prm: resumed from the checkpoint at step 3" in run.resumed_log
+  trained = [line.split()[2] for line in run.resumed_log
+             if line.startswith("train_prm: step ") and "/" in line.split()[2]]
+  assert trained == ["6/6"]
+
+
+def test_train_prm_resumed_after_a_kill_matches_the_uninterrupted_run(
+    finished, train_prm_killed_and_resumed):
+  """Fails if the resumed run keeps another best step or validation loss, or
+  logs other metric lines (e.g. the killed run's step-6 line left in the
+  file, or an early-stopping history not read back from it)."""
+  run = train_prm_killed_and_resumed
+  resumed = _marker(run.workdir, "train_prm")["summary"]
+  original = _marker(finished.workdir, "train_prm")["summary"]
+  assert resumed["best_step"] == original["best_step"]
+  assert resumed["stopped_early"] == original["stopped_early"]
+  assert resumed["best_validation_loss"] == pytest.approx(
+      original["best_validation_loss"], abs=1e-6)
+  got = _without_tokens_per_second(_read_metrics(run.workdir, "train_prm"))
+  expected = _without_tokens_per_second(_read_metrics(finished.workdir, "train_prm"))
+  assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in expected]
+  for resumed_record, original_record in zip(got, expected, strict=True):
+    assert resumed_record == pytest.approx(original_record, abs=1e-6)
+
+
+def test_train_prm_resumed_after_a_kill_keeps_the_uninterrupted_best_parameters(
+    finished, train_prm_killed_and_resumed):
+  """Fails if the best checkpoint of the resumed run holds other parameters
+  than the uninterrupted run's (another step, or a resume that drifted)."""
+  run = train_prm_killed_and_resumed
+  best_steps = [sorted(n for n in os.listdir(os.path.join(w, "prm", "best")) if n != "spec.json")
+                for w in (run.workdir, finished.workdir)]
+  assert best_steps[0] == best_steps[1]
+  resumed = pipeline.Context(_tiny_config(), run.workdir).load_verifier("prm").params
+  original = pipeline.Context(_tiny_config(), finished.workdir).load_verifier("prm").params
+  for got, expected in zip(jax.tree.leaves(resumed), jax.tree.leaves(original), strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-6)
+
+
+def _expect_one_line_error(workdir: str, stages: list[str], *needles: str) -> str:
+  """Runs `stages`; checks a one-line ValueError naming `needles`, nothing written."""
+  before = tree_digest(workdir)
+  with pytest.raises(ValueError) as error:
+    _run(_tiny_config(), workdir, stages)
+  message = str(error.value)
+  assert "\n" not in message, message
+  for needle in needles:
+    assert needle in message, message
+  assert tree_digest(workdir) == before
+  return message
+
+
+def test_train_prm_without_a_policy_names_train_policy_and_touches_nothing(
+    finished, tmp_path):
+  """Fails if `train_prm` in a workdir that has data but no policy reports
+  anything but the missing policy stage, or writes before failing."""
+  workdir = str(tmp_path / "workdir")
+  os.makedirs(os.path.join(workdir, "stages"))
+  shutil.copytree(os.path.join(finished.workdir, "data"), os.path.join(workdir, "data"))
+  for name in ("tokenizer.model", os.path.join("stages", "data.json")):
+    shutil.copyfile(os.path.join(finished.workdir, name), os.path.join(workdir, name))
+  _expect_one_line_error(workdir, ["train_prm"], "train_policy")
+
+
+def test_train_prm_before_prm_labels_names_prm_labels_and_touches_nothing(
+    finished, tmp_path):
+  """Fails if `train_prm` with a policy but no labels reports anything but the
+  missing `prm_labels` stage, or writes (checkpoint directories) first."""
+  workdir = _through_eval_policy(finished, str(tmp_path / "workdir"))
+  _expect_one_line_error(workdir, ["train_prm"], "prm_labels")
+
+
+def test_eval_prm_before_train_prm_names_train_prm_and_touches_nothing(finished, tmp_path):
+  """Fails if `eval_prm` with labels but no trained PRM reports anything but
+  the missing `train_prm` stage, or samples and writes its pool first."""
+  workdir = _through_prm_labels(finished, str(tmp_path / "workdir"))
+  _expect_one_line_error(workdir, ["eval_prm"], "train_prm")
+
+
+@pytest.mark.parametrize("stage", ["train_prm", "eval_prm"])
+def test_prm_checkpoint_of_another_vocabulary_names_vocab_size_and_touches_nothing(
+    finished, tmp_path, stage):
+  """Fails if a PRM checkpoint made with another vocabulary than the workdir's
+  tokenizer is used (or reported by a later field than `vocab_size`), or if
+  the check writes anything."""
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(os.path.join(finished.workdir, "prm"), os.path.join(workdir, "prm"))
+  original = Tokenizer.load(os.path.join(finished.workdir, "tokenizer.model"))
+  # The workdir's characters plus letters: a bigger vocabulary.
+  special_ids = {original.pad_id, original.unk_id, original.bos_id, original.eos_id,
+                 original.step_id}
+  pieces = [original.id_to_piece(i) for i in range(original.vocab_size)
+            if i not in special_ids]
+  texts = ["".join(pieces), "the quick brown fox jumps over the lazy dog"]
+  tokenizer = train_tokenizer(texts, os.path.join(workdir, "tokenizer.model"))
+  assert tokenizer.vocab_size > original.vocab_size
+  message = _expect_one_line_error(workdir, [stage], "vocab_size")
+  assert f"vocab_size={original.vocab_size} in the workdir, {tokenizer.vocab_size} now" \
+      in message
+
+
+def test_finished_workdir_eval_prm_has_every_curve_at_every_budget(finished):
+  """Fails if `eval_prm.json` lacks a section, a selection method (one per
+  aggregation, the ORM ones, majority vote, pass@N) or a budget 1, 2, ...,
+  pool_size, or if some method beats pass@N, the oracle, at some budget."""
+  config = _tiny_config()
+  evaluation = _read_json(os.path.join(finished.workdir, "eval_prm.json"))
+  assert {"step_auc_vs_exact", "calibration", "accuracy_vs_n"} <= set(evaluation)
+  assert set(evaluation["step_auc_vs_exact"]) == {"prm", "orm"}
+  assert {"ece", "reliability"} <= set(evaluation["calibration"])
+  assert os.path.getsize(os.path.join(finished.workdir, "eval_prm.png")) > 0
+  pool_size = config.eval_prm.pool_size
+  assert evaluation["pool_size"] == pool_size
+  budgets = [str(2 ** i) for i in range(pool_size.bit_length())]
+  assert budgets[0] == "1" and budgets[-1] == str(pool_size)
+  curves = evaluation["accuracy_vs_n"]
+  for how in config.eval_prm.aggregations:
+    assert any(f"({how})" in method and "PRM" in method for method in curves), (how, curves)
+  assert any("ORM" in method for method in curves)
+  assert "majority vote" in curves and "pass@N" in curves
+  for method, curve in curves.items():
+    assert list(curve) == budgets, method
+    for budget, (mean, stderr) in curve.items():
+      assert 0.0 <= mean <= 1.0 and stderr >= 0.0, (method, budget)
+      assert curves["pass@N"][budget][0] >= mean - 1e-9, (method, budget)

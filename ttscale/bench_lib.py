@@ -109,3 +109,74 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
                   "devices": [str(d) for d in jax.devices()]},
       "decode": rows,
   }
+
+
+def search_benchmark(config, workdir: str, budgets: list[int], num_batches: int = 2) -> dict:
+  """Wall time per question of best-of-N, beam (M=4) and lookahead (k=3, M=4).
+
+  Runs the trained policy and PRM of `workdir` on the first test questions
+  (the same ones for every method at a budget), `num_batches` batches of
+  `config.search.rows` rows each, after a compiling call. The PRM's share
+  of the time is measured by running each program again with every PRM call
+  left out (scores 0): 1 - (time without PRM) / (time with PRM).
+  """
+  from ttscale.pipeline import Context
+  from ttscale.search import common, runner
+  from ttscale.search.budget import SearchSetting
+
+  ctx = Context(config, workdir, log=lambda _: None)
+  policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
+  options = runner.SearchOptions(
+      rule=sampling.SamplingRule(config.sampling.temperature, config.sampling.top_p),
+      max_new_tokens=config.sampling.max_new_tokens,
+      max_step_tokens=config.search.max_step_tokens, max_rounds=config.search.max_rounds,
+      rows=config.search.rows)
+  test = ctx.examples("test")
+  questions = [e.question for e in test]
+  width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
+  rows = []
+  for budget in budgets:
+    per_batch = runner.questions_per_batch(budget, options.rows)
+    batch_questions = [questions[b * per_batch:(b + 1) * per_batch] for b in range(num_batches)]
+    settings = [SearchSetting("best_of_n", budget), SearchSetting("beam", budget, beam_width=4),
+                SearchSetting("lookahead", budget, beam_width=4, lookahead=3)]
+    timings = {}
+    for setting in settings:
+      for with_prm in (True, False):
+        models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config,
+                                     prm.config, with_prm=with_prm)
+
+        def run(qs, seed, setting=setting, models=models):
+          return runner.search_batch(setting, models, policy.params, prm.params, ctx.tokenizer,
+                                     ctx.task, qs, options=options, width=width,
+                                     rng=jax.random.key(seed), mesh=ctx.mesh, rules=ctx.rules)
+
+        start = time.perf_counter()
+        run(batch_questions[0], 0)  # compiles
+        compile_and_run = time.perf_counter() - start
+        start = time.perf_counter()
+        results = [r for b, qs in enumerate(batch_questions) for r in run(qs, b + 1)]
+        seconds = time.perf_counter() - start
+        timings[(setting.method, with_prm)] = dict(
+            seconds=seconds, compile=compile_and_run - seconds / num_batches,
+            results=results)
+    base = timings[("best_of_n", True)]["seconds"]
+    for setting in settings:
+      timing = timings[(setting.method, True)]
+      without_prm = timings[(setting.method, False)]["seconds"]
+      num_questions = len(timing["results"])
+      accuracy = sum(ctx.task.grade(r.answer, e.answer)
+                     for r, e in zip(timing["results"], test, strict=False)) / num_questions
+      rows.append({
+          "budget": budget, "method": setting.method, "params": setting.params,
+          "questions": num_questions,
+          "seconds_per_question": round(timing["seconds"] / num_questions, 4),
+          "ratio_to_best_of_n": round(timing["seconds"] / base, 3),
+          "generated_tokens_per_second": round(
+              sum(r.policy_tokens for r in timing["results"]) / timing["seconds"]),
+          "prm_time_fraction": round(1 - without_prm / timing["seconds"], 3),
+          "compile_seconds": round(timing["compile"], 1),
+          "accuracy": round(accuracy, 3),
+      })
+  return {"bench": "search", "rows_per_batch": options.rows, "workdir": workdir,
+          "devices": jax.device_count(), "search": rows}

@@ -44,3 +44,20 @@ def read_json(path: str | os.PathLike) -> Any:
       return json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ValueError(f"{os.fspath(path)}: unreadable JSON ({e})") from e
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: list) -> None:
+  write_bytes_atomic(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def read_jsonl(path: str | os.PathLike) -> list:
+  """Reads a JSON-lines file; a damaged line is a ValueError naming the path."""
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{os.fspath(path)}: line {number} is not JSON ({e})") from e
+  return records

@@ -5,6 +5,9 @@
   every test of a session shares the same parameters.
 - `tree_digest(root)`: a fingerprint of a directory tree, to show that a
   failed command left a workdir untouched.
+- `bigram_policy(transitions, vocab_size)`: a policy whose next token
+  depends only on the current one, with probabilities given by hand, so the
+  chance that a continuation reaches a given answer is known exactly.
 - `successor_extend_fn(vocab_size)`: a fixed-logit stand-in for
   `ttscale.models.policy_extend_fn` whose next token is always the successor
   of the current one, `(token + 1) % vocab_size`. A row whose pending token is
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -97,6 +101,66 @@ def successor_extend_fn(vocab_size: int, logit: float = SUCCESSOR_LOGIT):
     return logits, cache
 
   return extend
+
+
+class BigramModel(nnx.Module):
+  """A toy policy: next-token log-probabilities are a row of a fixed table."""
+
+  def __init__(self, log_probs: np.ndarray):
+    self.log_probs = nnx.Param(jnp.asarray(log_probs, jnp.float32))  # [vocab, vocab]
+
+  def extend(self, tokens: jax.Array, token_valid: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """Logits [batch, T, vocab] = the table's rows of `tokens`; the cache
+    advances like the real model's (keys and values untouched)."""
+    _, slot_valid, _, next_position = append_layout(cache, token_valid)
+    cache = cache.replace(slot_valid=slot_valid, next_position=next_position,
+                          write_index=cache.write_index + tokens.shape[1])
+    return self.log_probs[...][tokens], cache
+
+
+def bigram_policy(transitions: dict[int, dict[int, float]], vocab_size: int,
+                  default_next: int):
+  """A `generate.Policy` sampling from hand-given transition probabilities.
+
+  Args:
+    transitions: {token: {next token: probability}}; each row sums to 1.
+    default_next: the certain next token of any token not in `transitions`.
+  """
+  from ttscale.search.generate import Policy
+
+  probs = np.zeros((vocab_size, vocab_size))
+  probs[:, default_next] = 1.0
+  for token, row in transitions.items():
+    probs[token] = 0.0
+    for next_token, p in row.items():
+      probs[token, next_token] = p
+  with np.errstate(divide="ignore"):
+    log_probs = np.maximum(np.log(probs), -1e9)
+  graphdef, params = nnx.split(BigramModel(log_probs))
+  # The cache needs a model shape; the toy model never reads keys or values.
+  config = dataclasses.replace(TINY_CONFIG, vocab_size=vocab_size, num_layers=1)
+  return Policy(graphdef, params, config)
+
+
+class LastContentValueModel(nnx.Module):
+  """A toy PRM: the logit at a token is `values[token]`, except that a step's
+  end token (a delimiter or end-of-solution) takes the value of the token
+  before it in the same append. So a step appended whole is scored by its
+  last content token."""
+
+  def __init__(self, values: np.ndarray, end_ids: tuple[int, ...]):
+    self.values = nnx.Param(jnp.asarray(values, jnp.float32))  # [vocab]
+    self.end_ids = end_ids
+
+  def extend(self, tokens: jax.Array, token_valid: jax.Array,
+             cache: KVCache) -> tuple[jax.Array, KVCache]:
+    previous = jnp.concatenate([tokens[:, :1], tokens[:, :-1]], axis=1)
+    is_end = jnp.isin(tokens, jnp.asarray(self.end_ids))
+    _, slot_valid, _, next_position = append_layout(cache, token_valid)
+    cache = cache.replace(slot_valid=slot_valid, next_position=next_position,
+                          write_index=cache.write_index + tokens.shape[1])
+    return self.values[...][jnp.where(is_end, previous, tokens)], cache
 
 
 def tree_digest(root: str) -> dict[str, str]:

@@ -38,8 +38,18 @@ class Policy:
 @dataclasses.dataclass
 class Samples:
   texts: list[list[str]]            # [question][sample] decoded solutions
+  tokens: list[list[np.ndarray]]    # [question][sample] int32 solution tokens, no end token
+  ended: list[list[bool]]           # [question][sample] the sample ended its solution
   num_generated_tokens: int         # tokens sampled, stop tokens included
   num_prompt_tokens: int            # prompt tokens prefilled (all samples)
+  seconds: float                    # wall time of the sampling
+
+
+@dataclasses.dataclass
+class Continuations:
+  tokens: list[np.ndarray]          # [row] int32 sampled tokens, the stop token included
+  ended: np.ndarray                 # bool [rows]: the row sampled the end-of-solution token
+  num_generated_tokens: int         # tokens sampled, stop tokens included
   seconds: float                    # wall time of the sampling
 
 
@@ -57,9 +67,70 @@ def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
     active = jnp.ones((batch_size,), bool)
     out = sampling.sample(extend_fn, params, cache, pending, active, rng,
                           sampler_config)
-    return out.tokens, out.lengths
+    return out.tokens, out.lengths, out.ended_solution
 
   return run
+
+
+def context_width(contexts: list[list[int]], multiple: int = _PROMPT_WIDTH_MULTIPLE) -> int:
+  """The padded width for `contexts`: the longest, rounded up to `multiple`.
+
+  Few distinct widths mean few compiled programs.
+  """
+  longest = max(len(c) for c in contexts)
+  return -(-longest // multiple) * multiple
+
+
+def sample_continuations(policy: Policy, contexts: list[list[int]], *,
+                         sampler_config: sampling.SamplerConfig,
+                         batch_size: int, key: jax.Array, width: int | None = None,
+                         mesh=None, rules=None,
+                         progress: Progress | None = None) -> Continuations:
+  """Continues every context (a token list ending in its last context token).
+
+  Rows are decoded in fixed-shape batches of `batch_size` (the last one
+  padded); batch b draws with `fold_in(key, b)`, so the same contexts and key
+  give the same continuations.
+
+  Args:
+    contexts: [rows] token ids, each at least one token long.
+    width: the padded context width (default: `context_width(contexts)`).
+    progress: updated once per batch.
+
+  Returns:
+    `Continuations`, one token array per context.
+  """
+  started = time.time()
+  width = width or context_width(contexts)
+  run = _compiled_sampler(policy.graphdef, batch_size, width, policy.config,
+                          sampler_config)
+  num_batches = -(-len(contexts) // batch_size)
+  tokens: list[np.ndarray] = []
+  ended: list[bool] = []
+  generated = 0
+  with parallel.maybe_sharding(mesh, rules):
+    params = policy.params if mesh is None else parallel.replicate(policy.params, mesh)
+    for b in range(num_batches):
+      chunk = contexts[b * batch_size:(b + 1) * batch_size]
+      real = len(chunk)
+      chunk = chunk + [chunk[-1]] * (batch_size - real)  # pad the last batch
+      # Padding is masked out by `prefill`; its token value never matters.
+      inputs, lengths = left_pad(chunk, width, pad_id=0)
+      if mesh is not None:
+        inputs, lengths = parallel.shard_batch((inputs, lengths), mesh)
+      out_tokens, out_lengths, out_ended = run(params, inputs, lengths,
+                                               jax.random.fold_in(key, b))
+      out_tokens, out_lengths = np.asarray(out_tokens), np.asarray(out_lengths)
+      out_ended = np.asarray(out_ended)
+      for row in range(real):
+        tokens.append(out_tokens[row, :out_lengths[row]])
+        ended.append(bool(out_ended[row]))
+      generated += int(out_lengths[:real].sum())
+      if progress:
+        progress.update()
+  return Continuations(tokens=tokens, ended=np.array(ended, bool),
+                       num_generated_tokens=generated,
+                       seconds=time.time() - started)
 
 
 def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
@@ -81,39 +152,25 @@ def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
   started = time.time()
   prompts = [[tokenizer.bos_id] + tokenizer.encode(task.prompt(q))
              for q in questions]
-  longest = max(len(p) for p in prompts)
-  width = -(-longest // _PROMPT_WIDTH_MULTIPLE) * _PROMPT_WIDTH_MULTIPLE
   rows = [p for p in prompts for _ in range(num_samples)]
   config = sampling.SamplerConfig(
       rule=rule, stop_at=sampling.StopAt.SOLUTION,
       max_new_tokens=max_new_tokens, step_id=tokenizer.step_id,
       eos_id=tokenizer.eos_id)
-  run = _compiled_sampler(policy.graphdef, batch_size, width, policy.config,
-                          config)
   num_batches = -(-len(rows) // batch_size)
   progress = Progress(progress_name, num_batches, log) if progress_name else None
-  texts: list[str] = []
-  generated = 0
-  with parallel.maybe_sharding(mesh, rules):
-    params = policy.params if mesh is None else parallel.replicate(policy.params, mesh)
-    for b in range(num_batches):
-      chunk = rows[b * batch_size:(b + 1) * batch_size]
-      real = len(chunk)
-      chunk = chunk + [chunk[-1]] * (batch_size - real)  # pad the last batch
-      tokens, lengths = left_pad(chunk, width, tokenizer.pad_id)
-      if mesh is not None:
-        tokens, lengths = parallel.shard_batch((tokens, lengths), mesh)
-      out_tokens, out_lengths = run(params, tokens, lengths,
-                                    jax.random.fold_in(jax.random.key(seed), b))
-      out_tokens, out_lengths = np.asarray(out_tokens), np.asarray(out_lengths)
-      for row in range(real):
-        ids = out_tokens[row, :out_lengths[row]]
-        generated += int(out_lengths[row])
-        texts.append(tokenizer.decode(ids[ids != tokenizer.eos_id]))
-      if progress:
-        progress.update()
-  grouped = [texts[i * num_samples:(i + 1) * num_samples]
-             for i in range(len(questions))]
-  return Samples(texts=grouped, num_generated_tokens=generated,
+  out = sample_continuations(policy, rows, sampler_config=config,
+                             batch_size=batch_size, key=jax.random.key(seed),
+                             mesh=mesh, rules=rules, progress=progress)
+  solutions = [t[t != tokenizer.eos_id] for t in out.tokens]
+  texts = [tokenizer.decode(t.tolist()) for t in solutions]
+
+  def grouped(items):
+    return [list(items[i * num_samples:(i + 1) * num_samples])
+            for i in range(len(questions))]
+
+  return Samples(texts=grouped(texts), tokens=grouped(solutions),
+                 ended=grouped(out.ended.tolist()),
+                 num_generated_tokens=out.num_generated_tokens,
                  num_prompt_tokens=sum(len(p) for p in rows),
                  seconds=time.time() - started)

@@ -41,6 +41,67 @@ class TrainState:
   opt_state: Any        # optax state, shaped like params
 
 
+class EarlyStopping:
+  """Validation at checkpoints, the best parameters kept, and a patience.
+
+  The validation history is read back from the metrics file on resume (its
+  lines past the resumed step are dropped first), so a resumed run stops
+  where an uninterrupted one would. The best parameters go to their own
+  checkpoint directory, saved synchronously before the training state.
+  """
+
+  def __init__(self, validate: Callable[[nnx.State], float], patience: int,
+               best_checkpointer: Checkpointer):
+    """`validate(params)` returns the validation loss (lower is better)."""
+    if patience < 1:
+      raise ValueError(f"patience={patience}: expected >= 1")
+    self._validate = validate
+    self.patience = patience
+    self._best_checkpointer = best_checkpointer
+    self.best, self.best_step, self._bad = float("inf"), -1, 0
+
+  @property
+  def stopped(self) -> bool:
+    return self._bad >= self.patience
+
+  def resume(self, metrics_path: str, name: str, start: int) -> None:
+    self.best, self.best_step, self._bad = float("inf"), -1, 0
+    if not os.path.exists(metrics_path):
+      return
+    with open(metrics_path) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    for record in records:
+      if (record.get("stage") == name and "validation_loss" in record
+          and record["step"] <= start):
+        self._record(record["validation_loss"], record["step"])
+
+  def _record(self, loss: float, step: int) -> bool:
+    improved = loss < self.best
+    if improved:
+      self.best, self.best_step, self._bad = loss, step, 0
+    else:
+      self._bad += 1
+    return improved
+
+  def validate(self, params, step: int, metrics_path: str, name: str, log) -> None:
+    loss = float(self._validate(params))
+    if self._record(loss, step):
+      # A re-run after a kill between this save and the state's finds it.
+      if self._best_checkpointer.latest_step() != step:
+        self._best_checkpointer.save(step, params)
+        self._best_checkpointer.wait()
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps({"stage": name, "step": step, "validation_loss": loss}) + "\n")
+    log(f"{name}: step {step} validation loss {loss:.4f} (best {self.best:.4f} "
+        f"at step {self.best_step})")
+
+  def restore_best(self, params):
+    """The best validated parameters (`params` gives shapes and shardings)."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
+    return self._best_checkpointer.restore(self.best_step, abstract)
+
+
 def _truncate_metrics(path: str, name: str, after_step: int) -> None:
   """Drops `name`'s metric lines past `after_step` (left by a killed run).
 
@@ -60,6 +121,7 @@ def _truncate_metrics(path: str, name: str, after_step: int) -> None:
 def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
           train_config, checkpointer: Checkpointer, metrics_path: str,
           seed: int, mesh=None, rules=None,
+          early_stopping: EarlyStopping | None = None,
           log: Callable[[str], None] = print) -> nnx.State:
   """Trains `params` for `train_config.num_steps`, resuming if checkpointed.
 
@@ -74,9 +136,12 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     metrics_path: JSONL file, one record every `log_every` steps.
     seed: dropout randomness.
     mesh, rules: run sharded on `mesh` (None: the default device).
+    early_stopping: validate at every checkpoint, keep the best parameters
+      and stop after `patience` validations without improvement.
 
   Returns:
-    The trained parameters.
+    The trained parameters: the last ones, or with `early_stopping` the
+    best validated ones.
   """
   if train_config.checkpoint_every % train_config.log_every:
     # Metric windows must not straddle a checkpoint, or a resumed run would
@@ -117,17 +182,25 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     step_fn = jax.jit(train_step, donate_argnums=0)
     try:
       state = _run_steps(name, step_fn, state, start, batches, train_config,
-                         checkpointer, metrics_path, mesh, log)
+                         checkpointer, metrics_path, mesh, early_stopping, log)
     finally:
       # Also on Ctrl-C: let a checkpoint already started reach the disk.
       checkpointer.wait()
+    if early_stopping is not None:
+      return early_stopping.restore_best(state.params)
   return state.params
 
 
 def _run_steps(name, step_fn, state, start, batches, train_config,
-               checkpointer, metrics_path, mesh, log):
+               checkpointer, metrics_path, mesh, early_stopping, log):
   """Steps `start`..num_steps: update, log every `log_every`, checkpoint."""
   num_steps = train_config.num_steps
+  if early_stopping is not None:
+    early_stopping.resume(metrics_path, name, start)
+    if early_stopping.stopped:
+      log(f"{name}: stopped early before; best validation loss "
+          f"{early_stopping.best:.4f} at step {early_stopping.best_step}")
+      return state
   started = window_start = time.time()
   window: list[dict] = []
   for step in range(start, num_steps):
@@ -152,5 +225,11 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
           f"ETA {format_seconds((num_steps - done) / rate)}")
       window, window_start = [], time.time()
     if done % train_config.checkpoint_every == 0 or done == num_steps:
+      if early_stopping is not None:
+        early_stopping.validate(state.params, done, metrics_path, name, log)
       checkpointer.save(done, state)
+      if early_stopping is not None and early_stopping.stopped:
+        log(f"{name}: no improvement in {early_stopping.patience} validations; "
+            f"stopping at step {done}, keeping step {early_stopping.best_step}")
+        break
   return state

@@ -1,0 +1,201 @@
+"""Tests of the search programs on a toy policy and a toy PRM known by hand.
+
+The toy policy (a bigram table) starts every step with "a" (p 0.4), "b"
+(0.3) or "z" (0.3); "a" and "b" are followed by the step delimiter, "z" by
+the end of the solution. The toy PRM scores a step by its content token:
+"a" +3, "b" -3, "z" -1 (logits). So every draw, every score and every
+selection can be checked by hand from the first-round draws, which a run
+with beam width 1 and an all-zero PRM returns in their original rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ttscale import testing
+from ttscale.search import beam, best_of_n, common, sampling
+from ttscale.search.budget import FlopsRate, SearchSetting, budget_grid, paper_settings
+
+PAD, BOS, EOS, STEP = 0, 2, 3, 4
+A, B, Z = 5, 6, 8
+VOCAB = testing.TINY_CONFIG.vocab_size
+PROMPT = [BOS, 10, STEP]
+N = 8
+CONFIG = dataclasses.replace(testing.TINY_CONFIG, num_layers=1)
+
+
+def _key(seed: int) -> jax.Array:
+  return jax.random.key(seed, impl="rbg")
+
+
+@functools.cache
+def _models(prm_values: tuple[float, ...]):
+  policy = testing.bigram_policy({STEP: {A: 0.4, B: 0.3, Z: 0.3}, A: {STEP: 1.0},
+                                  B: {STEP: 1.0}, Z: {EOS: 1.0}}, VOCAB, default_next=EOS)
+  values = np.zeros(VOCAB, np.float32)
+  values[[A, B, Z]] = prm_values
+  prm_graphdef, prm_params = nnx.split(testing.LastContentValueModel(values, (STEP, EOS)))
+  models = common.SearchModels(policy.graphdef, prm_graphdef, CONFIG, CONFIG)
+  return models, policy.params, prm_params
+
+
+REAL_PRM = (3.0, -3.0, -1.0)
+ZERO_PRM = (0.0, 0.0, 0.0)
+
+
+@functools.cache
+def _beam(prm_values, beam_width: int, lookahead: int, max_rounds: int, seed: int = 1):
+  models, policy_params, prm_params = _models(prm_values)
+  config = beam.BeamConfig(
+      budget=N, beam_width=beam_width, lookahead=lookahead, max_rounds=max_rounds,
+      max_new_tokens=12, max_step_tokens=4, rule=sampling.SamplingRule(1.0),
+      step_id=STEP, eos_id=EOS)
+  prompts = jnp.asarray([PROMPT], jnp.int32)
+  run = jax.jit(functools.partial(beam.beam_search, models, config=config))
+  out = run(policy_params, prm_params, prompts, jnp.asarray([len(PROMPT)]), _key(seed))
+  return jax.tree.map(np.asarray, out)
+
+
+def _rows(out) -> list[tuple[int, ...]]:
+  return [tuple(out.tokens[r, :out.lengths[r]].tolist()) for r in range(N)]
+
+
+def _score(token: int) -> float:
+  return float(jax.nn.sigmoid(dict(zip((A, B, Z), REAL_PRM, strict=True))[token]))
+
+
+# ------------------------------------------------------------- selection
+
+
+def test_keep_top_beams_keeps_the_best_n_over_m_each_m_times():
+  source = beam.keep_top_beams(jnp.array([0.1, 0.9, 0.5, 0.7]), jnp.ones(4, bool), 4, 2)
+  np.testing.assert_array_equal(source, [1, 3, 1, 3])
+
+
+def test_keep_top_beams_leaves_finished_rows_and_counts_only_live_ones():
+  # Row 1 is finished (best score, but not searched further); 3 live rows keep 2.
+  live = jnp.array([True, False, True, True])
+  source = beam.keep_top_beams(jnp.array([0.2, 0.99, 0.8, 0.5]), live, 4, 2)
+  np.testing.assert_array_equal(source, [2, 1, 3, 2])
+
+
+def test_keep_top_beams_breaks_ties_by_row_and_offsets_questions():
+  scores = jnp.array([0.5, 0.5, 0.5, 0.5, 0.1, 0.2, 0.3, 0.4])
+  source = beam.keep_top_beams(scores, jnp.ones(8, bool), 4, 4)
+  np.testing.assert_array_equal(source, [0, 0, 0, 0, 7, 7, 7, 7])
+  nothing_live = beam.keep_top_beams(scores, jnp.zeros(8, bool), 4, 2)
+  np.testing.assert_array_equal(nothing_live, np.arange(8))
+
+
+# ------------------------------------------------------------- programs
+
+
+def test_one_round_of_beam_search_keeps_exactly_the_top_beams():
+  draws = _rows(_beam(ZERO_PRM, beam_width=1, lookahead=0, max_rounds=1))
+  assert {d[0] for d in draws} == {A, B, Z}, "this seed must draw every first step"
+  out = _beam(REAL_PRM, beam_width=2, lookahead=0, max_rounds=1)
+  scores = np.array([_score(d[0]) for d in draws])
+  live = np.array([d[-1] != EOS for d in draws])
+  source = np.asarray(beam.keep_top_beams(jnp.asarray(scores), jnp.asarray(live), N, 2))
+  assert _rows(out) == [draws[s] for s in source]
+  np.testing.assert_allclose(out.scores, scores[source], rtol=1e-6)
+
+
+def test_lookahead_scores_at_the_rollout_end_and_drops_its_tokens():
+  draws = _rows(_beam(ZERO_PRM, beam_width=1, lookahead=0, max_rounds=1))
+  out = _beam(REAL_PRM, beam_width=2, lookahead=1, max_rounds=1)
+  # The greedy rollout of every live row is "a\n": all live rows tie at
+  # sigmoid(3), so the lowest-index live rows are kept, whatever they drew.
+  live = np.array([d[-1] != EOS for d in draws])
+  scores = np.where(live, _score(A), [_score(d[0]) for d in draws])
+  source = np.asarray(beam.keep_top_beams(jnp.asarray(scores), jnp.asarray(live), N, 2))
+  assert _rows(out) == [draws[s] for s in source]
+  np.testing.assert_allclose(out.scores, scores[source], rtol=1e-6)
+  # One round, one step: no rollout token in any returned solution.
+  assert all(len(row) == 2 for row in _rows(out))
+
+
+def test_finished_candidates_survive_later_rounds():
+  one = _rows(_beam(REAL_PRM, beam_width=2, lookahead=0, max_rounds=1))
+  three = _beam(REAL_PRM, beam_width=2, lookahead=0, max_rounds=3)
+  finished = [r for r, row in enumerate(one) if row == (Z, EOS)]
+  assert finished, "this seed must finish a row in the first round"
+  for r in finished:
+    assert _rows(three)[r] == (Z, EOS)
+    assert three.scores[r] == pytest.approx(_score(Z))
+  # Live rows went on: longer than one step, each a valid path.
+  for r, row in enumerate(_rows(three)):
+    if r not in finished:
+      assert len(row) > 2
+    steps = [row[i] for i in range(0, len(row), 2)]
+    assert all(t in (A, B) for t in steps[:-1]) and row[-1] in (STEP, EOS)
+
+
+def test_best_of_n_counts_flops_token_by_token():
+  models, policy_params, prm_params = _models(REAL_PRM)
+  sampler_config = sampling.SamplerConfig(
+      rule=sampling.SamplingRule(1.0), stop_at=sampling.StopAt.SOLUTION, max_new_tokens=12,
+      step_id=STEP, eos_id=EOS)
+  prompts = jnp.asarray([[PAD] + PROMPT, PROMPT[:1] + [11] + PROMPT[1:]], jnp.int32)
+  prompt_lengths = [len(PROMPT), len(PROMPT) + 1]
+  out = jax.jit(functools.partial(best_of_n.best_of_n, models, num_samples=4,
+                                  sampler_config=sampler_config))(
+      policy_params, prm_params, prompts, jnp.asarray(prompt_lengths), _key(1))
+  lengths = np.asarray(out.lengths).reshape(2, 4)
+  for q, prompt_length in enumerate(prompt_lengths):
+    # Policy: the prompt once without its last token; each sample feeds that
+    # token and its own tokens but the last. PRM: the prompt once, each sample.
+    expected = sum(CONFIG.flops_per_token(c) for c in range(1, prompt_length))
+    expected += sum(CONFIG.flops_per_token(c) for c in range(1, prompt_length + 1))
+    for length in lengths[q]:
+      expected += sum(CONFIG.flops_per_token(prompt_length - 1 + j + 1) for j in range(length))
+      expected += sum(CONFIG.flops_per_token(prompt_length + j + 1) for j in range(length))
+    assert float(out.flops[q]) == pytest.approx(expected, rel=1e-6)
+  # Best-of-N scores a solution at its last step end: by its last content token
+  # ("z" for a finished one; a solution cut by the token budget ends in "\n").
+  tokens = np.asarray(out.tokens)
+  last_content = [tokens[r, int(length) - 2] for r, length in enumerate(np.asarray(out.lengths))]
+  assert {tokens[r, int(n) - 1] for r, n in enumerate(np.asarray(out.lengths))} <= {STEP, EOS}
+  np.testing.assert_allclose(out.scores, [_score(t) for t in last_content], rtol=1e-6)
+
+
+def test_flops_rate_matches_the_model_config():
+  rate = FlopsRate.of(CONFIG)
+  assert float(rate.decode(7, 5)) == pytest.approx(
+      sum(CONFIG.flops_per_token(7 + j + 1) for j in range(5)), rel=1e-6)
+
+
+# ------------------------------------------------------------- settings
+
+
+def test_paper_settings_and_generation_counts():
+  settings = paper_settings(budget_grid(16))
+  names = {(s.method, s.budget, s.params) for s in settings}
+  assert ("beam", 16, "M=4,k=0") in names and ("lookahead", 16, "M=4,k=1") in names
+  assert ("beam", 8, "M=4,k=0") in names and ("beam", 8, "M=2,k=0") not in names
+  assert sum(1 for s in settings if s.budget == 16) == 4  # √16 = 4: not twice
+  assert SearchSetting("lookahead", 16, beam_width=4, lookahead=3).generations == 64
+  assert SearchSetting("beam", 16, beam_width=4).generations == 16
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="beam", budget=6, beam_width=4), "M=4 must divide the budget N=6"),
+    (dict(method="lookahead", budget=8, beam_width=4), "k=0 is beam search"),
+    (dict(method="bfs", budget=8), "search method 'bfs'"),
+])
+def test_bad_settings_are_one_line_errors(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    SearchSetting(**kwargs)
+
+
+def test_a_budget_grid_must_be_powers_of_two():
+  assert budget_grid(8) == [1, 2, 4, 8]
+  with pytest.raises(ValueError, match="search.max_budget=12"):
+    budget_grid(12)

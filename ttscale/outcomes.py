@@ -1,0 +1,140 @@
+"""The outcome table: one row per (question, method, hyperparameters, budget, seed).
+
+The seam between compute and analysis. Search and revision stages append
+rows; difficulty, selection and the report only read them. A table is a
+JSON-lines file (`pandas.read_json(path, lines=True)` reads it) with a
+`.meta.json` beside it that records what made the rows, so rows made with
+other settings are never mixed in silently.
+
+Appends are whole batches of lines, flushed and fsynced; a kill during an
+append can leave at most one partial last line, which the next `OutcomeTable`
+drops before appending. So a killed sweep loses at most the batch in flight,
+and a re-run skips the rows already present (`has`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+
+from ttscale import io_utils
+from ttscale.training.checkpoints import first_difference
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """One row of the table."""
+  question_index: int      # index in the evaluated split
+  level: int               # the task's difficulty level of the question
+  method: str              # e.g. "best_of_n", "beam", "lookahead", "revisions"
+  params: str              # hyperparameters, canonical text, e.g. "M=4,k=0"
+  budget: int              # N, generations allowed
+  seed: int
+  answer: str | None       # the chosen final answer (None: none found)
+  correct: bool
+  generations: int         # generations used (paper's count)
+  flops: float             # FLOPs used, counted exactly from what ran
+  seconds: float           # wall time of the question's share of its batch
+
+  @property
+  def key(self) -> tuple:
+    return (self.question_index, self.method, self.params, self.budget, self.seed)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(Outcome))
+
+
+def _row_key(row: dict) -> tuple:
+  return (row["question_index"], row["method"], row["params"], row["budget"], row["seed"])
+
+
+class OutcomeTable:
+  """Appends to and reads one table file, guarded by its meta record."""
+
+  def __init__(self, path: str, meta: dict):
+    """Opens (or starts) the table at `path`.
+
+    Raises:
+      ValueError: the table was made with another `meta` (names the first
+        differing field), or a line other than the last is damaged.
+    """
+    self.path = os.path.abspath(path)
+    self.meta_path = self.path + ".meta.json"
+    meta = json.loads(json.dumps(meta))
+    check_meta(self.path, meta)
+    if not os.path.exists(self.meta_path):
+      io_utils.write_json_atomic(self.meta_path, meta)
+    self._rows = _read_rows(self.path, repair=True)
+    self._keys = {_row_key(row) for row in self._rows}
+
+  def has(self, key: tuple) -> bool:
+    return key in self._keys
+
+  def __len__(self) -> int:
+    return len(self._rows)
+
+  def rows(self) -> list[dict]:
+    return list(self._rows)
+
+  def append(self, outcomes: Iterable[Outcome]) -> None:
+    """Appends rows (one flushed, fsynced write); a row already present is an error."""
+    rows = [dataclasses.asdict(o) for o in outcomes]
+    for row in rows:
+      if _row_key(row) in self._keys:
+        raise ValueError(f"{self.path}: row {_row_key(row)} is already in the table")
+    if not rows:
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write("".join(json.dumps(row) + "\n" for row in rows))
+      f.flush()
+      os.fsync(f.fileno())
+    self._rows.extend(rows)
+    self._keys.update(_row_key(row) for row in rows)
+
+
+def check_meta(path: str, meta: dict) -> None:
+  """Raises ValueError if the table at `path` was made with another `meta`."""
+  meta_path = os.path.abspath(path) + ".meta.json"
+  if not os.path.exists(meta_path):
+    if os.path.exists(path):
+      raise ValueError(f"{path} has no {os.path.basename(meta_path)}; the workdir is damaged")
+    return
+  difference = first_difference(json.loads(json.dumps(meta)), io_utils.read_json(meta_path))
+  if difference:
+    raise ValueError(f"{path} holds outcomes of another setup: {difference}; use a new "
+                     "--workdir or the settings it was made with")
+
+
+def _read_rows(path: str, repair: bool) -> list[dict]:
+  """The rows of `path`; a partial last line (a killed append) is dropped,
+  and with `repair` also removed from the file."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  lines = text.split("\n")
+  complete, tail = lines[:-1], lines[-1]  # text ends with "\n" unless cut short
+  rows = []
+  for number, line in enumerate(complete, 1):
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      # Rows hold no newline, so a kill can only cut the unterminated tail:
+      # a complete line that does not decode is damage.
+      raise ValueError(f"{path}: line {number} is not a JSON row ({e})") from e
+    if set(row) != set(FIELDS):
+      raise ValueError(f"{path}: line {number} has fields {sorted(row)}; expected "
+                       f"{sorted(FIELDS)}")
+    rows.append(row)
+  if tail and repair:
+    io_utils.write_bytes_atomic(path, "".join(line + "\n" for line in complete).encode())
+  return rows
+
+
+def read_table(path: str) -> list[dict]:
+  """All rows of a table, without changing the file (analysis reads only)."""
+  if not os.path.exists(path):
+    raise ValueError(f"{path} is missing: run the stage that writes it first")
+  return _read_rows(path, repair=False)

@@ -1,0 +1,159 @@
+"""What the stages share: config, workdir paths and lazily loaded artefacts."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+
+from ttscale import io_utils, parallel
+from ttscale.data import arith_builder
+from ttscale.data.tokenizer import Tokenizer
+from ttscale.models import LanguageModel, ModelConfig, ValueModel
+from ttscale.search import generate
+from ttscale.tasks import get_task
+from ttscale.training.checkpoints import Checkpointer
+from ttscale.training.optimizer import make_optimizer
+from ttscale.training.trainer import TrainState
+
+# Fields that change how a stage reports or checkpoints, never its result.
+BOOKKEEPING = ("log_every", "checkpoint_every", "max_checkpoints")
+
+
+def without(block: dict, keys) -> dict:
+  return {k: v for k, v in block.items() if k not in keys}
+
+
+class Context:
+  """What the stages share: config, workdir paths, lazily loaded artefacts."""
+
+  def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
+    self.config = config
+    self.workdir = os.path.abspath(workdir)
+    self.log = log
+    self.task = get_task(config.task)
+
+  def path(self, *parts: str) -> str:
+    return os.path.join(self.workdir, *parts)
+
+  @functools.cached_property
+  def data(self) -> dict:
+    return arith_builder.build_arith_data(self.config.task, self.config.data,
+                                          self.path("data"))
+
+  def examples(self, split: str):
+    return arith_builder.read_examples(self.data[split])
+
+  @functools.cached_property
+  def tokenizer(self) -> Tokenizer:
+    path = self.path("tokenizer.model")
+    if not os.path.exists(path):
+      raise ValueError(f"{path} is missing: run the 'data' stage first")
+    return Tokenizer.load(path)
+
+  @functools.cached_property
+  def mesh(self):
+    return parallel.make_mesh(self.config.mesh)
+
+  @property
+  def rules(self):
+    return tuple(tuple(rule) for rule in self.config.mesh.rules)
+
+  def policy_config(self) -> ModelConfig:
+    return ModelConfig.from_config(self.config.model, self.tokenizer.vocab_size)
+
+  def policy_spec(self) -> dict:
+    """What a policy checkpoint must have been trained with to be reused."""
+    return {"tokenizer": self.tokenizer.fingerprint,
+            "model": dataclasses.asdict(self.policy_config()),
+            "train": without(self.config.train.to_dict(), BOOKKEEPING),
+            "data": self.config.data.to_dict(),
+            "task": self.config.task.to_dict()}
+
+  def policy_checkpointer(self) -> Checkpointer:
+    return Checkpointer(self.path("policy"), self.policy_spec(),
+                        max_to_keep=self.config.train.max_checkpoints)
+
+  def load_policy(self) -> generate.Policy:
+    """The trained policy from its last checkpoint."""
+    if not os.path.isdir(self.path("policy")):
+      raise ValueError(f"{self.path('policy')} is missing: run the "
+                       "'train_policy' stage first")
+    checkpointer = self.policy_checkpointer()
+    step = checkpointer.latest_step()
+    if step is None or step < self.config.train.num_steps:
+      raise ValueError(f"{checkpointer.directory}: no finished policy "
+                       "checkpoint; run the 'train_policy' stage first")
+    model_config = self.policy_config()
+    graphdef, params = nnx.split(nnx.eval_shape(
+        lambda: LanguageModel(model_config, rngs=nnx.Rngs(0))))
+    optimizer = make_optimizer(self.config.train)
+    abstract = jax.eval_shape(lambda p: TrainState(
+        step=np.int32(0), params=p, opt_state=optimizer.init(p)), params)
+    # Restored replicated on this run's mesh, whatever mesh saved it.
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
+    state = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    return generate.Policy(graphdef, state.params, model_config)
+
+  # ---------------------------------------------------------- verifiers
+
+  def verifier_config(self) -> ModelConfig:
+    """The PRM's and ORM's network: the policy's shape, their own dropout."""
+    return dataclasses.replace(self.policy_config(),
+                               dropout_rate=self.config.verifier_train.dropout_rate)
+
+  def verifier_spec(self, kind: str) -> dict:
+    """What a verifier checkpoint must have been trained with to be reused.
+
+    The vocabulary comes first, so that a checkpoint of another tokenizer is
+    reported as such.
+    """
+    return {"vocab_size": self.tokenizer.vocab_size,
+            "tokenizer": self.tokenizer.fingerprint,
+            "kind": kind,
+            "model": dataclasses.asdict(self.verifier_config()),
+            "verifier_train": without(self.config.verifier_train.to_dict(), BOOKKEEPING),
+            "prm": self.config.prm.to_dict(),
+            "policy": self.policy_spec()}
+
+  def verifier_checkpointers(self, kind: str) -> tuple[Checkpointer, Checkpointer]:
+    """(training state, best parameters) checkpointers of `kind` ("prm", "orm")."""
+    spec = self.verifier_spec(kind)
+    keep = self.config.verifier_train.max_checkpoints
+    return (Checkpointer(self.path(kind, "state"), spec, max_to_keep=keep),
+            Checkpointer(self.path(kind, "best"), spec, max_to_keep=1))
+
+  def load_verifier(self, kind: str) -> generate.Policy:
+    """The best validated verifier of `kind` ("prm" or "orm")."""
+    stage = f"train_{kind}"
+    if not os.path.exists(self.path("stages", f"{stage}.json")):
+      raise ValueError(f"no trained {kind.upper()} in {self.workdir}: run the "
+                       f"'{stage}' stage first")
+    best = Checkpointer(self.path(kind, "best"), self.verifier_spec(kind), max_to_keep=1)
+    step = best.latest_step()
+    if step is None:
+      raise ValueError(f"{best.directory}: no checkpoint; the workdir is damaged")
+    model_config = self.verifier_config()
+    graphdef, params = nnx.split(nnx.eval_shape(
+        lambda: ValueModel(model_config, rngs=nnx.Rngs(0))))
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
+    params = best.restore(step, abstract)
+    best.close()
+    return generate.Policy(graphdef, params, model_config)
+
+  def labelled_solutions(self) -> list[dict]:
+    """The records written by the `prm_labels` stage."""
+    path = self.path("prm_labels", "labels.jsonl")
+    if not os.path.exists(path):
+      raise ValueError(f"{path} is missing: run the 'prm_labels' stage first")
+    return io_utils.read_jsonl(path)

@@ -1,0 +1,115 @@
+"""The policy's stages: data and tokenizer, policy training, policy evaluation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from flax import nnx
+
+from ttscale import io_utils
+from ttscale.data import batching
+from ttscale.data.tokenizer import train_tokenizer
+from ttscale.models import LanguageModel, policy_forward_fn
+from ttscale.pipeline.context import Context
+from ttscale.search import generate, sampling
+from ttscale.training.objectives import next_token_loss
+from ttscale.training.trainer import train
+
+
+def stage_data(ctx: Context) -> dict:
+  """Builds the TFDS splits and trains the tokenizer on the train split."""
+  data = ctx.data
+  path = ctx.path("tokenizer.model")
+  if not os.path.exists(path):
+    train = ctx.examples("train")
+    texts = (ctx.task.prompt(e.question) + e.solution for e in train)
+    train_tokenizer(texts, path)
+  tokenizer = ctx.tokenizer
+  return {"splits": {name: len(source) for name, source in data.items()},
+          "vocab_size": tokenizer.vocab_size,
+          "tokenizer_fingerprint": tokenizer.fingerprint}
+
+
+def _packed_train_batches(ctx: Context) -> batching.TrainBatches:
+  encoded = [batching.encode_example(ctx.tokenizer, ctx.task, e)
+             for e in ctx.examples("train")]
+  packed = batching.pack_sequences([t for t, _ in encoded],
+                                   [m for _, m in encoded],
+                                   ctx.config.data.seq_len)
+  return batching.TrainBatches(packed, ctx.config.train.batch_size,
+                               seed=ctx.config.seed)
+
+
+def stage_train_policy(ctx: Context) -> dict:
+  """Trains the policy with next-token loss on solution tokens."""
+  model_config = ctx.policy_config()
+  graphdef, params = nnx.split(
+      LanguageModel(model_config, rngs=nnx.Rngs(ctx.config.seed)))
+  forward = policy_forward_fn(graphdef)
+
+  def loss_fn(params, batch, dropout_rng):
+    logits = forward(params, batch["inputs"], batch["positions"],
+                     batch["segment_ids"], dropout_rng)
+    return next_token_loss(logits, batch["targets"], batch["loss_mask"])
+
+  batches = _packed_train_batches(ctx)
+  ctx.log(f"train_policy: {model_config.num_params():,} parameters, "
+          f"{batches.steps_per_epoch} steps per epoch")
+  checkpointer = ctx.policy_checkpointer()
+  train(name="train_policy", loss_fn=loss_fn, params=params, batches=batches,
+        train_config=ctx.config.train, checkpointer=checkpointer,
+        metrics_path=ctx.path("metrics.jsonl"), seed=ctx.config.seed,
+        mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)
+  checkpointer.close()
+  return {"num_params": model_config.num_params(),
+          "num_steps": ctx.config.train.num_steps}
+
+
+def stage_eval_policy(ctx: Context) -> dict:
+  """Per difficulty level of the test split: pass@1 (K samples) and greedy."""
+  policy = ctx.load_policy()
+  test = ctx.examples("test")
+  questions = [e.question for e in test]
+  cfg = ctx.config
+  common = dict(max_new_tokens=cfg.sampling.max_new_tokens,
+                batch_size=cfg.sampling.batch_size, seed=cfg.seed + 1,
+                mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)
+  sampled = generate.sample_solutions(
+      policy, ctx.tokenizer, ctx.task, questions,
+      num_samples=cfg.eval.num_samples,
+      rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
+      progress_name="eval_policy (sampled)", **common)
+  greedy = generate.sample_solutions(
+      policy, ctx.tokenizer, ctx.task, questions, num_samples=1,
+      rule=sampling.SamplingRule(temperature=0.0),
+      progress_name="eval_policy (greedy)", **common)
+
+  def correct(texts, example):
+    return [ctx.task.grade(ctx.task.extract_answer(t), example.answer) for t in texts]
+
+  sampled_correct = [np.mean(correct(t, e)) for t, e in zip(sampled.texts, test, strict=True)]
+  greedy_correct = [correct(t, e)[0] for t, e in zip(greedy.texts, test, strict=True)]
+  levels = sorted({e.level for e in test})
+  per_level = {}
+  for level in levels:
+    idx = [i for i, e in enumerate(test) if e.level == level]
+    per_level[str(level)] = {
+        "num_questions": len(idx),
+        "pass_at_1": float(np.mean([sampled_correct[i] for i in idx])),
+        "greedy_accuracy": float(np.mean([greedy_correct[i] for i in idx])),
+    }
+  result = {
+      "num_samples": cfg.eval.num_samples,
+      "temperature": cfg.sampling.temperature,
+      "levels": per_level,
+      "overall": {"pass_at_1": float(np.mean(sampled_correct)),
+                  "greedy_accuracy": float(np.mean(greedy_correct))},
+  }
+  io_utils.write_json_atomic(ctx.path("eval_policy.json"), result)
+  for level, row in per_level.items():
+    ctx.log(f"eval_policy: level {level}: pass@1 {row['pass_at_1']:.3f} "
+            f"greedy {row['greedy_accuracy']:.3f}")
+  return {"overall": result["overall"],
+          "sampled_tokens_per_second": round(
+              sampled.num_generated_tokens / sampled.seconds)}

@@ -1,0 +1,184 @@
+"""The study's stages, in order, each resumable from the workdir.
+
+A stage that finished writes `stages/<name>.json` (atomically, with its wall
+time and summary); a re-run skips it. A stage killed half-way resumes from its
+own checkpoints or outputs. Every stage is a plain function of a `Context`,
+importable from a notebook:
+
+    ctx = Context(config, workdir)
+    run_stage(ctx, "eval_policy")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+import jax
+
+from ttscale import io_utils
+from ttscale.pipeline import policy_stages, search_stages, verifier_stages
+from ttscale.pipeline.context import BOOKKEEPING, Context, without
+from ttscale.progress import format_seconds
+from ttscale.search import select
+from ttscale.training.checkpoints import check_spec, first_difference
+
+STAGES: dict[str, Callable[[Context], dict]] = {
+    "data": policy_stages.stage_data,
+    "train_policy": policy_stages.stage_train_policy,
+    "eval_policy": policy_stages.stage_eval_policy,
+    "prm_labels": verifier_stages.stage_prm_labels,
+    "train_prm": verifier_stages.stage_train_prm,
+    "train_orm": verifier_stages.stage_train_orm,
+    "eval_prm": verifier_stages.stage_eval_prm,
+    "sweep_search": search_stages.stage_sweep_search,
+}
+
+# The config blocks each stage's output depends on. A finished stage records
+# them; re-running with other values is an error, not a silent reuse.
+STAGE_INPUTS: dict[str, tuple[str, ...]] = {
+    "data": ("task", "data"),
+    "train_policy": ("seed", "task", "data", "model", "train"),
+    "eval_policy": ("seed", "task", "data", "model", "train", "sampling", "eval"),
+    "prm_labels": ("seed", "task", "data", "model", "train", "sampling", "prm"),
+    "train_prm": ("seed", "task", "data", "model", "train", "sampling", "prm",
+                  "verifier_train"),
+    "train_orm": ("seed", "task", "data", "model", "train", "sampling", "prm",
+                  "verifier_train"),
+    "eval_prm": ("seed", "task", "data", "model", "train", "sampling", "prm",
+                 "verifier_train", "eval_prm"),
+    "sweep_search": ("seed", "task", "data", "model", "train", "sampling", "prm",
+                     "verifier_train", "search"),
+}
+
+
+# The stages whose outputs a stage reads (each with its own prerequisites).
+STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
+    "data": (),
+    "train_policy": ("data",),
+    "eval_policy": ("train_policy",),
+    "prm_labels": ("train_policy",),
+    "train_prm": ("prm_labels",),
+    "train_orm": ("prm_labels",),
+    "eval_prm": ("train_prm", "train_orm"),
+    "sweep_search": ("train_prm",),
+}
+
+
+def _prerequisites(name: str) -> list[str]:
+  """Every stage `name` needs, directly or not, in pipeline order."""
+  needed, pending = set(), list(STAGE_REQUIRES[name])
+  while pending:
+    stage = pending.pop()
+    if stage not in needed:
+      needed.add(stage)
+      pending.extend(STAGE_REQUIRES[stage])
+  return [stage for stage in STAGES if stage in needed]
+
+
+def check_prerequisites(ctx: Context, names: list[str]) -> None:
+  """Raises ValueError when a stage needs one neither done nor requested."""
+  for name in names:
+    for stage in _prerequisites(name):
+      if stage not in names and not os.path.exists(ctx.path("stages", f"{stage}.json")):
+        raise ValueError(f"stage {name} needs stage {stage}, which is not done in "
+                         f"{ctx.workdir}: run it first or add it to --stages")
+
+
+def _stage_inputs(config, name: str) -> dict:
+  values = {}
+  for key in STAGE_INPUTS[name]:
+    value = config[key]
+    value = value.to_dict() if hasattr(value, "to_dict") else value
+    values[key] = without(value, BOOKKEEPING) if key.endswith("train") else value
+  return json.loads(json.dumps(values))
+
+
+def validate_workdir(ctx: Context, names: list[str]) -> None:
+  """Checks, reading only, that the workdir was made with this config.
+
+  Raises ValueError naming the first field that differs from a finished
+  stage's record or from the policy checkpoint's spec.
+  """
+  for name in names:
+    marker = ctx.path("stages", f"{name}.json")
+    if not os.path.exists(marker):
+      continue
+    recorded = io_utils.read_json(marker).get("inputs")
+    if not isinstance(recorded, dict):
+      raise ValueError(f"{marker}: no 'inputs' record; the workdir is damaged")
+    difference = first_difference(_stage_inputs(ctx.config, name), recorded)
+    if difference:
+      raise ValueError(
+          f"stage {name} in {ctx.workdir} was done with other settings: "
+          f"{difference}; use a new --workdir or the settings it was made with")
+  if os.path.exists(ctx.path("tokenizer.model")):
+    check_spec(ctx.path("policy"), ctx.policy_spec())
+    for kind in ("prm", "orm"):
+      for part in ("state", "best"):
+        check_spec(ctx.path(kind, part), ctx.verifier_spec(kind))
+
+
+def check_stage_names(names) -> list[str]:
+  unknown = [n for n in names if n not in STAGES]
+  if unknown:
+    raise ValueError(f"--stages: unknown stage {unknown[0]!r}; expected some "
+                     f"of {', '.join(STAGES)}")
+  return [name for name in STAGES if name in names]  # always in pipeline order
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the first config field with a value no stage takes."""
+  aggregations = list(config.eval_prm.aggregations)
+  for how in aggregations:
+    if how not in select.STEP_AGGREGATIONS:
+      raise ValueError(f"eval_prm.aggregations: unknown aggregation {how!r}; expected "
+                       f"some of {', '.join(select.STEP_AGGREGATIONS)}")
+  if "last" not in aggregations:
+    raise ValueError("eval_prm.aggregations: must include 'last' (the PRM best-of-N "
+                     "baseline reads it)")
+  if not 0 < config.prm.holdout_fraction < 1:
+    raise ValueError(f"prm.holdout_fraction={config.prm.holdout_fraction}: expected "
+                     "a fraction in (0, 1)")
+  pool = config.eval_prm.pool_size
+  if pool < 1 or pool & (pool - 1):
+    raise ValueError(f"eval_prm.pool_size={pool}: expected a power of 2 (the budget "
+                     "grid is 1, 2, 4, ...)")
+
+
+def run_stage(ctx: Context, name: str) -> dict:
+  """Runs one stage unless its marker says it is done; returns the marker."""
+  marker = ctx.path("stages", f"{name}.json")
+  if os.path.exists(marker):
+    record = io_utils.read_json(marker)
+    ctx.log(f"stage {name}: already done "
+            f"({format_seconds(record['seconds'])}), skipped")
+    return record
+  ctx.log(f"stage {name}: running")
+  started = time.time()
+  summary = STAGES[name](ctx)
+  record = {"stage": name, "seconds": time.time() - started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary,
+            "inputs": _stage_inputs(ctx.config, name)}
+  io_utils.write_json_atomic(marker, record)
+  ctx.log(f"stage {name}: done in {format_seconds(record['seconds'])}")
+  return record
+
+
+def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -> dict:
+  """Runs `stages` (default: all, in order); returns {stage: marker record}."""
+  names = check_stage_names(stages or list(STAGES))
+  check_config(config)
+  ctx = Context(config, workdir, log)
+  validate_workdir(ctx, names)
+  check_prerequisites(ctx, names)
+  log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; "
+      f"mesh {dict(ctx.mesh.shape)}")
+  records = {name: run_stage(ctx, name) for name in names}
+  total = sum(r["seconds"] for r in records.values())
+  timings = ", ".join(f"{name} {format_seconds(record['seconds'])}"
+                      for name, record in records.items())
+  log(f"stages: {timings}; total {format_seconds(total)}")
+  return records

@@ -1,0 +1,103 @@
+"""The search sweep: every configuration of the paper at every budget, into the
+outcome table, and its figure.
+
+`sweep_search` appends one row per (question, method, hyperparameters,
+budget, seed) to `outcomes/search.jsonl`, a batch at a time; a re-run skips
+the rows already there, so a kill loses at most the batch in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import zlib
+
+import jax
+import numpy as np
+
+from ttscale import outcomes
+from ttscale.pipeline.context import Context
+from ttscale.progress import Progress
+from ttscale.report import search_figure
+from ttscale.search import common, runner, sampling
+from ttscale.search.budget import budget_grid, paper_settings
+
+SEARCH_TABLE = ("outcomes", "search.jsonl")
+
+
+def search_options(ctx: Context) -> runner.SearchOptions:
+  cfg = ctx.config
+  return runner.SearchOptions(
+      rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
+      max_new_tokens=cfg.sampling.max_new_tokens,
+      max_step_tokens=cfg.search.max_step_tokens, max_rounds=cfg.search.max_rounds,
+      rows=cfg.search.rows)
+
+
+def search_table_meta(ctx: Context) -> dict:
+  """What the search rows depend on: a table made otherwise is not appended to."""
+  return {"policy": ctx.policy_spec(), "prm": ctx.verifier_spec("prm"),
+          "sampling": ctx.config.sampling.to_dict(), "search": ctx.config.search.to_dict(),
+          "seed": ctx.config.seed}
+
+
+def setting_key(setting) -> int:
+  """A stable integer per setting, for its random stream."""
+  return zlib.crc32(f"{setting.method}/{setting.params}/{setting.budget}".encode())
+
+
+def stage_sweep_search(ctx: Context) -> dict:
+  """Runs every search setting on the test questions; appends to the table."""
+  cfg = ctx.config
+  test = ctx.examples("test")[:cfg.search.num_questions]
+  questions = [e.question for e in test]
+  table = outcomes.OutcomeTable(ctx.path(*SEARCH_TABLE), search_table_meta(ctx))
+  policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
+  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
+  options = search_options(ctx)
+  width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
+  settings = paper_settings(budget_grid(cfg.search.max_budget))
+  seed = cfg.seed
+  batches = []
+  for setting in settings:
+    per_batch = runner.questions_per_batch(setting.budget, options.rows)
+    for number, start in enumerate(range(0, len(test), per_batch)):
+      batches.append((setting, number, list(range(start, min(start + per_batch, len(test))))))
+  progress = Progress("sweep_search", len(batches), ctx.log)
+  ran = 0
+  for setting, number, indices in batches:
+    missing = [i for i in indices
+               if not table.has((i, setting.method, setting.params, setting.budget, seed))]
+    if missing:
+      rng = jax.random.fold_in(
+          jax.random.fold_in(jax.random.key(seed), setting_key(setting)), number)
+      # The whole batch runs again (its shape and random stream are fixed);
+      # only rows not yet in the table are appended.
+      results = runner.search_batch(
+          setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task,
+          [questions[i] for i in indices], options=options, width=width, rng=rng,
+          mesh=ctx.mesh, rules=ctx.rules)
+      table.append(
+          outcomes.Outcome(
+              question_index=i, level=test[i].level, method=setting.method,
+              params=setting.params, budget=setting.budget, seed=seed,
+              answer=result.answer, correct=ctx.task.grade(result.answer, test[i].answer),
+              generations=setting.generations, flops=result.flops, seconds=result.seconds)
+          for i, result in zip(indices, results, strict=True) if i in missing)
+      ran += 1
+    progress.update(note=f"{setting.method} {setting.params} N={setting.budget}")
+  rows = table.rows()
+  search_figure.plot(rows, ctx.path("sweep_search.png"))
+  accuracy = collections.defaultdict(list)
+  for row in rows:
+    accuracy[(row["method"], row["params"], row["budget"])].append(row["correct"])
+  curves = {f"{m} {p}".strip(): {} for m, p, _ in accuracy}
+  for (m, p, n), values in sorted(accuracy.items(), key=lambda kv: kv[0][2]):
+    curves[f"{m} {p}".strip()][n] = round(float(np.mean(values)), 4)
+  for name, curve in curves.items():
+    ctx.log(f"sweep_search: {name:24s} " + " ".join(f"N={n}:{a:.3f}" for n, a in curve.items()))
+  return {"num_rows": len(rows), "num_settings": len(settings), "batches_run": ran,
+          "num_questions": len(test), "accuracy": curves,
+          "seconds_per_question": {
+              name: round(float(np.mean([r["seconds"] for r in rows
+                                         if f"{r['method']} {r['params']}".strip() == name])), 4)
+              for name in curves}}

@@ -1,0 +1,1 @@
+"""Figures and reports, drawn from results already on disk (no model runs)."""

@@ -1,0 +1,1 @@
+"""Scaling analysis in pure numpy, on stored samples and scores: no model runs."""

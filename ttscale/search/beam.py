@@ -1,0 +1,199 @@
+"""PRM beam search and lookahead search: one implementation, one compiled loop.
+
+Budget N, beam width M, lookahead depth k (k = 0 is plain beam search). A
+question owns N rows of the batch. Each round of one `lax.while_loop`:
+
+1. every live row samples one step (stopping at the step delimiter);
+2. the step is appended to the row's PRM cache and scored there; with k > 0
+   the score is instead read at the end of a greedy rollout of up to k more
+   steps, from copies of both caches that are then dropped, so rollout tokens
+   never reach the returned solutions;
+3. per question, the live rows are ranked by score; the best ceil(L/M) of the
+   L live rows are kept and copied into the L live slots (each about M times),
+   caches and all. In the first round L = N: the top N/M are kept, each
+   expanded M ways, as in the paper.
+
+A row finishes when it ends its solution, runs out of tokens or cache, or its
+step does not end within `max_step_tokens`. Finished rows are kept as they are
+(never dropped or overwritten) and count toward the N candidates returned.
+The loop stops when every row has finished or after `max_rounds` rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ttscale.models.kv_cache import KVCache
+from ttscale.search import common, sampling
+from ttscale.search.best_of_n import Candidates
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamConfig:
+  """Static settings of one compiled beam program."""
+  budget: int                  # N rows per question
+  beam_width: int              # M
+  lookahead: int               # k (0: beam search)
+  max_rounds: int              # the round cap (paper: 40)
+  max_new_tokens: int          # solution budget per row (T)
+  max_step_tokens: int         # tokens one step may take (S)
+  rule: sampling.SamplingRule  # how steps are sampled
+  step_id: int
+  eos_id: int
+
+  def step_sampler(self, rule=None) -> sampling.SamplerConfig:
+    return sampling.SamplerConfig(rule=rule or self.rule, stop_at=sampling.StopAt.STEP,
+                                  max_new_tokens=self.max_step_tokens,
+                                  step_id=self.step_id, eos_id=self.eos_id)
+
+
+@struct.dataclass
+class BeamState:
+  round: jax.Array          # int32 []: rounds done
+  policy_cache: KVCache     # rows [B = Q·N]
+  pending: jax.Array        # int32 [B]: each row's last token, not yet in the policy cache
+  prm_cache: KVCache        # rows [B]: every token of the row
+  tokens: jax.Array         # int32 [B, T]: the solution so far
+  lengths: jax.Array        # int32 [B]: its length
+  finished: jax.Array       # bool [B]: the row samples no more
+  scores: jax.Array         # float32 [B]: PRM score of the row's last step
+  flops: jax.Array          # float32 [Q]: FLOPs used per question
+  policy_tokens: jax.Array  # int32 [Q]: tokens the policy decoded per question
+  rng: jax.Array            # PRNG key
+
+
+def keep_top_beams(scores: jax.Array, live: jax.Array, budget: int,
+                   beam_width: int) -> jax.Array:
+  """Where each row's next content comes from, per question.
+
+  Args:
+    scores: float [Q·N]; live: bool [Q·N] (rows still searching).
+
+  Returns:
+    int32 [Q·N] source rows: a finished row keeps itself; the L live rows of
+    a question are filled with its best ceil(L/M) live rows (ties: lower
+    index), in rank order, cycling, so each kept row gets about M slots.
+  """
+  scores = scores.reshape(-1, budget)
+  live = live.reshape(-1, budget)
+  # Live rows first, best first (stable: ties keep row order).
+  order = jnp.argsort(jnp.where(live, -scores, jnp.inf), axis=1, stable=True)
+  num_live = live.sum(axis=1, keepdims=True)
+  num_kept = jnp.maximum((num_live + beam_width - 1) // beam_width, 1)
+  live_rank = jnp.cumsum(live, axis=1) - 1
+  source = jnp.take_along_axis(order, live_rank % num_kept, axis=1)
+  within = jnp.where(live, source, jnp.arange(budget)[None, :])
+  offsets = jnp.arange(scores.shape[0])[:, None] * budget
+  return (within + offsets).reshape(-1)
+
+
+def _append_rows(buffer: jax.Array, at: jax.Array, new: jax.Array, counts: jax.Array):
+  """Writes row i's first counts[i] tokens of `new` [B, S] at buffer[i, at[i]:]."""
+  columns = at[:, None] + jnp.arange(new.shape[1])[None, :]
+  valid = (jnp.arange(new.shape[1])[None, :] < counts[:, None]) & (columns < buffer.shape[1])
+  rows = jnp.broadcast_to(jnp.arange(buffer.shape[0])[:, None], columns.shape)
+  columns = jnp.where(valid, columns, buffer.shape[1])  # out of range: dropped
+  return buffer.at[rows, columns].set(new, mode="drop")
+
+
+def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, step,
+                      prm_cache, scores, live, rng):
+  """Scores at the end of greedy rollouts of up to k steps; caches dropped.
+
+  Rows that ended their solution (or roll out nothing) keep `scores`.
+  """
+  rule = sampling.SamplingRule(temperature=0.0)
+  policy_cache, pending = step.cache, step.pending
+  rolling = live & ~step.ended_solution & ~step.truncated
+  flops = jnp.zeros_like(scores)
+  tokens = jnp.zeros(scores.shape, jnp.int32)
+  for _ in range(config.lookahead):
+    context = policy_cache.next_position
+    out = sampling.sample(models.policy_extend, policy_params, policy_cache, pending,
+                          rolling, rng, config.step_sampler(rule))
+    counts = jnp.where(rolling, out.lengths, 0)
+    new_scores, prm_cache, prm_flops = common.append_and_score(
+        models, prm_params, prm_cache, out.tokens, counts)
+    scores = jnp.where(counts > 0, new_scores, scores)
+    flops += models.policy_rate.decode(context, counts) + prm_flops
+    tokens += counts
+    policy_cache, pending = out.cache, out.pending
+    rolling = rolling & ~out.ended_solution & ~out.truncated
+  return scores, flops, tokens
+
+
+def beam_search(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
+                rng, *, config: BeamConfig) -> Candidates:
+  """N candidates per question by PRM-guided beam (k = 0) or lookahead search.
+
+  Args:
+    prompts: int32 [Q, P] left-padded; lengths: int32 [Q]; rng: PRNG key.
+
+  Returns:
+    `Candidates` with Q·N rows, question-major; finished or not, every row is
+    a candidate (a row without an answer line simply has no answer).
+  """
+  n, width = config.budget, prompts.shape[1]
+  rollout_slots = config.lookahead * config.max_step_tokens
+  slots = width + config.max_new_tokens + config.max_step_tokens + rollout_slots
+  started = common.start(models, policy_params, prm_params, prompts, lengths, n,
+                         slots=slots, prm_slots=slots + config.max_step_tokens)
+  rows = started.pending.shape[0]
+  budget_tokens = config.max_new_tokens
+
+  def cond(state: BeamState):
+    return (state.round < config.max_rounds) & ~jnp.all(state.finished)
+
+  def body(state: BeamState):
+    rng, step_rng, rollout_rng = jax.random.split(state.rng, 3)
+    live = ~state.finished
+    context = state.policy_cache.next_position
+    step = sampling.sample(models.policy_extend, policy_params, state.policy_cache,
+                           state.pending, live, step_rng, config.step_sampler())
+    counts = jnp.where(live, step.lengths, 0)
+    flops = models.policy_rate.decode(context, counts)
+    step_scores, prm_cache, prm_flops = common.append_and_score(
+        models, prm_params, state.prm_cache, step.tokens, counts)
+    flops += prm_flops
+    decoded = counts
+    if config.lookahead:
+      step_scores, rollout_flops, rollout_tokens = _lookahead_scores(
+          models, config, policy_params, prm_params, step, prm_cache, step_scores,
+          live, rollout_rng)
+      flops += rollout_flops
+      decoded = decoded + rollout_tokens
+    scores = jnp.where(live, step_scores, state.scores)
+    tokens = _append_rows(state.tokens, state.lengths, step.tokens, counts)
+    new_lengths = state.lengths + counts
+    # Out of the solution's token budget or of cache: no more steps.
+    out_of_room = new_lengths >= budget_tokens
+    finished = state.finished | (live & (step.ended_solution | step.truncated | out_of_room))
+    lengths = jnp.minimum(new_lengths, budget_tokens)
+    source = keep_top_beams(scores, ~finished, n, config.beam_width)
+    gathered = sampling.gather_rows(
+        (step.cache, step.pending, prm_cache, tokens, lengths, finished, scores), source)
+    return BeamState(
+        round=state.round + 1,
+        policy_cache=gathered[0], pending=gathered[1], prm_cache=gathered[2],
+        tokens=gathered[3], lengths=gathered[4], finished=gathered[5], scores=gathered[6],
+        flops=state.flops + common.per_question(flops, n),
+        policy_tokens=state.policy_tokens + common.per_question(decoded, n),
+        rng=rng)
+
+  initial = BeamState(
+      round=jnp.zeros((), jnp.int32),
+      policy_cache=started.policy_cache, pending=started.pending,
+      prm_cache=started.prm_cache,
+      tokens=jnp.zeros((rows, budget_tokens), jnp.int32),
+      lengths=jnp.zeros((rows,), jnp.int32),
+      finished=jnp.zeros((rows,), bool),
+      scores=jnp.zeros((rows,), jnp.float32),
+      flops=started.flops, policy_tokens=jnp.zeros_like(started.flops, jnp.int32),
+      rng=rng)
+  final = jax.lax.while_loop(cond, body, initial)
+  return Candidates(tokens=final.tokens, lengths=final.lengths, scores=final.scores,
+                    flops=final.flops, policy_tokens=final.policy_tokens)

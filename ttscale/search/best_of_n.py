@@ -1,0 +1,77 @@
+"""Best-of-N as one compiled program: N samples per question, scored by the PRM.
+
+The N samples of a question are rows of the batch; each prompt is prefilled
+once and copied. Whole solutions are sampled, then appended to the PRM's
+cache in one call; a solution's score is the PRM's score at its last step end
+(`last` aggregation, the paper's best). The answer is chosen on the host
+(`select.weighted_best_of_n` over the decoded final answers).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from ttscale.search import common, sampling
+
+
+@struct.dataclass
+class Candidates:
+  """N finished candidates per question, the output of every search program."""
+  tokens: jax.Array     # int32 [Q·N, T] solution tokens, 0 after `lengths`
+  lengths: jax.Array    # int32 [Q·N] tokens per solution (its end token included)
+  scores: jax.Array     # float32 [Q·N] PRM score at the last step end (0: no step)
+  flops: jax.Array      # float32 [Q] FLOPs used per question
+  policy_tokens: jax.Array  # int32 [Q] tokens the policy decoded per question (rollouts included)
+
+
+def last_step_scores(tokens: jax.Array, lengths: jax.Array, token_scores: jax.Array,
+                     step_id: int, eos_id: int) -> jax.Array:
+  """The score at each row's last step end, or 0 for a row with no finished step.
+
+  A step end is a delimiter or end-of-solution token that ends a non-empty
+  step (the token before it is not itself a step end).
+
+  Args:
+    tokens: int32 [B, T]; lengths: int32 [B]; token_scores: float [B, T].
+  """
+  columns = jnp.arange(tokens.shape[1])[None, :]
+  is_end = ((tokens == step_id) | (tokens == eos_id)) & (columns < lengths[:, None])
+  previous_end = jnp.pad(is_end, ((0, 0), (1, 0)))[:, :-1]
+  step_end = is_end & ~previous_end & (columns > 0)
+  last = jnp.max(jnp.where(step_end, columns, -1), axis=1)
+  score = jnp.take_along_axis(token_scores, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
+  return jnp.where(last >= 0, score, 0.0)
+
+
+def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
+              rng, *, num_samples: int, sampler_config: sampling.SamplerConfig
+              ) -> Candidates:
+  """N = `num_samples` whole solutions per question and their PRM scores.
+
+  Args:
+    prompts: int32 [Q, P] left-padded; lengths: int32 [Q]; rng: PRNG key.
+    sampler_config: must stop at the end of the solution.
+
+  Returns:
+    `Candidates` with Q·N rows, question-major.
+  """
+  assert sampler_config.stop_at == sampling.StopAt.SOLUTION
+  width = prompts.shape[1]
+  budget = sampler_config.max_new_tokens
+  started = common.start(models, policy_params, prm_params, prompts, lengths,
+                         num_samples, slots=width + budget, prm_slots=width + budget)
+  rows = started.pending.shape[0]
+  context = started.policy_cache.next_position
+  out = sampling.sample(models.policy_extend, policy_params, started.policy_cache,
+                        started.pending, jnp.ones((rows,), bool), rng, sampler_config)
+  policy_flops = models.policy_rate.decode(context, out.lengths)
+  # The whole solution into the PRM at once; a score at every token.
+  token_scores, _, prm_flops = common.append_and_score(
+      models, prm_params, started.prm_cache, out.tokens, out.lengths, all_scores=True)
+  scores = last_step_scores(out.tokens, out.lengths, token_scores,
+                            sampler_config.step_id, sampler_config.eos_id)
+  flops = started.flops + common.per_question(policy_flops + prm_flops, num_samples)
+  return Candidates(tokens=out.tokens, lengths=out.lengths, scores=scores, flops=flops,
+                    policy_tokens=common.per_question(out.lengths, num_samples))

@@ -1,0 +1,114 @@
+"""The budget grid, the search configurations of the study, and exact FLOPs.
+
+Budgets are counted two ways:
+- generations, the paper's count: N for best-of-N and beam search, N·(k+1)
+  for lookahead search of depth k;
+- FLOPs, ours: every token a model processed for the question, at
+  `ModelConfig.flops_per_token(context)` each — policy prompt prefill, policy
+  decode, verifier prompt prefill, verifier step tokens, lookahead rollout
+  tokens (policy and verifier). Work spent on padding rows or on rows that
+  already stopped is not counted: it is an artefact of fixed shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from ttscale.models.config import ModelConfig
+
+METHODS = ("best_of_n", "beam", "lookahead")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSetting:
+  """One configuration of a search method at one budget."""
+  method: str          # "best_of_n", "beam" or "lookahead"
+  budget: int          # N
+  beam_width: int = 0  # M (beam and lookahead): N/M beams kept, each expanded M ways
+  lookahead: int = 0   # k (lookahead): greedy steps rolled out before scoring
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f"search method {self.method!r}: expected one of {', '.join(METHODS)}")
+    if self.budget < 1:
+      raise ValueError(f"budget N={self.budget}: expected >= 1")
+    if self.method == "best_of_n":
+      if self.beam_width or self.lookahead:
+        raise ValueError("best_of_n takes no beam width or lookahead")
+      return
+    if self.beam_width < 1 or self.budget % self.beam_width:
+      raise ValueError(f"beam width M={self.beam_width} must divide the budget N={self.budget}")
+    if self.method == "beam" and self.lookahead:
+      raise ValueError("beam search has lookahead k=0; use method 'lookahead' for k > 0")
+    if self.method == "lookahead" and self.lookahead < 1:
+      raise ValueError(f"lookahead k={self.lookahead}: expected >= 1 (k=0 is beam search)")
+
+  @property
+  def params(self) -> str:
+    """Hyperparameters as canonical text, the outcome table's `params`."""
+    if self.method == "best_of_n":
+      return ""
+    return f"M={self.beam_width},k={self.lookahead}"
+
+  @property
+  def generations(self) -> int:
+    """The paper's cost: N, or N·(k+1) with lookahead."""
+    return self.budget * (self.lookahead + 1)
+
+
+def budget_grid(max_budget: int) -> list[int]:
+  """1, 2, 4, ..., max_budget (a power of 2)."""
+  if max_budget < 1 or max_budget & (max_budget - 1):
+    raise ValueError(f"search.max_budget={max_budget}: expected a power of 2")
+  return [2 ** i for i in range(int(math.log2(max_budget)) + 1)]
+
+
+def check_on_grid(budget: int, grid: list[int]) -> None:
+  if budget not in grid:
+    raise ValueError(f"budget N={budget} is not on the grid {grid}")
+
+
+def paper_settings(grid: list[int]) -> list[SearchSetting]:
+  """Every configuration of the paper's Fig. 3 at every budget of `grid`.
+
+  Best-of-N weighted; beam search with M=4 and M=√N; lookahead k=3 with M=4
+  and M=√N; lookahead k=1 with M=√N. M=4 needs N ≥ 4 (N/M beams); M=√N
+  needs N a power of 4 (N = 1 has M = 1: no search, left out).
+  """
+  settings = []
+  for n in grid:
+    settings.append(SearchSetting("best_of_n", n))
+    root = math.isqrt(n)
+    square = root * root == n and n > 1
+    widths = ({4} if n >= 4 else set()) | ({root} if square else set())  # √16 = 4: once
+    for m in sorted(widths):
+      settings.append(SearchSetting("beam", n, beam_width=m))
+      settings.append(SearchSetting("lookahead", n, beam_width=m, lookahead=3))
+    if square:
+      settings.append(SearchSetting("lookahead", n, beam_width=root, lookahead=1))
+  return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsRate:
+  """`flops_per_token(context) = per_token + per_context_key · context`, traceable."""
+  per_token: float
+  per_context_key: float
+
+  @classmethod
+  def of(cls, config: ModelConfig) -> FlopsRate:
+    base = config.flops_per_token(0)
+    return cls(float(base), float(config.flops_per_token(1) - base))
+
+  def decode(self, start_context, num_tokens):
+    """FLOPs of `num_tokens` tokens decoded one by one after `start_context`
+    tokens: Σ_j (per_token + per_context_key · (start_context + j + 1)).
+
+    Arrays broadcast (jax or numpy); the result is float32.
+    """
+    n = jnp.asarray(num_tokens, jnp.float32)
+    c = jnp.asarray(start_context, jnp.float32)
+    return n * self.per_token + self.per_context_key * (n * c + n * (n + 1) / 2)

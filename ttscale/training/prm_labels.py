@@ -1,0 +1,232 @@
+"""Monte-Carlo step labels for the PRM, from rollouts of the policy itself.
+
+For a sampled solution, the label of step i is the fraction of `num_rollouts`
+continuations, sampled by the same policy from the prefix that ends with step
+i, whose final answer is correct: the policy's reward-to-go from that prefix
+(Math-Shepherd style; no human labels). A step that ends the solution (its
+last token is end-of-solution) needs no rollout: its label is whether the
+solution is correct.
+
+Steps are found in token space: a step is a run of tokens ending in the step
+delimiter or the end-of-solution token, and not blank. The step end (the
+index of that last token) is where the PRM reads its score.
+
+The labelling is resumable. Prefixes are cut into parts of a fixed size; a
+part's rollouts draw from `fold_in(key(seed), part)` and its counts are
+written to `parts/<part>.json` atomically, so a killed run loses at most the
+part in flight and a re-run produces the same labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+
+import jax
+import numpy as np
+
+from ttscale import io_utils
+from ttscale.data.tokenizer import Tokenizer
+from ttscale.progress import Progress
+from ttscale.search import generate, sampling
+from ttscale.tasks.base import Task
+
+# Rollout contexts are padded to a multiple of this: few widths, few compiled
+# programs, and not much cache wasted on padding (decoding reads every slot).
+_WIDTH_MULTIPLE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class SolutionToLabel:
+  """A sampled solution and what the labels need to know about it."""
+  prompt: list[int]    # bos + prompt tokens
+  tokens: list[int]    # solution tokens, the end-of-solution token included if sampled
+  step_ends: list[int]  # index into `tokens` of each step's last token
+  ended: bool          # the solution has its end-of-solution token
+  correct: bool        # its final answer is right
+
+
+def find_step_ends(tokens, tokenizer: Tokenizer) -> list[int]:
+  """Indices of the last token of every non-blank step of `tokens`.
+
+  A step ends with the step delimiter or the end-of-solution token. A blank
+  step (nothing but whitespace before its delimiter) is not a step, as in
+  `Task.split_steps`; trailing tokens without a delimiter (a truncated
+  solution) are not a finished step.
+  """
+  ends, start = [], 0
+  for index, token in enumerate(tokens):
+    if token in (tokenizer.step_id, tokenizer.eos_id):
+      if tokenizer.decode(list(tokens[start:index])).strip():
+        ends.append(index)
+      start = index + 1
+  return ends
+
+
+def rollout_prefixes(solutions: list[SolutionToLabel]) -> list[tuple[int, int]]:
+  """(solution, step) pairs that need rollouts: steps not ending the solution."""
+  pairs = []
+  for s, solution in enumerate(solutions):
+    for i, end in enumerate(solution.step_ends):
+      if not (solution.ended and end == len(solution.tokens) - 1):
+        pairs.append((s, i))
+  return pairs
+
+
+def _width_bucket(solution: SolutionToLabel, step: int) -> int:
+  """The padded-width bucket of the context that ends with `step`."""
+  return -(-(len(solution.prompt) + solution.step_ends[step] + 1) // _WIDTH_MULTIPLE)
+
+
+def _rollout_order(solutions, pairs) -> list[int]:
+  """An order of `pairs` that batches prefixes of similar shape together.
+
+  By context width bucket (one compiled program each), then by the number of
+  steps the sampled solution still had after the prefix (longest first), so
+  rows of one batch tend to finish together and the decode loop wastes few
+  trips waiting for one long rollout.
+  """
+  def key(k):
+    s, i = pairs[k]
+    return (_width_bucket(solutions[s], i), -(len(solutions[s].step_ends) - i), k)
+  return sorted(range(len(pairs)), key=key)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  num_rollouts: int
+  prefixes_per_part: int
+  batch_size: int
+  sampler_config: sampling.SamplerConfig
+  seed: int
+
+
+def count_correct_rollouts(policy: generate.Policy, tokenizer: Tokenizer, task: Task,
+                           solutions: list[SolutionToLabel], answers: list[str],
+                           settings: RolloutSettings, parts_dir: str, *,
+                           mesh=None, rules=None, log=print) -> dict:
+  """Runs the rollouts of every prefix, part by part, resuming finished parts.
+
+  Args:
+    solutions: the sampled solutions; `answers[s]` is solution s's reference.
+    parts_dir: where `<part>.json` files go (and are found on a re-run).
+
+  Returns:
+    {"correct": {(solution, step): number of correct rollouts},
+     "generated_tokens", "seconds": of the rollouts run now,
+     "parts_resumed": parts found on disk}.
+  """
+  pairs = rollout_prefixes(solutions)
+  order = _rollout_order(solutions, pairs)
+
+  # Parts never mix width buckets, so each is one fixed-shape program.
+  def bucket(k):
+    s, i = pairs[k]
+    return _width_bucket(solutions[s], i)
+
+  parts: list[list[int]] = []
+  for k in order:
+    if not parts or len(parts[-1]) == settings.prefixes_per_part or \
+        bucket(parts[-1][0]) != bucket(k):
+      parts.append([])
+    parts[-1].append(k)
+
+  rows_per_part = [len(p) * settings.num_rollouts for p in parts]
+  batches = [-(-rows // settings.batch_size) for rows in rows_per_part]
+  progress = Progress("prm_labels (rollouts)", sum(batches), log)
+  correct: dict[tuple[int, int], int] = {}
+  generated, seconds, resumed = 0, 0.0, 0
+  for number, part in enumerate(parts):
+    path = os.path.join(parts_dir, f"{number:05d}.json")
+    if os.path.exists(path):
+      counts = io_utils.read_json(path)["num_correct"]
+      if len(counts) != len(part):
+        raise ValueError(f"{path}: {len(counts)} counts for a part of {len(part)} "
+                         "prefixes; the workdir is damaged or from another setup")
+      resumed += 1
+      progress.update(batches[number])
+    else:
+      started = time.time()
+      out, remaining = _roll_out_part(policy, solutions, [pairs[k] for k in part],
+                                      settings, number, mesh, rules, progress)
+      counts = []
+      for j, k in enumerate(part):
+        s, i = pairs[k]
+        prefix = solutions[s].tokens[:solutions[s].step_ends[i] + 1]
+        rollouts = out.tokens[j * settings.num_rollouts:(j + 1) * settings.num_rollouts]
+        # A rollout keeps only what is left of the solution's token budget.
+        counts.append(sum(
+            _is_correct(prefix + r[:remaining[j]].tolist(), tokenizer, task, answers[s])
+            for r in rollouts))
+      io_utils.write_json_atomic(path, {"num_correct": counts,
+                                        "generated_tokens": out.num_generated_tokens,
+                                        "seconds": time.time() - started})
+      generated += out.num_generated_tokens
+      seconds += time.time() - started
+    for k, count in zip(part, counts, strict=True):
+      correct[pairs[k]] = count
+  return {"correct": correct, "generated_tokens": generated, "seconds": seconds,
+          "parts_resumed": resumed, "num_parts": len(parts)}
+
+
+def _roll_out_part(policy, solutions, pairs, settings: RolloutSettings, number: int,
+                   mesh, rules, progress):
+  """Samples `num_rollouts` continuations of every prefix of one part.
+
+  A rollout continues a solution, so it has only the rest of the solution's
+  token budget (`max_new_tokens` minus the prefix's solution tokens). The part
+  samples up to the largest remainder among its prefixes, rounded up to a
+  multiple of `_WIDTH_MULTIPLE` (few distinct programs); the caller cuts each
+  rollout to its own remainder.
+
+  Returns:
+    (`Continuations` with rows in prefix order, rollouts of a prefix
+    consecutive; the token budget left for each prefix [len(pairs)]).
+  """
+  budget = settings.sampler_config.max_new_tokens
+  contexts, remaining = [], []
+  for s, i in pairs:
+    solution = solutions[s]
+    used = solution.step_ends[i] + 1
+    contexts += [solution.prompt + solution.tokens[:used]] * settings.num_rollouts
+    remaining.append(max(budget - used, 0))
+  part_budget = min(budget, -(-max(max(remaining), 1) // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE)
+  width = -(-max(len(c) for c in contexts) // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE
+  out = generate.sample_continuations(
+      policy, contexts,
+      sampler_config=dataclasses.replace(settings.sampler_config, max_new_tokens=part_budget),
+      batch_size=settings.batch_size,
+      key=jax.random.fold_in(jax.random.key(settings.seed), number),
+      width=width, mesh=mesh, rules=rules, progress=progress)
+  return out, remaining
+
+
+def _is_correct(tokens: list[int], tokenizer: Tokenizer, task: Task, reference: str) -> bool:
+  text = tokenizer.decode([t for t in tokens if t != tokenizer.eos_id])
+  return task.grade(task.extract_answer(text), reference)
+
+
+def solution_to_label(prompt: list[int], tokens: np.ndarray, ended: bool,
+                      tokenizer: Tokenizer, task: Task, reference: str) -> SolutionToLabel:
+  """Wraps one sampled solution (tokens without the end token) for labelling."""
+  tokens = [int(t) for t in tokens] + ([tokenizer.eos_id] if ended else [])
+  return SolutionToLabel(prompt=prompt, tokens=tokens,
+                         step_ends=find_step_ends(tokens, tokenizer), ended=ended,
+                         correct=_is_correct(tokens, tokenizer, task, reference))
+
+
+def step_labels(solutions: list[SolutionToLabel], correct: dict, num_rollouts: int
+                ) -> list[list[float]]:
+  """Soft labels per step: correct rollouts / num_rollouts, or the outcome
+  for a step that ends its solution."""
+  labels = []
+  for s, solution in enumerate(solutions):
+    row = []
+    for i, _ in enumerate(solution.step_ends):
+      if (s, i) in correct:
+        row.append(correct[(s, i)] / num_rollouts)
+      else:
+        row.append(float(solution.correct))
+    labels.append(row)
+  return labels
