@@ -89,8 +89,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # first `num_questions` test questions. Programs run `rows` rows at a time
   # (rows / N questions). A row's step may take `max_step_tokens` tokens; the
   # search stops after `max_rounds` rounds (paper: 40).
+  # `methods` restricts the sweep to some of best_of_n, beam, lookahead.
+  # Best-of-N, the cheap baseline, also runs on the larger budgets up to
+  # `best_of_n_max_budget`, so that the budget it needs to match a search
+  # method can be read off (the efficiency ratio). On this CPU each doubling
+  # of max_budget roughly doubles the sweep (lookahead dominates).
   c.search = config_dict.ConfigDict(dict(
-      max_budget=64, num_questions=200, max_rounds=40, max_step_tokens=32, rows=256))
+      max_budget=16, best_of_n_max_budget=64, num_questions=200, max_rounds=40,
+      max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead")))
 
   # ("data", "model") mesh; -1 takes the remaining devices.
   c.mesh = config_dict.ConfigDict(dict(
@@ -113,8 +119,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
                             checkpoint_every=3, log_every=3, patience=2)
     c.eval_prm.update(num_questions=16, pool_size=4, num_draws=8)
-    c.search.update(max_budget=4, num_questions=6, max_step_tokens=16, max_rounds=8,
-                    rows=16)
+    c.search.update(max_budget=4, best_of_n_max_budget=4, num_questions=6,
+                    max_step_tokens=16, max_rounds=8, rows=16)
   elif variant == "paper":
     c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
     c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,

@@ -1,7 +1,8 @@
 r"""Benchmarks that print JSON.
 
   python -m launch.bench --bench=decode [--config=configs/arith.py]
-  python -m launch.bench --bench=search --workdir=workdir [--budgets=16,64,256]
+  python -m launch.bench --bench=search --workdir=workdir \
+      [--config.search.max_budget=256 --budgets=16,64,256]
 
 `decode`: sampler tokens/s at batch 1, 16, 64, 256 for the config's policy
 size, next to this machine's f32 matmul rate and memory bandwidth measured in
@@ -44,7 +45,9 @@ _BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search"], "What to mea
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "search: a workdir with a trained policy and PRM (stages through "
     "train_prm) made with --config.")
-_BUDGETS = flags.DEFINE_list("budgets", ["16", "64", "256"], "search: budgets N.")
+_BUDGETS = flags.DEFINE_list(
+    "budgets", None, "search: budgets N on the config's grid (default: its three largest "
+    "from 16 up; raise --config.search.max_budget for more).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"],
                                  "Decode batch sizes.")
 _VOCAB_SIZE = flags.DEFINE_integer(
@@ -65,8 +68,8 @@ def main(argv):
             file=sys.stderr)
       sys.exit(2)
     try:
-      result = bench_lib.search_benchmark(_CONFIG.value, _WORKDIR.value,
-                                          [int(b) for b in _BUDGETS.value])
+      budgets = [int(b) for b in _BUDGETS.value] if _BUDGETS.value else None
+      result = bench_lib.search_benchmark(_CONFIG.value, _WORKDIR.value, budgets)
     except ValueError as error:
       print(f"error: {error}", file=sys.stderr)
       sys.exit(2)

@@ -16,6 +16,9 @@ from ttscale.testing import tree_digest
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TIMEOUT_SECONDS = 60  # a bad input must not start training
+# Every stage, in pipeline order, as `--stages` errors list them.
+STAGES = ("data", "train_policy", "eval_policy", "prm_labels", "train_prm", "train_orm",
+          "eval_prm", "sweep_search")
 
 
 
@@ -64,13 +67,16 @@ def test_unknown_config_variant_is_reported_on_the_last_line(unknown_variant):
 
 
 def test_unknown_stage_fails_with_one_line_naming_it(workdir):
+  """Fails if an unknown stage is accepted, or its error line does not name it
+  and the flag and list every stage in order (through `sweep_search`), or if
+  anything is written first."""
   before = tree_digest(workdir)
   process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}",
                     "--stages=train_policy,bogus")
   assert process.returncode != 0
   last = _last_line(process.stderr)
   assert "'bogus'" in last and "--stages" in last
-  assert "data, train_policy, eval_policy" in last
+  assert ", ".join(STAGES) in last
   assert tree_digest(workdir) == before
 
 
@@ -107,3 +113,34 @@ def test_unknown_aggregation_fails_with_one_line_naming_the_field_and_it(workdir
   assert "'bogus'" in last and "'last'" not in last
   assert "Traceback" not in process.stderr
   assert tree_digest(workdir) == before
+
+
+def _expect_error_line(workdir: str, *flags: str) -> str:
+  """Launches the tiny config into `workdir` with `flags`; checks exit code 2,
+  one line on stderr starting "error: ", no traceback, nothing written.
+  Returns the line."""
+  before = tree_digest(workdir)
+  process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}", *flags)
+  assert process.returncode == 2, process.stderr[-2000:]
+  lines = [line for line in process.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, process.stderr[-2000:]
+  assert lines[0].startswith("error: "), lines[0]
+  assert tree_digest(workdir) == before
+  return lines[0]
+
+
+def test_search_budget_off_the_grid_fails_with_one_line_naming_it(workdir):
+  """Fails if a `search.max_budget` that is not a power of 2 is accepted (the
+  sweep's budget grid is 1, 2, 4, ...), reported other than as one `error:`
+  line naming the field and value, or if anything is written first."""
+  line = _expect_error_line(workdir, "--config.search.max_budget=12")
+  assert "search.max_budget=12" in line
+
+
+def test_unknown_search_method_fails_with_one_line_naming_the_field_and_it(workdir):
+  """Fails if an unknown `search.methods` entry is accepted (the sweep would
+  silently skip it), reported other than as one `error:` line naming the
+  field and the bad method alone, or if anything is written first."""
+  line = _expect_error_line(workdir, "--config.search.methods=('best_of_n','bfs')")
+  assert "search.methods" in line and "'bfs'" in line
+  assert "'best_of_n'" not in line

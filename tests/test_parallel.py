@@ -313,3 +313,40 @@ def test_greedy_sampling_on_a_mesh_equals_one_device(mesh_shape):
   np.testing.assert_allclose(out.logprobs, expected.logprobs, **TOLERANCE)
   np.testing.assert_array_equal(out.pending, expected.pending)
   assert len(out.tokens.sharding.device_set) == 8
+
+
+# ------------------------------------------------------------- search
+
+
+@functools.cache
+def _beam_search(mesh_shape, lookahead: int):
+  """Beam search (N=4, M=2) with the tiny policy and a tiny verifier."""
+  from ttscale.models import ValueModel
+  from ttscale.search import beam, common
+
+  policy_graphdef, policy_params, config = testing.tiny_policy()
+  prm_graphdef, prm_params, _ = testing.tiny_policy(seed=1, module=ValueModel)
+  models = common.SearchModels(policy_graphdef, prm_graphdef, config, config)
+  beam_config = beam.BeamConfig(
+      budget=4, beam_width=2, lookahead=lookahead, max_rounds=3, max_new_tokens=8,
+      max_step_tokens=3, rule=sampling.SamplingRule(temperature=1.0), step_id=1, eos_id=10)
+  run = jax.jit(functools.partial(beam.beam_search, models, config=beam_config))
+  params = {"policy": policy_params, "prm": prm_params}
+  out = _run_on(mesh_shape, lambda p, batch: run(p["policy"], p["prm"], *batch,
+                                                 jax.random.key(0, impl="rbg")),
+                params, _prompts())
+  return jax.tree.map(np.asarray, out)
+
+
+@pytest.mark.parametrize("mesh_shape", MESH_SHAPES)
+@pytest.mark.parametrize("lookahead", [0, 1])
+def test_beam_search_on_a_mesh_equals_one_device(mesh_shape, lookahead):
+  expected = _beam_search(None, lookahead)
+  out = _beam_search(mesh_shape, lookahead)
+  # Searched, not trivial: rows differ, and some ended early.
+  assert len({tuple(row) for row in expected.tokens}) > 4
+  assert (expected.lengths < 8).any()
+  np.testing.assert_array_equal(out.tokens, expected.tokens)
+  np.testing.assert_array_equal(out.lengths, expected.lengths)
+  np.testing.assert_allclose(out.scores, expected.scores, **TOLERANCE)
+  np.testing.assert_allclose(out.flops, expected.flops, rtol=1e-6)

@@ -18,14 +18,17 @@ import jax
 import numpy as np
 import pytest
 
-from ttscale import io_utils, pipeline
+from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
+from ttscale.search.budget import budget_grid, paper_settings
+from ttscale.tasks import get_task
 from ttscale.testing import tree_digest
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
 POLICY_STAGES = ("data", "train_policy", "eval_policy")
-STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm")
+STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm",
+               "sweep_search")
 TRAINING_STAGES = ("train_policy", "train_prm", "train_orm")
 
 
@@ -188,6 +191,9 @@ def test_resume_from_a_mid_training_checkpoint_logs_the_uninterrupted_metrics(
 
 
 def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
+  """Fails if an unknown `--stages` entry is accepted, is not named, the
+  message does not list every stage in pipeline order (through
+  `sweep_search`), or anything is written (or the workdir created) first."""
   workdir = tmp_path / "workdir"
   workdir.mkdir()
   (workdir / "sentinel").write_text("untouched")
@@ -196,7 +202,7 @@ def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
     pipeline.run(_tiny_config(), str(workdir), ["data", "bogus"], log=lambda _: None)
   message = str(error.value)
   assert "--stages" in message and "'bogus'" in message
-  assert all(name in message for name in STAGE_NAMES)
+  assert ", ".join(STAGE_NAMES) in message
   assert tree_digest(str(workdir)) == before
   missing = tmp_path / "never_created"
   with pytest.raises(ValueError, match="bogus"):
@@ -475,11 +481,13 @@ def test_train_prm_resumed_after_a_kill_keeps_the_uninterrupted_best_parameters(
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-6)
 
 
-def _expect_one_line_error(workdir: str, stages: list[str], *needles: str) -> str:
-  """Runs `stages`; checks a one-line ValueError naming `needles`, nothing written."""
+def _expect_one_line_error(workdir: str, stages: list[str], *needles: str,
+                           config=None) -> str:
+  """Runs `stages` (with `config`, default tiny); checks a one-line ValueError
+  naming `needles`, nothing written."""
   before = tree_digest(workdir)
   with pytest.raises(ValueError) as error:
-    _run(_tiny_config(), workdir, stages)
+    _run(config or _tiny_config(), workdir, stages)
   message = str(error.value)
   assert "\n" not in message, message
   for needle in needles:
@@ -561,3 +569,205 @@ def test_finished_workdir_eval_prm_has_every_curve_at_every_budget(finished):
     for budget, (mean, stderr) in curve.items():
       assert 0.0 <= mean <= 1.0 and stderr >= 0.0, (method, budget)
       assert curves["pass@N"][budget][0] >= mean - 1e-9, (method, budget)
+
+
+# ------------------------------------------------------------------- search
+
+SEARCH_TABLE = os.path.join("outcomes", "search.jsonl")
+
+# paper_settings(budget_grid(4)), the tiny sweep, as (method, params, N):
+# best-of-N at every N; at N=4, beam and lookahead k=3 with M=√N=2 and M=4,
+# and lookahead k=1 with M=√N.
+TINY_SEARCH_SETTINGS = (
+    ("best_of_n", "", 1), ("best_of_n", "", 2), ("best_of_n", "", 4),
+    ("beam", "M=2,k=0", 4), ("lookahead", "M=2,k=3", 4),
+    ("beam", "M=4,k=0", 4), ("lookahead", "M=4,k=3", 4),
+    ("lookahead", "M=2,k=1", 4))
+
+
+def _search_config(*methods: str):
+  """The tiny config, its sweep restricted to `methods`."""
+  config = _tiny_config()
+  config.search.methods = methods
+  return config
+
+
+def _search_rows(workdir: str) -> list[dict]:
+  return outcomes.read_table(os.path.join(workdir, SEARCH_TABLE))
+
+
+def _without_seconds(rows: list[dict]) -> list[dict]:
+  """Rows without their wall-clock field."""
+  return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def _of_methods(rows: list[dict], methods) -> list[dict]:
+  return [row for row in rows if row["method"] in methods]
+
+
+def _without_sweep(finished: _Finished, destination: str) -> str:
+  """A copy of the finished workdir as before its sweep: no table, no marker."""
+  workdir = finished.copy(destination)
+  shutil.rmtree(os.path.join(workdir, "outcomes"))
+  os.remove(os.path.join(workdir, "stages", "sweep_search.json"))
+  return workdir
+
+
+def _generations(method: str, params: str, budget: int) -> int:
+  """The paper's count, from the table's own fields: N, or N·(k+1) with lookahead."""
+  if method != "lookahead":
+    return budget
+  return budget * (int(dict(p.split("=") for p in params.split(","))["k"]) + 1)
+
+
+def test_tiny_sweep_settings_are_the_papers_at_budgets_up_to_four():
+  """Fails if the tiny config's sweep is not the eight settings the search
+  tests below expect (so their counts would test another sweep)."""
+  search = _tiny_config().search
+  assert (search.max_budget, search.best_of_n_max_budget) == (4, 4)
+  settings = paper_settings(budget_grid(search.max_budget),
+                            budget_grid(search.best_of_n_max_budget))
+  assert tuple((s.method, s.params, s.budget) for s in settings) == TINY_SEARCH_SETTINGS
+
+
+def test_finished_sweep_has_one_graded_row_per_question_and_setting(finished):
+  """Fails if the finished workdir's search table misses or repeats a
+  (question, setting) of the tiny sweep, holds another question, seed or
+  setting, counts generations other than N (N·(k+1) for lookahead), reports
+  no FLOPs, or marks a row correct other than by grading its answer against
+  the test question's reference (or with another question's level)."""
+  config = _tiny_config()
+  rows = _search_rows(finished.workdir)
+  num_questions = config.search.num_questions
+  keys = [(r["question_index"], r["method"], r["params"], r["budget"], r["seed"])
+          for r in rows]
+  expected = [(q, *setting, config.seed)
+              for setting in TINY_SEARCH_SETTINGS for q in range(num_questions)]
+  assert len(keys) == len(set(keys)), "a row is repeated"
+  assert sorted(keys) == sorted(expected)
+  task = get_task(config.task)
+  test = pipeline.Context(config, finished.workdir).examples("test")
+  for row in rows:
+    where = (row["question_index"], row["method"], row["params"], row["budget"])
+    example = test[row["question_index"]]
+    assert row["generations"] == _generations(row["method"], row["params"], row["budget"]), where
+    assert row["flops"] > 0, where
+    assert row["correct"] == task.grade(row["answer"], example.answer), where
+    assert row["level"] == example.level, where
+  summary = _marker(finished.workdir, "sweep_search")["summary"]
+  assert summary["num_rows"] == len(rows)
+  assert summary["num_settings"] == len(TINY_SEARCH_SETTINGS)
+  assert os.path.getsize(os.path.join(finished.workdir, "sweep_search.png")) > 0
+
+
+def test_finished_sweep_logs_its_progress_to_the_end(finished):
+  """Fails if the sweep does not report its progress through the log as
+  `sweep_search: done/total`, or its last such line is not at the total."""
+  progress = [line.split()[1] for line in finished.log
+              if line.startswith("sweep_search: ") and "/" in line.split()[1]]
+  assert progress, finished.log
+  done, total = progress[-1].split("/")
+  assert done == total and int(total) > 0, progress
+
+
+def test_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, tmp_path):
+  """Fails if a sweep's rows depend on anything but the seed, the setting and
+  the batch: e.g. on wall time, on which other settings ran before (here the
+  lookahead ones are left out), or on a random stream shared across settings."""
+  methods = ("best_of_n", "beam")
+  workdir = _without_sweep(finished, str(tmp_path / "workdir"))
+  log = _run(_search_config(*methods), workdir, ["sweep_search"])
+  assert any(line.startswith("stage sweep_search: done") for line in log), log
+  original = _of_methods(_search_rows(finished.workdir), methods)
+  assert len(original) == 5 * _tiny_config().search.num_questions
+  assert _without_seconds(_search_rows(workdir)) == _without_seconds(original)
+  accuracy = _marker(workdir, "sweep_search")["summary"]["accuracy"]
+  original_accuracy = _marker(finished.workdir, "sweep_search")["summary"]["accuracy"]
+  assert accuracy == {name: curve for name, curve in original_accuracy.items()
+                      if name.split()[0] in methods}
+
+
+@pytest.fixture(scope="session")
+def sweep_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
+  """A best-of-N-only sweep killed (Ctrl-C) right after its 2nd append (the
+  rows of N=1 and N=2), then cut mid-row as by a kill during the 3rd
+  append's write, re-run."""
+  workdir = _without_sweep(finished, str(tmp_path_factory.mktemp("sweep_resumed") / "workdir"))
+  path = os.path.join(workdir, SEARCH_TABLE)
+  append = outcomes.OutcomeTable.append
+  appended: list[int] = []
+
+  def append_then_kill_at_the_second(self, rows):
+    append(self, rows)
+    appended.append(len(self))
+    if len(appended) == 2:
+      raise KeyboardInterrupt
+
+  killed_log: list[str] = []
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(outcomes.OutcomeTable, "append", append_then_kill_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+      pipeline.run(_search_config("best_of_n"), workdir, ["sweep_search"],
+                   log=killed_log.append)
+  assert not os.path.exists(os.path.join(workdir, "stages", "sweep_search.json"))
+  with open(path, "rb") as f:
+    after_kill = f.read()
+  with open(path, "ab") as f:
+    f.write(after_kill.splitlines(keepends=True)[-1][:40])  # a cut row, no newline
+  return _KilledAndResumed(workdir, killed_log, after_kill,
+                           _run(_search_config("best_of_n"), workdir, ["sweep_search"]))
+
+
+def test_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
+    finished, sweep_killed_and_resumed):
+  """Fails if a resumed sweep's table differs from an uninterrupted one's
+  (a row lost, repeated, or drawn from another random stream because the
+  batch ran in another position), if the rows written before the kill are
+  rewritten rather than kept as the file's first lines, or if the cut row
+  left by a kill during a write survives."""
+  run = sweep_killed_and_resumed
+  assert any(line.startswith("stage sweep_search: done") for line in run.resumed_log)
+  resumed = _search_rows(run.workdir)
+  original = _of_methods(_search_rows(finished.workdir), ("best_of_n",))
+  assert _without_seconds(resumed) == _without_seconds(original)
+  with open(os.path.join(run.workdir, SEARCH_TABLE), "rb") as f:
+    assert f.read().startswith(run.after_kill)
+
+
+def test_sweep_resumed_after_a_kill_runs_only_the_batches_not_in_the_table(
+    sweep_killed_and_resumed):
+  """Fails if the kill did not land mid-sweep (N=1 and N=2 in the table, N=4
+  not), or if the re-run searches again batches whose rows are all in the
+  table (N=4 is the only setting left: 2 batches of rows/N = 4 questions)."""
+  run = sweep_killed_and_resumed
+  killed = [json.loads(line) for line in run.after_kill.decode().splitlines()]
+  config = _tiny_config()
+  num_questions = config.search.num_questions
+  assert [(r["budget"], r["question_index"]) for r in killed] == [
+      *((1, q) for q in range(num_questions)), *((2, q) for q in range(num_questions))]
+  summary = _marker(run.workdir, "sweep_search")["summary"]
+  assert summary["batches_run"] == -(-num_questions // (config.search.rows // 4)) == 2
+  assert summary["num_rows"] == 3 * num_questions
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed"])
+def test_sweep_with_another_max_rounds_names_it_and_leaves_the_table_untouched(
+    finished, tmp_path, killed):
+  """Fails if a sweep with another `search.max_rounds` appends to (or
+  rewrites) a table made with the tiny config's, or reports it other than
+  as a one-line error naming the field and both values: when the sweep had
+  finished (its stage record) and when it was killed before its record, so
+  that only the table's meta remembers the settings."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  if killed:
+    os.remove(os.path.join(workdir, "stages", "sweep_search.json"))
+  config = _tiny_config()
+  rounds = config.search.max_rounds
+  config.search.max_rounds = rounds + 1
+  with open(os.path.join(workdir, SEARCH_TABLE), "rb") as f:
+    table = f.read()
+  message = _expect_one_line_error(workdir, ["sweep_search"], "search.max_rounds",
+                                   config=config)
+  assert f"search.max_rounds={rounds} in the workdir, {rounds + 1} now" in message
+  with open(os.path.join(workdir, SEARCH_TABLE), "rb") as f:
+    assert f.read() == table

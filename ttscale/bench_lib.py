@@ -111,21 +111,24 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
   }
 
 
-def search_benchmark(config, workdir: str, budgets: list[int], num_batches: int = 2) -> dict:
+def search_benchmark(config, workdir: str, budgets: list[int] | None,
+                     num_batches: int = 4) -> dict:
   """Wall time per question of best-of-N, beam (M=4) and lookahead (k=3, M=4).
 
   Runs the trained policy and PRM of `workdir` on the first test questions
   (the same ones for every method at a budget), `num_batches` batches of
-  `config.search.rows` rows each, after a compiling call. The PRM's share
+  `config.search.rows` rows each, spread over the devices as the sweep does,
+  after a compiling call. (The compile time reported includes one batch.) The PRM's share
   of the time is measured by running each program again with every PRM call
   left out (scores 0): 1 - (time without PRM) / (time with PRM).
   """
   from ttscale.pipeline import Context
   from ttscale.search import common, runner
-  from ttscale.search.budget import SearchSetting
+  from ttscale.search.budget import SearchSetting, budget_grid, check_on_grid
 
   ctx = Context(config, workdir, log=lambda _: None)
   policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
+  devices = list(ctx.mesh.devices.flat)
   options = runner.SearchOptions(
       rule=sampling.SamplingRule(config.sampling.temperature, config.sampling.top_p),
       max_new_tokens=config.sampling.max_new_tokens,
@@ -134,6 +137,10 @@ def search_benchmark(config, workdir: str, budgets: list[int], num_batches: int 
   test = ctx.examples("test")
   questions = [e.question for e in test]
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
+  grid = budget_grid(config.search.max_budget)
+  budgets = budgets or [n for n in grid if n >= 16][-3:]
+  for budget in budgets:
+    check_on_grid(budget, grid)
   rows = []
   for budget in budgets:
     per_batch = runner.questions_per_batch(budget, options.rows)
@@ -146,16 +153,17 @@ def search_benchmark(config, workdir: str, budgets: list[int], num_batches: int 
         models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config,
                                      prm.config, with_prm=with_prm)
 
-        def run(qs, seed, setting=setting, models=models):
-          return runner.search_batch(setting, models, policy.params, prm.params, ctx.tokenizer,
-                                     ctx.task, qs, options=options, width=width,
-                                     rng=jax.random.key(seed), mesh=ctx.mesh, rules=ctx.rules)
+        def run(batches, seed, setting=setting, models=models):
+          return runner.search_batches(
+              setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task, batches,
+              options=options, width=width,
+              rngs=[jax.random.key(seed + b) for b in range(len(batches))], devices=devices)
 
         start = time.perf_counter()
-        run(batch_questions[0], 0)  # compiles
+        run(batch_questions[:1], 0)  # compiles
         compile_and_run = time.perf_counter() - start
         start = time.perf_counter()
-        results = [r for b, qs in enumerate(batch_questions) for r in run(qs, b + 1)]
+        results = [r for batch in run(batch_questions, 1) for r in batch]
         seconds = time.perf_counter() - start
         timings[(setting.method, with_prm)] = dict(
             seconds=seconds, compile=compile_and_run - seconds / num_batches,

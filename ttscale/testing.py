@@ -47,8 +47,8 @@ SUCCESSOR_LOGIT = 8.0
 
 
 @functools.cache
-def tiny_policy(seed: int = 0, config: ModelConfig = TINY_CONFIG):
-  """A random `LanguageModel`, split once and cached per (seed, config).
+def tiny_policy(seed: int = 0, config: ModelConfig = TINY_CONFIG, module=LanguageModel):
+  """A random `module` (default `LanguageModel`), split once and cached.
 
   Parameters are drawn with numpy at the shapes and with the metadata
   (`logical_axes`) of the built model: compiling JAX's initialisers costs
@@ -60,14 +60,19 @@ def tiny_policy(seed: int = 0, config: ModelConfig = TINY_CONFIG):
     (graphdef, params, config): `nnx.split` halves of the model and its config;
     `nnx.merge(graphdef, params)` rebuilds the module.
   """
-  abstract = nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: module(config, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(abstract)
   rng = np.random.default_rng(seed)
 
   def draw(variable: nnx.Variable) -> nnx.Variable:
     shape = variable.get_value().shape
     noise = rng.standard_normal(shape).astype(np.float32)
-    value = 1 + 0.1 * noise if len(shape) == 1 else noise / np.sqrt(shape[0])
+    if len(shape) == 0:  # a bias
+      value = 0.1 * noise
+    elif len(shape) == 1:
+      value = 1 + 0.1 * noise
+    else:
+      value = noise / np.sqrt(shape[0])
     return variable.replace(jnp.asarray(value, jnp.float32))
 
   params = jax.tree.map(draw, params, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -18,11 +18,12 @@ from collections.abc import Callable
 
 import jax
 
-from ttscale import io_utils
+from ttscale import io_utils, outcomes
 from ttscale.pipeline import policy_stages, search_stages, verifier_stages
 from ttscale.pipeline.context import BOOKKEEPING, Context, without
 from ttscale.progress import format_seconds
 from ttscale.search import select
+from ttscale.search.budget import METHODS, budget_grid
 from ttscale.training.checkpoints import check_spec, first_difference
 
 STAGES: dict[str, Callable[[Context], dict]] = {
@@ -119,6 +120,9 @@ def validate_workdir(ctx: Context, names: list[str]) -> None:
     for kind in ("prm", "orm"):
       for part in ("state", "best"):
         check_spec(ctx.path(kind, part), ctx.verifier_spec(kind))
+    if "sweep_search" in names:
+      outcomes.check_meta(ctx.path(*search_stages.SEARCH_TABLE),
+                          search_stages.search_table_meta(ctx))
 
 
 def check_stage_names(names) -> list[str]:
@@ -142,6 +146,15 @@ def check_config(config) -> None:
   if not 0 < config.prm.holdout_fraction < 1:
     raise ValueError(f"prm.holdout_fraction={config.prm.holdout_fraction}: expected "
                      "a fraction in (0, 1)")
+  budget_grid(config.search.max_budget)
+  if config.search.best_of_n_max_budget < config.search.max_budget:
+    raise ValueError(f"search.best_of_n_max_budget={config.search.best_of_n_max_budget}: "
+                     f"expected >= search.max_budget={config.search.max_budget}")
+  budget_grid(config.search.best_of_n_max_budget, "search.best_of_n_max_budget")
+  for method in config.search.methods:
+    if method not in METHODS:
+      raise ValueError(f"search.methods: unknown method {method!r}; expected some of "
+                       f"{', '.join(METHODS)}")
   pool = config.eval_prm.pool_size
   if pool < 1 or pool & (pool - 1):
     raise ValueError(f"eval_prm.pool_size={pool}: expected a power of 2 (the budget "

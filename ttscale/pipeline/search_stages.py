@@ -35,8 +35,12 @@ def search_options(ctx: Context) -> runner.SearchOptions:
 
 def search_table_meta(ctx: Context) -> dict:
   """What the search rows depend on: a table made otherwise is not appended to."""
+  # Which settings run (methods, budget caps) decides which rows exist, not
+  # what they hold: a table can be extended with more of them.
+  search = {k: v for k, v in ctx.config.search.to_dict().items()
+            if k not in ("methods", "max_budget", "best_of_n_max_budget")}
   return {"policy": ctx.policy_spec(), "prm": ctx.verifier_spec("prm"),
-          "sampling": ctx.config.sampling.to_dict(), "search": ctx.config.search.to_dict(),
+          "sampling": ctx.config.sampling.to_dict(), "search": search,
           "seed": ctx.config.seed}
 
 
@@ -55,35 +59,47 @@ def stage_sweep_search(ctx: Context) -> dict:
   models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
   options = search_options(ctx)
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
-  settings = paper_settings(budget_grid(cfg.search.max_budget))
+  settings = [s for s in paper_settings(budget_grid(cfg.search.max_budget),
+                                        budget_grid(cfg.search.best_of_n_max_budget))
+              if s.method in cfg.search.methods]
   seed = cfg.seed
-  batches = []
+  devices = list(ctx.mesh.devices.flat)
+  # Work units: `window` batches of one setting, one per device in turn; the
+  # table is appended after each unit, so a kill loses at most one unit.
+  window = 2 * len(devices)
+  units = []
   for setting in settings:
     per_batch = runner.questions_per_batch(setting.budget, options.rows)
-    for number, start in enumerate(range(0, len(test), per_batch)):
-      batches.append((setting, number, list(range(start, min(start + per_batch, len(test))))))
-  progress = Progress("sweep_search", len(batches), ctx.log)
+    batches = [list(range(start, min(start + per_batch, len(test))))
+               for start in range(0, len(test), per_batch)]
+    for first in range(0, len(batches), window):
+      units.append((setting, list(enumerate(batches, 0))[first:first + window]))
+  progress = Progress("sweep_search", len(units), ctx.log)
   ran = 0
-  for setting, number, indices in batches:
-    missing = [i for i in indices
-               if not table.has((i, setting.method, setting.params, setting.budget, seed))]
-    if missing:
-      rng = jax.random.fold_in(
-          jax.random.fold_in(jax.random.key(seed), setting_key(setting)), number)
-      # The whole batch runs again (its shape and random stream are fixed);
+  for setting, numbered in units:
+    def missing(indices, setting=setting):
+      return [i for i in indices
+              if not table.has((i, setting.method, setting.params, setting.budget, seed))]
+    todo = [(number, indices) for number, indices in numbered if missing(indices)]
+    if todo:
+      # A batch runs whole again (its shape and random stream are fixed);
       # only rows not yet in the table are appended.
-      results = runner.search_batch(
+      key = jax.random.fold_in(jax.random.key(seed), setting_key(setting))
+      results = runner.search_batches(
           setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task,
-          [questions[i] for i in indices], options=options, width=width, rng=rng,
-          mesh=ctx.mesh, rules=ctx.rules)
+          [[questions[i] for i in indices] for _, indices in todo], options=options,
+          width=width, rngs=[jax.random.fold_in(key, number) for number, _ in todo],
+          devices=devices)
       table.append(
           outcomes.Outcome(
               question_index=i, level=test[i].level, method=setting.method,
               params=setting.params, budget=setting.budget, seed=seed,
               answer=result.answer, correct=ctx.task.grade(result.answer, test[i].answer),
               generations=setting.generations, flops=result.flops, seconds=result.seconds)
-          for i, result in zip(indices, results, strict=True) if i in missing)
-      ran += 1
+          for (_, indices), batch_results in zip(todo, results, strict=True)
+          for i, result in zip(indices, batch_results, strict=True)
+          if i in missing(indices))
+      ran += len(todo)
     progress.update(note=f"{setting.method} {setting.params} N={setting.budget}")
   rows = table.rows()
   search_figure.plot(rows, ctx.path("sweep_search.png"))

@@ -59,10 +59,10 @@ class SearchSetting:
     return self.budget * (self.lookahead + 1)
 
 
-def budget_grid(max_budget: int) -> list[int]:
-  """1, 2, 4, ..., max_budget (a power of 2)."""
+def budget_grid(max_budget: int, field: str = "search.max_budget") -> list[int]:
+  """1, 2, 4, ..., max_budget (a power of 2, the config's `field`)."""
   if max_budget < 1 or max_budget & (max_budget - 1):
-    raise ValueError(f"search.max_budget={max_budget}: expected a power of 2")
+    raise ValueError(f"{field}={max_budget}: expected a power of 2")
   return [2 ** i for i in range(int(math.log2(max_budget)) + 1)]
 
 
@@ -71,16 +71,17 @@ def check_on_grid(budget: int, grid: list[int]) -> None:
     raise ValueError(f"budget N={budget} is not on the grid {grid}")
 
 
-def paper_settings(grid: list[int]) -> list[SearchSetting]:
+def paper_settings(grid: list[int], best_of_n_grid: list[int] | None = None
+                   ) -> list[SearchSetting]:
   """Every configuration of the paper's Fig. 3 at every budget of `grid`.
 
-  Best-of-N weighted; beam search with M=4 and M=√N; lookahead k=3 with M=4
-  and M=√N; lookahead k=1 with M=√N. M=4 needs N ≥ 4 (N/M beams); M=√N
-  needs N a power of 4 (N = 1 has M = 1: no search, left out).
+  Best-of-N weighted (on `best_of_n_grid`, default `grid`); beam search with
+  M=4 and M=√N; lookahead k=3 with M=4 and M=√N; lookahead k=1 with M=√N.
+  M=4 needs N ≥ 4 (N/M beams); M=√N needs N a power of 4 (N = 1 has M = 1:
+  no search, left out).
   """
-  settings = []
+  settings = [SearchSetting("best_of_n", n) for n in best_of_n_grid or grid]
   for n in grid:
-    settings.append(SearchSetting("best_of_n", n))
     root = math.isqrt(n)
     square = root * root == n and n > 1
     widths = ({4} if n >= 4 else set()) | ({root} if square else set())  # √16 = 4: once

@@ -5,6 +5,7 @@ Questions are folded into fixed-shape batches of `rows` rows (Q = rows / N
 questions of N rows each; one question when N > rows). Every batch of a
 setting has the same shape, so each setting compiles once; the persistent
 compilation cache (set by the launcher) keeps second runs from compiling.
+Batches run whole on one device each, the devices taking them in turn.
 """
 
 from __future__ import annotations
@@ -76,43 +77,63 @@ def prompt_width(tokenizer: Tokenizer, task: Task, questions: list[str],
   return -(-longest // multiple) * multiple
 
 
-def search_batch(setting: SearchSetting, models: common.SearchModels, policy_params,
-                 prm_params, tokenizer: Tokenizer, task: Task, questions: list[str],
-                 *, options: SearchOptions, width: int, rng: jax.Array,
-                 mesh=None, rules=None) -> list[QuestionResult]:
-  """Searches one batch of questions (at most `questions_per_batch`) with `setting`."""
+def search_batches(setting: SearchSetting, models: common.SearchModels, policy_params,
+                   prm_params, tokenizer: Tokenizer, task: Task,
+                   batches: list[list[str]], *, options: SearchOptions, width: int,
+                   rngs: list[jax.Array], devices=None) -> list[list[QuestionResult]]:
+  """Searches batches of questions (each at most `questions_per_batch`).
+
+  Questions are independent, so each batch runs whole on one device and the
+  devices take batches in turn, in parallel, with no communication (a batch
+  sharded over devices would exchange caches at every beam selection).
+
+  Args:
+    batches: the questions of each batch; rngs: one PRNG key per batch.
+    devices: where batches run, in turn (default: the first device).
+
+  Returns:
+    per batch, one `QuestionResult` per question; `seconds` is the wall time
+    of all batches over the number of questions.
+  """
   started = time.time()
+  devices = list(devices or jax.devices()[:1])
   capacity = questions_per_batch(setting.budget, options.rows)
-  if len(questions) > capacity:
-    raise ValueError(f"{len(questions)} questions for a batch of {capacity}")
-  prompts = [[tokenizer.bos_id] + tokenizer.encode(task.prompt(q)) for q in questions]
-  prompts += [prompts[-1]] * (capacity - len(prompts))  # pad the last batch
-  tokens, lengths = left_pad(prompts, width, tokenizer.pad_id)
   run = compiled_search(models, setting, options, tokenizer.step_id, tokenizer.eos_id)
-  with parallel.maybe_sharding(mesh, rules):
-    if mesh is not None:
-      # Prompts are split over "data" when they divide; the N copies of each
-      # (the rows the work is done on) are laid out by the program itself.
-      place = (parallel.shard_batch if capacity % mesh.shape["data"] == 0
-               else parallel.replicate)
-      tokens, lengths = place((tokens, lengths), mesh)
-    out = run(policy_params, prm_params, tokens, lengths, rng)
-    out = jax.tree.map(np.asarray, out)
-  n = setting.budget
-  seconds = (time.time() - started) / len(questions)
-  results = []
-  for q in range(len(questions)):
-    rows = range(q * n, (q + 1) * n)
-    texts = [_decode(tokenizer, out.tokens[r, :out.lengths[r]]) for r in rows]
-    answers = [task.extract_answer(t) for t in texts]
-    scores = out.scores[q * n:(q + 1) * n]
-    ids, valid = select.answer_ids([answers])
-    chosen = int(select.weighted_best_of_n(ids, scores[None], valid)[0])
-    results.append(QuestionResult(
-        answer=answers[chosen] if chosen >= 0 else None, candidates=texts,
-        scores=scores, flops=float(out.flops[q]),
-        policy_tokens=int(out.policy_tokens[q]), seconds=seconds))
-  return results
+  params_on = {device: jax.device_put((policy_params, prm_params), device)
+               for device in devices[:len(batches)]}
+
+  def run_one(number: int):
+    questions = batches[number]
+    if not 0 < len(questions) <= capacity:
+      raise ValueError(f"{len(questions)} questions for a batch of {capacity}")
+    prompts = [[tokenizer.bos_id] + tokenizer.encode(task.prompt(q)) for q in questions]
+    prompts += [prompts[-1]] * (capacity - len(prompts))  # pad the last batch
+    device = devices[number % len(devices)]
+    inputs = jax.device_put((*left_pad(prompts, width, tokenizer.pad_id), rngs[number]), device)
+    return jax.tree.map(np.asarray, run(*params_on[device], *inputs))
+
+  if len(rngs) != len(batches):
+    raise ValueError(f"{len(rngs)} PRNG keys for {len(batches)} batches")
+  outputs = parallel.run_on_devices(run_one, len(batches), len(devices))
+  seconds = (time.time() - started) / sum(len(b) for b in batches)
+  return [_results(setting.budget, tokenizer, task, len(questions), out, seconds)
+          for questions, out in zip(batches, outputs, strict=True)]
+
+
+def _results(n: int, tokenizer: Tokenizer, task: Task, num_questions: int, out,
+             seconds: float) -> list[QuestionResult]:
+  """Decodes a batch's candidates and picks each question's answer by
+  weighted best-of-N over its N candidates."""
+  texts = [[_decode(tokenizer, out.tokens[r, :out.lengths[r]])
+            for r in range(q * n, (q + 1) * n)] for q in range(num_questions)]
+  answers = [[task.extract_answer(t) for t in row] for row in texts]
+  scores = out.scores[:num_questions * n].reshape(num_questions, n)
+  ids, valid = select.answer_ids(answers)
+  chosen = np.asarray(select.weighted_best_of_n(ids, scores, valid))
+  return [QuestionResult(
+      answer=answers[q][chosen[q]] if chosen[q] >= 0 else None, candidates=texts[q],
+      scores=scores[q], flops=float(out.flops[q]), policy_tokens=int(out.policy_tokens[q]),
+      seconds=seconds) for q in range(num_questions)]
 
 
 def _decode(tokenizer: Tokenizer, tokens: np.ndarray) -> str:

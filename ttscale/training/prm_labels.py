@@ -189,7 +189,7 @@ def _roll_out_part(policy, solutions, pairs, settings: RolloutSettings, number: 
   for s, i in pairs:
     solution = solutions[s]
     used = solution.step_ends[i] + 1
-    contexts += [solution.prompt + solution.tokens[:used]] * settings.num_rollouts
+    contexts.append(solution.prompt + solution.tokens[:used])
     remaining.append(max(budget - used, 0))
   part_budget = min(budget, -(-max(max(remaining), 1) // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE)
   width = -(-max(len(c) for c in contexts) // _WIDTH_MULTIPLE) * _WIDTH_MULTIPLE
@@ -198,7 +198,8 @@ def _roll_out_part(policy, solutions, pairs, settings: RolloutSettings, number: 
       sampler_config=dataclasses.replace(settings.sampler_config, max_new_tokens=part_budget),
       batch_size=settings.batch_size,
       key=jax.random.fold_in(jax.random.key(settings.seed), number),
-      width=width, mesh=mesh, rules=rules, progress=progress)
+      width=width, copies=settings.num_rollouts, mesh=mesh, rules=rules,
+      progress=progress)
   return out, remaining
 
 
