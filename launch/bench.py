@@ -30,7 +30,7 @@ import json
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ttscale import bench_lib, runtime
@@ -55,6 +55,8 @@ _VOCAB_SIZE = flags.DEFINE_integer(
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO.
   runtime.keep_freed_host_memory()
   runtime.split_host_cpu(_CPU_DEVICES.value)
   del argv
