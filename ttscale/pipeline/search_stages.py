@@ -112,8 +112,4 @@ def stage_sweep_search(ctx: Context) -> dict:
   for name, curve in curves.items():
     ctx.log(f"sweep_search: {name:24s} " + " ".join(f"N={n}:{a:.3f}" for n, a in curve.items()))
   return {"num_rows": len(rows), "num_settings": len(settings), "batches_run": ran,
-          "num_questions": len(test), "accuracy": curves,
-          "seconds_per_question": {
-              name: round(float(np.mean([r["seconds"] for r in rows
-                                         if f"{r['method']} {r['params']}".strip() == name])), 4)
-              for name in curves}}
+          "num_questions": len(test), "accuracy": curves}

@@ -43,8 +43,10 @@ def _sampling_rule(ctx: Context) -> sampling.SamplingRule:
 
 
 def _labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
-                      counts: dict | None, num_rollouts: int) -> list[dict]:
-  """One record per sampled solution, with soft and exact step labels."""
+                      counts: dict | None, num_rollouts: int
+                      ) -> tuple[list[dict], list[prm_labels.SolutionToLabel]]:
+  """One record per sampled solution, with exact step labels and, given the
+  rollout `counts`, soft ones (None without); and the solutions to label."""
   records, to_label = [], []
   for q, example in enumerate(examples):
     prompt = _prompt_tokens(ctx, example.question)
@@ -55,8 +57,10 @@ def _labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
       records.append({"question_index": q, "question": example.question,
                       "answer": example.answer, "level": example.level,
                       "holdout": q in holdout})
-  soft = prm_labels.step_labels(to_label, counts or {}, num_rollouts) if counts is not None \
-      else [[None] * len(s.step_ends) for s in to_label]
+  if counts is None:
+    soft = [[None] * len(s.step_ends) for s in to_label]
+  else:
+    soft = prm_labels.step_labels(to_label, counts, num_rollouts)
   for record, solution, labels in zip(records, to_label, soft, strict=True):
     text = ctx.tokenizer.decode([t for t in solution.tokens if t != ctx.tokenizer.eos_id])
     exact = ctx.task.step_labels(record["question"], text)
