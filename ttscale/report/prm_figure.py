@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import matplotlib.pyplot as plt
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on TPU hosts and CI
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ttscale import io_utils  # noqa: E402
+from ttscale.report import png
 
 
 def plot(result: dict, path: str) -> None:
@@ -51,8 +46,4 @@ def plot(result: dict, path: str) -> None:
   auc = "undefined" if auc is None else f"{auc:.3f}"
   right.set_title(f"Calibration (ECE {result['calibration']['ece']:.3f}); step AUC {auc}")
   right.legend(fontsize=7)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=110)
-  plt.close(figure)
-  io_utils.write_bytes_atomic(path, buffer.getvalue())
+  png.save(figure, path)

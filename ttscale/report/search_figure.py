@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import collections
-import io
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # no display on TPU hosts and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ttscale import io_utils  # noqa: E402
+from ttscale.report import png
 
 
 def curves(rows: list[dict]) -> dict[str, list[tuple[float, float, float]]]:
@@ -46,8 +42,4 @@ def plot(rows: list[dict], path: str) -> None:
   by_flops.set_xlabel("FLOPs per question (counted exactly)")
   for axis in (by_generations, by_flops):
     axis.grid(alpha=0.3)
-  figure.tight_layout()
-  buffer = io.BytesIO()
-  figure.savefig(buffer, format="png", dpi=110)
-  plt.close(figure)
-  io_utils.write_bytes_atomic(path, buffer.getvalue())
+  png.save(figure, path)
