@@ -100,30 +100,42 @@ def _append_rows(buffer: jax.Array, at: jax.Array, new: jax.Array, counts: jax.A
   return buffer.at[rows, columns].set(new, mode="drop")
 
 
+def _forget_appends(after: KVCache, before: KVCache) -> KVCache:
+  """`after`'s buffers with `before`'s bookkeeping: the slots written since
+  `before` become invalid and free again, without copying the cache."""
+  return after.replace(slot_valid=before.slot_valid, next_position=before.next_position,
+                       write_index=before.write_index)
+
+
 def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, step,
                       prm_cache, scores, live, rng):
-  """Scores at the end of greedy rollouts of up to k steps; caches dropped.
+  """Scores at the end of greedy rollouts of up to k steps.
 
-  Rows that ended their solution (or roll out nothing) keep `scores`.
+  One sampler call rolls every row out by k steps (each row stops on its own,
+  instead of every row waiting for the longest at each of the k steps), and
+  one PRM append scores each rollout at its last token. The rollouts write
+  into both caches in place and are then forgotten (`_forget_appends`), which
+  saves copying both caches every round. Rows that ended their solution (or
+  roll out nothing) keep `scores`.
+
+  Returns:
+    (scores [B], FLOPs [B], rollout tokens [B], policy cache, PRM cache): the
+    caches hold what they held before the rollouts.
   """
-  rule = sampling.SamplingRule(temperature=0.0)
-  policy_cache, pending = step.cache, step.pending
   rolling = live & ~step.ended_solution & ~step.truncated
-  flops = jnp.zeros_like(scores)
-  tokens = jnp.zeros(scores.shape, jnp.int32)
-  for _ in range(config.lookahead):
-    context = policy_cache.next_position
-    out = sampling.sample(models.policy_extend, policy_params, policy_cache, pending,
-                          rolling, rng, config.step_sampler(rule))
-    counts = jnp.where(rolling, out.lengths, 0)
-    new_scores, prm_cache, prm_flops = common.append_and_score(
-        models, prm_params, prm_cache, out.tokens, counts)
-    scores = jnp.where(counts > 0, new_scores, scores)
-    flops += models.policy_rate.decode(context, counts) + prm_flops
-    tokens += counts
-    policy_cache, pending = out.cache, out.pending
-    rolling = rolling & ~out.ended_solution & ~out.truncated
-  return scores, flops, tokens
+  rollout = dataclasses.replace(
+      config.step_sampler(sampling.SamplingRule(temperature=0.0)),
+      steps=config.lookahead, max_new_tokens=config.lookahead * config.max_step_tokens)
+  context = step.cache.next_position
+  out = sampling.sample(models.policy_extend, policy_params, step.cache, step.pending,
+                        rolling, rng, rollout)
+  counts = jnp.where(rolling, out.lengths, 0)
+  new_scores, rolled_prm_cache, prm_flops = common.append_and_score(
+      models, prm_params, prm_cache, out.tokens, counts)
+  scores = jnp.where(counts > 0, new_scores, scores)
+  flops = models.policy_rate.decode(context, counts) + prm_flops
+  return (scores, flops, counts, _forget_appends(out.cache, step.cache),
+          _forget_appends(rolled_prm_cache, prm_cache))
 
 
 def beam_search(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
@@ -140,8 +152,11 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
   n, width = config.budget, prompts.shape[1]
   rollout_slots = config.lookahead * config.max_step_tokens
   slots = width + config.max_new_tokens + config.max_step_tokens + rollout_slots
+  # A PRM append writes its whole width at the policy's write index (≤ slots):
+  # a step's S tokens, or a rollout's k·S.
+  widest_append = max(config.max_step_tokens, rollout_slots)
   started = common.start(models, policy_params, prm_params, prompts, lengths, n,
-                         slots=slots, prm_slots=slots + config.max_step_tokens)
+                         slots=slots, prm_slots=slots + widest_append)
   rows = started.pending.shape[0]
   budget_tokens = config.max_new_tokens
 
@@ -160,8 +175,9 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
         models, prm_params, state.prm_cache, step.tokens, counts)
     flops += prm_flops
     decoded = counts
+    policy_cache = step.cache
     if config.lookahead:
-      step_scores, rollout_flops, rollout_tokens = _lookahead_scores(
+      step_scores, rollout_flops, rollout_tokens, policy_cache, prm_cache = _lookahead_scores(
           models, config, policy_params, prm_params, step, prm_cache, step_scores,
           live, rollout_rng)
       flops += rollout_flops
@@ -175,7 +191,7 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
     lengths = jnp.minimum(new_lengths, budget_tokens)
     source = keep_top_beams(scores, ~finished, n, config.beam_width)
     gathered = sampling.gather_rows(
-        (step.cache, step.pending, prm_cache, tokens, lengths, finished, scores), source)
+        (policy_cache, step.pending, prm_cache, tokens, lengths, finished, scores), source)
     return BeamState(
         round=state.round + 1,
         policy_cache=gathered[0], pending=gathered[1], prm_cache=gathered[2],

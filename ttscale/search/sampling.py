@@ -1,8 +1,8 @@
 """The jitted batched sampler that every search method calls.
 
 One `lax.while_loop` decodes one token per row per trip, at fixed shapes. Each
-row stops on its own: at the end of the current step (`StopAt.STEP`: the step
-delimiter or end-of-solution token) or at the end of the solution
+row stops on its own: at the end of its `steps`-th step (`StopAt.STEP`: the
+step delimiter or end-of-solution token) or at the end of the solution
 (`StopAt.SOLUTION`: end-of-solution only), or when its token budget or the
 cache runs out.
 
@@ -71,6 +71,7 @@ class SamplerConfig:
   max_new_tokens: int
   step_id: int
   eos_id: int
+  steps: int = 1             # with StopAt.STEP: step delimiters a row samples before stopping
 
 
 @struct.dataclass
@@ -94,6 +95,7 @@ class _LoopState:
   logprobs: jax.Array        # float32: [batch, max_new_tokens]
   lengths: jax.Array         # int32: [batch]
   ended_solution: jax.Array  # bool: [batch]
+  steps_left: jax.Array      # int32: [batch] step delimiters still to sample
   rng: jax.Array             # PRNG key
 
 
@@ -138,8 +140,10 @@ def sample(extend_fn, params, cache: KVCache, pending: jax.Array,
     logprobs = jax.lax.dynamic_update_slice(state.logprobs, logprob[:, None], column)
     is_eos = state.running & (next_token == config.eos_id)
     stops = is_eos
+    steps_left = state.steps_left
     if config.stop_at == StopAt.STEP:
-      stops = stops | (state.running & (next_token == config.step_id))
+      steps_left = steps_left - (state.running & (next_token == config.step_id))
+      stops = stops | (steps_left == 0)
     return _LoopState(
         step=state.step + 1,
         cache=cache,
@@ -149,6 +153,7 @@ def sample(extend_fn, params, cache: KVCache, pending: jax.Array,
         logprobs=logprobs,
         lengths=state.lengths + state.running.astype(jnp.int32),
         ended_solution=state.ended_solution | is_eos,
+        steps_left=steps_left,
         rng=rng,
     )
 
@@ -161,6 +166,7 @@ def sample(extend_fn, params, cache: KVCache, pending: jax.Array,
       logprobs=jnp.zeros((batch, width), jnp.float32),
       lengths=jnp.zeros((batch,), jnp.int32),
       ended_solution=jnp.zeros((batch,), bool),
+      steps_left=jnp.full((batch,), config.steps, jnp.int32),
       rng=rng,
   )
   final = jax.lax.while_loop(cond, body, initial)
@@ -200,5 +206,5 @@ def gather_rows(tree, indices: jax.Array):
 
   Scalars (the cache's shared `write_index`) are kept as they are.
   """
-  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, indices, axis=0),
+  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, indices, axis=0, mode="clip"),
                       tree)
