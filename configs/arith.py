@@ -98,6 +98,61 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       max_budget=16, best_of_n_max_budget=64, num_questions=200, max_rounds=40,
       max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead")))
 
+  # revision_data: `samples_per_question` policy samples (paper: 64) for each
+  # of the first `num_questions` training questions, sampled in parts of
+  # `questions_per_part`; `trajectories_per_question` trajectories of
+  # k ~ Uniform{0..4} incorrect attempts then a correct one. The revision
+  # verifier learns from `verifier_parallel` chains of `verifier_sequential`
+  # attempts on the next `verifier_questions` training questions. A held-out
+  # `holdout_fraction` of each question set is for early stopping. `seq_len`
+  # must hold 4 attempts and the answer (4 × 130 + 130 tokens and a prompt).
+  # `with_reference_solution` also counts the task's reference solution as a
+  # correct attempt (off as in the paper; for policies that rarely solve).
+  c.revision = config_dict.ConfigDict(dict(
+      num_questions=500, samples_per_question=64, trajectories_per_question=4,
+      with_reference_solution=False,
+      verifier_questions=300, verifier_sequential=4, verifier_parallel=4,
+      questions_per_part=100, holdout_fraction=0.1, seq_len=704))
+
+  # train_revision: fine-tuning the policy on the trajectories (loss on the
+  # final attempt), early stopping on held-out next-token loss.
+  c.revision_train = config_dict.ConfigDict(dict(
+      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
+      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
+      grad_clip_norm=1.0, checkpoint_every=50, log_every=25, max_checkpoints=2,
+      patience=3))
+
+  # train_revision_verifier: as `verifier_train`, with smaller batches: its
+  # rows hold up to 4 previous attempts (~700 tokens, against ~180 for the PRM).
+  c.revision_verifier_train = config_dict.ConfigDict(dict(
+      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
+      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
+      grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
+      max_checkpoints=2, patience=2))
+
+  # sweep_revisions: every split s × p = N (s = 1, 2, ..., N) of every budget
+  # N = 1, 2, 4, ..., max_budget on the first `num_questions` test questions,
+  # with three selectors; about `rows` chains advance together. `splits`
+  # ("SxP" texts, e.g. ("4x4", "16x1")) runs only those.
+  c.sweep_revisions = config_dict.ConfigDict(dict(
+      max_budget=16, num_questions=200, rows=512, splits=()))
+
+  # difficulty: `num_samples` fresh policy samples (paper: 2048) for each of the
+  # first `num_questions` test questions (the ones the sweeps evaluate),
+  # binned into `num_bins` quantiles of pass@1 (oracle) and of the mean PRM
+  # score (predicted). `select` chooses strategies per bin on those questions.
+  c.difficulty = config_dict.ConfigDict(dict(num_questions=200, num_samples=64, num_bins=5))
+
+  # The larger policy of the FLOPs-matched comparison: the same data, training
+  # settings and tokens as `model`, about 4x its parameters (wider, not deeper:
+  # wider matmuls run closer to this CPU's peak). `flops_matched` compares it
+  # greedy against the small policy with compute-optimal test-time compute at
+  # R = D_inference / D_pretrain in `inference_ratios` (the paper's values).
+  c.large_model = config_dict.ConfigDict(dict(
+      num_layers=2, embed_dim=256, num_heads=8, num_kv_heads=8, head_dim=32,
+      mlp_dim=576, activation="relu", dropout_rate=0.0, tie_embeddings=True))
+  c.flops_matched = config_dict.ConfigDict(dict(inference_ratios=(0.16, 0.79, 22.0)))
+
   # ("data", "model") mesh; -1 takes the remaining devices.
   c.mesh = config_dict.ConfigDict(dict(
       data=-1, model=1,
@@ -121,10 +176,25 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.eval_prm.update(num_questions=16, pool_size=4, num_draws=8)
     c.search.update(max_budget=4, best_of_n_max_budget=4, num_questions=6,
                     max_step_tokens=16, max_rounds=8, rows=16)
+    c.revision.update(num_questions=24, samples_per_question=4, trajectories_per_question=2,
+                      with_reference_solution=True,
+                      verifier_questions=12, verifier_sequential=2, verifier_parallel=2,
+                      questions_per_part=12, holdout_fraction=0.25, seq_len=272)
+    c.revision_train.update(batch_size=8, num_steps=6, warmup_steps=2, checkpoint_every=3,
+                            log_every=3, patience=2)
+    c.revision_verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
+                                     checkpoint_every=3, log_every=3, patience=2)
+    c.sweep_revisions.update(max_budget=4, num_questions=6, rows=16)
+    c.difficulty.update(num_questions=6, num_samples=4, num_bins=2)
+    c.large_model.update(num_layers=1, embed_dim=64, num_heads=2, num_kv_heads=2,
+                         head_dim=32, mlp_dim=128)
   elif variant == "paper":
     c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
     c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,
                    head_dim=64, mlp_dim=3072, activation="gelu")
+    # 14x the policy's parameters, as in the paper's comparison.
+    c.large_model.update(num_layers=32, embed_dim=2048, num_heads=16, num_kv_heads=4,
+                         head_dim=128, mlp_dim=5632, activation="gelu")
     c.train.update(batch_size=256, num_steps=50_000, learning_rate=6e-4,
                    warmup_steps=2_000, checkpoint_every=2_000, log_every=100)
     c.sampling.batch_size = 1024

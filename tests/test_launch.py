@@ -18,7 +18,8 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TIMEOUT_SECONDS = 60  # a bad input must not start training
 # Every stage, in pipeline order, as `--stages` errors list them.
 STAGES = ("data", "train_policy", "eval_policy", "prm_labels", "train_prm", "train_orm",
-          "eval_prm", "sweep_search")
+          "eval_prm", "sweep_search", "revision_data", "train_revision",
+          "train_revision_verifier", "sweep_revisions")
 
 
 
@@ -68,7 +69,7 @@ def test_unknown_config_variant_is_reported_on_the_last_line(unknown_variant):
 
 def test_unknown_stage_fails_with_one_line_naming_it(workdir):
   """Fails if an unknown stage is accepted, or its error line does not name it
-  and the flag and list every stage in order (through `sweep_search`), or if
+  and the flag and list every stage in order (through `sweep_revisions`), or if
   anything is written first."""
   before = tree_digest(workdir)
   process = _launch("--config=configs/arith.py:tiny", f"--workdir={workdir}",
@@ -144,3 +145,18 @@ def test_unknown_search_method_fails_with_one_line_naming_the_field_and_it(workd
   line = _expect_error_line(workdir, "--config.search.methods=('best_of_n','bfs')")
   assert "search.methods" in line and "'bfs'" in line
   assert "'best_of_n'" not in line
+
+
+@pytest.mark.parametrize("flags", [
+    ("--config.sweep_revisions.splits=('2x2', '3x5')",),
+    ("--config.sweep_revisions.splits=2x2", "--config.sweep_revisions.splits=3x5"),
+], ids=["tuple", "repeated"])
+def test_revision_split_off_the_grid_fails_with_one_line_naming_the_field_and_it(
+    workdir, flags):
+  """Fails if a `sweep_revisions.splits` entry whose s·p is not a budget on
+  the grid (3x5 = 15; tiny grid 1, 2, 4) is accepted, given as a tuple
+  literal or as a repeated flag, or reported other than as one `error:` line
+  naming the field and the bad split alone, or if anything is written first."""
+  line = _expect_error_line(workdir, *flags)
+  assert "sweep_revisions.splits" in line and "'3x5'" in line, line
+  assert "'2x2'" not in line, line

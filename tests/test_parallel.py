@@ -350,3 +350,67 @@ def test_beam_search_on_a_mesh_equals_one_device(mesh_shape, lookahead):
   np.testing.assert_array_equal(out.lengths, expected.lengths)
   np.testing.assert_allclose(out.scores, expected.scores, **TOLERANCE)
   np.testing.assert_allclose(out.flops, expected.flops, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- revisions
+
+# Questions the "1+2" tokenizer encodes: digits and "+" (and the step delimiter).
+REVISION_QUESTIONS = ("1+2", "3+4+5", "6+7", "8+9+1+2", "10+11", "2+2", "5+6+7", "9+8")
+REVISION_SEQUENTIAL, REVISION_PARALLEL = 3, 2
+
+
+@pytest.fixture(scope="module")
+def revision_chains(tmp_path_factory) -> dict:
+  """{mesh shape (None: one device): `revisions.Chains`} of the tiny policy:
+  2 chains of 3 attempts for each of 8 questions, sampled at temperature 1
+  in batches of 16 rows (8 prompts × 2 copies, then 16 contexts)."""
+  from ttscale.data.tokenizer import train_tokenizer
+  from ttscale.search import generate, revisions
+  from ttscale.tasks.arith import ArithTask
+
+  # Digits, "+" and the 5 special pieces: the tiny policy's 16 ids exactly.
+  tokenizer = train_tokenizer(["1+2"], str(tmp_path_factory.mktemp("tokenizer") / "model"))
+  assert tokenizer.vocab_size == testing.TINY_CONFIG.vocab_size
+  graphdef, params, config = testing.tiny_policy()
+  policy = generate.Policy(graphdef, params, config)
+  sampler_config = sampling.SamplerConfig(
+      sampling.SamplingRule(temperature=1.0), sampling.StopAt.SOLUTION, max_new_tokens=8,
+      step_id=tokenizer.step_id, eos_id=tokenizer.eos_id)
+  chains = {}
+  for mesh_shape in [None, *MESH_SHAPES]:
+    mesh = None if mesh_shape is None else _mesh(*mesh_shape)
+    chains[mesh_shape] = revisions.run_chains(
+        policy, tokenizer, ArithTask(max_ops=3), list(REVISION_QUESTIONS),
+        sequential=REVISION_SEQUENTIAL, parallel=REVISION_PARALLEL,
+        sampler_config=sampler_config, batch_size=16, key=jax.random.key(0), mesh=mesh,
+        rules=None if mesh is None else RULES)
+  return chains
+
+
+@pytest.mark.parametrize("mesh_shape", MESH_SHAPES)
+def test_revision_chains_on_a_mesh_equal_one_device(revision_chains, mesh_shape):
+  """Fails if `revisions.run_chains` on a (data, model) mesh samples other
+  attempts (tokens, end flags, texts), builds other revision contexts or
+  counts other FLOPs or tokens than on one device; or if the chains are too
+  trivial to tell (every attempt alike, none or all ended, no previous
+  attempt in any context)."""
+  expected, out = revision_chains[None], revision_chains[mesh_shape]
+  attempts = [a for question in expected.attempts for chain in question for a in chain]
+  assert len(attempts) == len(REVISION_QUESTIONS) * REVISION_SEQUENTIAL * REVISION_PARALLEL
+  assert len({a.text for a in attempts}) > len(attempts) // 2
+  assert 0 < sum(a.ended for a in attempts) < len(attempts)
+  assert all(len(chain[-1].context) > len(chain[0].context)
+             for question in expected.attempts for chain in question)
+  for q, (got_chains, expected_chains) in enumerate(
+      zip(out.attempts, expected.attempts, strict=True)):
+    assert len(got_chains) == REVISION_PARALLEL
+    for c, (got_chain, expected_chain) in enumerate(
+        zip(got_chains, expected_chains, strict=True)):
+      assert len(got_chain) == REVISION_SEQUENTIAL
+      for j, (got, want) in enumerate(zip(got_chain, expected_chain, strict=True)):
+        where = (q, c, j)
+        np.testing.assert_array_equal(got.tokens, want.tokens, err_msg=str(where))
+        assert (got.ended, got.text, got.context) == (want.ended, want.text, want.context), \
+            where
+  np.testing.assert_allclose(out.flops, expected.flops, rtol=1e-12)
+  assert out.generated_tokens == expected.generated_tokens

@@ -21,15 +21,20 @@ import pytest
 from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
+from ttscale.pipeline import revision_stages
 from ttscale.search.budget import budget_grid, paper_settings
 from ttscale.tasks import get_task
 from ttscale.testing import tree_digest
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
 POLICY_STAGES = ("data", "train_policy", "eval_policy")
+REVISION_STAGES = ("revision_data", "train_revision", "train_revision_verifier",
+                   "sweep_revisions")
 STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm",
-               "sweep_search")
-TRAINING_STAGES = ("train_policy", "train_prm", "train_orm")
+               "sweep_search", *REVISION_STAGES)
+# Every stage that writes training metrics (`train_large`: the study stages' larger policy).
+TRAINING_STAGES = ("train_policy", "train_prm", "train_orm", "train_revision",
+                   "train_revision_verifier", "train_large")
 
 
 def _tiny_config():
@@ -193,7 +198,7 @@ def test_resume_from_a_mid_training_checkpoint_logs_the_uninterrupted_metrics(
 def test_unknown_stage_is_rejected_before_anything_is_written(tmp_path):
   """Fails if an unknown `--stages` entry is accepted, is not named, the
   message does not list every stage in pipeline order (through
-  `sweep_search`), or anything is written (or the workdir created) first."""
+  `sweep_revisions`), or anything is written (or the workdir created) first."""
   workdir = tmp_path / "workdir"
   workdir.mkdir()
   (workdir / "sentinel").write_text("untouched")
@@ -771,3 +776,425 @@ def test_sweep_with_another_max_rounds_names_it_and_leaves_the_table_untouched(
   assert f"search.max_rounds={rounds} in the workdir, {rounds + 1} now" in message
   with open(os.path.join(workdir, SEARCH_TABLE), "rb") as f:
     assert f.read() == table
+
+
+# ------------------------------------------------------------------ revisions
+
+REVISION_TABLE = os.path.join("outcomes", "revisions.jsonl")
+REVISION_UNITS = os.path.join("revisions", "sweep")
+REVISION_SELECTORS = ("hierarchical", "hierarchical_prm", "majority")
+# Every split s·p = N (s = 1, 2, ..., N) of the tiny grid N = 1, 2, 4, as (s, p).
+TINY_REVISION_SPLITS = ((1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1))
+
+
+def _revision_rows(workdir: str) -> list[dict]:
+  return outcomes.read_table(os.path.join(workdir, REVISION_TABLE))
+
+
+def _split_of(params: str) -> tuple[int, int, str]:
+  """(s, p, selector) of a revisions row's params "s=..,p=..,select=.."."""
+  fields = dict(p.split("=") for p in params.split(","))
+  assert sorted(fields) == ["p", "s", "select"], params
+  return int(fields["s"]), int(fields["p"]), fields["select"]
+
+
+def _unit_files(workdir: str) -> list[str]:
+  """The sweep's saved unit files, sorted by name (= run order)."""
+  return sorted(os.listdir(os.path.join(workdir, REVISION_UNITS)))
+
+
+def _unit_for(workdir: str, budget: int, sequential: int, question: int) -> tuple[int, dict]:
+  """(first question, unit) of the saved unit of (N, s) that holds `question`."""
+  prefix = f"N{budget:04d}_s{sequential:04d}_q"
+  firsts = [int(name[len(prefix):-len(".json")]) for name in _unit_files(workdir)
+            if name.startswith(prefix)]
+  first = max(f for f in firsts if f <= question)
+  return first, _read_json(os.path.join(workdir, REVISION_UNITS, f"{prefix}{first:05d}.json"))
+
+
+def test_tiny_revision_sweep_is_every_split_of_budgets_up_to_four():
+  """Fails if the tiny config's revision sweep is not the six splits the
+  revision tests below expect (so their counts would test another sweep)."""
+  config = _tiny_config()
+  assert config.sweep_revisions.max_budget == 4 and not config.sweep_revisions.splits
+  assert tuple(revision_stages.sweep_splits(config.sweep_revisions)) == TINY_REVISION_SPLITS
+
+
+def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selector(finished):
+  """Fails if a revision stage did not finish (marker and log line), if the
+  revisions table misses or repeats a (question, split, selector) of the tiny
+  sweep or holds another question, seed or method, counts generations other
+  than the budget s·p, or grades a row other than by its answer against the
+  test question's reference; or if a saved unit holds other than p chains of
+  s attempts per question, or a row's answer is not one of its attempts'."""
+  config = _tiny_config()
+  for name in REVISION_STAGES:
+    assert any(line.startswith(f"stage {name}: done") for line in finished.log), name
+    assert _marker(finished.workdir, name)["stage"] == name
+  rows = _revision_rows(finished.workdir)
+  num_questions = config.sweep_revisions.num_questions
+  keys = [(r["question_index"], r["method"], r["params"], r["budget"], r["seed"])
+          for r in rows]
+  expected = [(q, "revisions", f"s={s},p={p},select={selector}", s * p, config.seed)
+              for s, p in TINY_REVISION_SPLITS for selector in REVISION_SELECTORS
+              for q in range(num_questions)]
+  assert len(keys) == len(set(keys)), "a row is repeated"
+  assert sorted(keys) == sorted(expected)
+  task = get_task(config.task)
+  test = pipeline.Context(config, finished.workdir).examples("test")
+  for row in rows:
+    s, p, _ = _split_of(row["params"])
+    where = (row["question_index"], row["params"])
+    example = test[row["question_index"]]
+    assert row["generations"] == row["budget"] == s * p, where
+    assert row["flops"] > 0 and row["seconds"] >= 0, where
+    assert row["correct"] == task.grade(row["answer"], example.answer), where
+    assert row["level"] == example.level, where
+    first, unit = _unit_for(finished.workdir, s * p, s, row["question_index"])
+    attempts = unit["answers"][row["question_index"] - first]
+    assert [len(chain) for chain in attempts] == [s] * p, where
+    flat = [a for chain in attempts for a in chain]
+    assert row["answer"] in flat or (row["answer"] is None and all(a is None for a in flat)), \
+        where
+  summary = _marker(finished.workdir, "sweep_revisions")["summary"]
+  assert summary["num_rows"] == len(rows) == len(expected)
+  assert summary["num_units"] == summary["units_run"] == len(_unit_files(finished.workdir))
+  assert os.path.getsize(os.path.join(finished.workdir, "sweep_revisions.png")) > 0
+
+
+def test_finished_revision_sweep_counts_the_flops_of_what_each_selector_runs(finished):
+  """Fails if a revisions row's FLOPs are not its question's policy FLOPs in
+  the saved unit plus those of the verifier its selector reads (the revision
+  verifier for hierarchical, the base PRM for hierarchical_prm, none for
+  majority)."""
+  verifier = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}
+  for row in _revision_rows(finished.workdir):
+    s, p, selector = _split_of(row["params"])
+    q = row["question_index"]
+    first, unit = _unit_for(finished.workdir, s * p, s, q)
+    expected = unit["flops"]["policy"][q - first]
+    assert expected > 0, (q, row["params"])
+    if selector in verifier:
+      assert unit["flops"][verifier[selector]][q - first] > 0, (q, row["params"])
+      expected += unit["flops"][verifier[selector]][q - first]
+    assert row["flops"] == pytest.approx(expected, rel=1e-9), (q, row["params"])
+
+
+def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
+  """A saved unit of split s=2, p=2 for questions 0-5 whose selectors pick
+  different answers, and {(question, selector): the answer each must pick}.
+
+  Even questions: chains [W1, W1] and [R, W2] (R the reference). Majority
+  picks W1; by revision-verifier scores [.1, .1], [.9, .2] chain 2 picks R
+  with weight .9 > .2; by PRM scores [.1, .1], [.1, .8] it picks W2.
+  Odd questions: chains [R, W1] and [W1, W2]. By revision-verifier scores
+  [.5, .45], [.45, .4] the chains pick R (.5) and W1 (.45): R, although W1
+  has the larger flat sum (.9); by PRM scores [.1, .2], [.3, .1] both pick
+  W1; majority W1. Question 5: no attempt has an answer.
+  """
+  answers, rv, prm, expected = [], [], [], {}
+  for q, r in enumerate(references[:5]):
+    w1, w2 = str(int(r) + 1), str(int(r) + 2)
+    if q % 2 == 0:
+      answers.append([[w1, w1], [r, w2]])
+      rv.append([[.1, .1], [.9, .2]])
+      prm.append([[.1, .1], [.1, .8]])
+      expected.update({(q, "hierarchical"): r, (q, "hierarchical_prm"): w2,
+                       (q, "majority"): w1})
+    else:
+      answers.append([[r, w1], [w1, w2]])
+      rv.append([[.5, .45], [.45, .4]])
+      prm.append([[.1, .2], [.3, .1]])
+      expected.update({(q, "hierarchical"): r, (q, "hierarchical_prm"): w1,
+                       (q, "majority"): w1})
+  answers.append([[None, None], [None, None]])
+  rv.append([[.9, .9], [.9, .9]])
+  prm.append([[.9, .9], [.9, .9]])
+  expected.update({(5, selector): None for selector in REVISION_SELECTORS})
+  unit = {
+      "answers": answers,
+      "correct": [[[a == r for a in chain] for chain in question]
+                  for question, r in zip(answers, references, strict=True)],
+      "scores": {"revision_verifier": rv, "prm": prm},
+      "flops": {"policy": [100.0 * (q + 1) for q in range(6)],
+                "revision_verifier": [10.0 * (q + 1) for q in range(6)],
+                "prm": [1.0 * (q + 1) for q in range(6)]},
+      "seconds": 6.0, "generated_tokens": 0,
+  }
+  return unit, expected
+
+
+def test_revision_sweep_rows_come_from_the_saved_unit_by_each_selector(finished, tmp_path):
+  """Fails if a re-run sweep runs again a unit saved before a kill instead of
+  reusing it, or makes its rows otherwise than: majority the most frequent
+  answer; hierarchical the answer of the largest total of per-chain picks
+  weighted by their score sums, with the revision verifier's scores
+  (hierarchical) or the base PRM's (hierarchical_prm), not the flat sum;
+  none when no attempt has an answer; graded against the reference; FLOPs
+  of what the selector ran; wall time shared by the unit's questions.
+  (The tiny models never write an answer, so the finished run cannot tell.)"""
+  config = _tiny_config()
+  assert config.sweep_revisions.num_questions == 6
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  os.remove(os.path.join(workdir, "stages", "sweep_revisions.json"))
+  path = os.path.join(workdir, REVISION_TABLE)
+  kept = [row for row in _revision_rows(workdir) if not row["params"].startswith("s=2,p=2,")]
+  with open(path, "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in kept)
+  test = pipeline.Context(config, workdir).examples("test")
+  unit, expected = _crafted_unit([e.answer for e in test[:6]])
+  io_utils.write_json_atomic(os.path.join(workdir, REVISION_UNITS, "N0004_s0002_q00000.json"),
+                             unit)
+  log = _run(config, workdir, ["sweep_revisions"])
+  assert any(line.startswith("stage sweep_revisions: done") for line in log), log
+  assert _marker(workdir, "sweep_revisions")["summary"]["units_run"] == 0
+  rows = _revision_rows(workdir)
+  assert rows[:len(kept)] == kept
+  task = get_task(config.task)
+  flops = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}
+  added = rows[len(kept):]
+  assert sorted((r["question_index"], _split_of(r["params"])[2]) for r in added) == sorted(
+      expected)
+  for row in added:
+    q, selector = row["question_index"], _split_of(row["params"])[2]
+    where = (q, selector)
+    assert row["answer"] == expected[where], where
+    assert row["correct"] == (expected[where] == test[q].answer), where
+    assert row["correct"] == task.grade(row["answer"], test[q].answer), where
+    assert (row["budget"], row["generations"], row["level"]) == (4, 4, test[q].level), where
+    assert row["flops"] == pytest.approx(
+        unit["flops"]["policy"][q] + (unit["flops"][flops[selector]][q]
+                                      if selector in flops else 0.0)), where
+    assert row["seconds"] == pytest.approx(1.0), where
+
+
+def _without_revision_sweep(finished: _Finished, destination: str) -> str:
+  """A copy of the finished workdir as before its revision sweep: no table,
+  no saved units, no marker."""
+  workdir = finished.copy(destination)
+  os.remove(os.path.join(workdir, REVISION_TABLE))
+  os.remove(os.path.join(workdir, REVISION_TABLE + ".meta.json"))
+  shutil.rmtree(os.path.join(workdir, REVISION_UNITS))
+  os.remove(os.path.join(workdir, "stages", "sweep_revisions.json"))
+  return workdir
+
+
+def test_revision_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, tmp_path):
+  """Fails if the revision sweep's rows depend on anything but the seed and
+  the unit (split and questions): e.g. on wall time or on a random stream
+  shared across units."""
+  workdir = _without_revision_sweep(finished, str(tmp_path / "workdir"))
+  log = _run(_tiny_config(), workdir, ["sweep_revisions"])
+  assert any(line.startswith("stage sweep_revisions: done") for line in log), log
+  original = _revision_rows(finished.workdir)
+  assert _without_seconds(_revision_rows(workdir)) == _without_seconds(original)
+  summary = _marker(workdir, "sweep_revisions")["summary"]
+  original_summary = _marker(finished.workdir, "sweep_revisions")["summary"]
+  for field in ("accuracy", "sequential_vs_parallel", "correct_to_incorrect"):
+    assert summary[field] == original_summary[field], field
+
+
+@pytest.fixture(scope="session")
+def revision_sweep_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
+  """A revision sweep killed while appending its 3rd unit's rows (4 of them
+  written, the 5th cut mid-line), after saving that unit: the first unit's
+  file and those of the units not yet run deleted; re-run.
+
+  `after_kill` is (table bytes, {kept unit file: (inode, mtime in ns, bytes)}).
+  """
+  workdir = finished.copy(str(tmp_path_factory.mktemp("revisions_resumed") / "workdir"))
+  os.remove(os.path.join(workdir, "stages", "sweep_revisions.json"))
+  num_questions = _tiny_config().sweep_revisions.num_questions
+  per_unit = num_questions * len(REVISION_SELECTORS)  # units 1-3 hold every question
+  path = os.path.join(workdir, REVISION_TABLE)
+  with open(path, "rb") as f:
+    lines = f.read().splitlines(keepends=True)
+  kept_rows = b"".join(lines[:2 * per_unit + 4])
+  with open(path, "wb") as f:
+    f.write(kept_rows + lines[2 * per_unit + 4][:40])  # a cut row, no newline
+  units = _unit_files(workdir)
+  assert units[:3] == ["N0001_s0001_q00000.json", "N0002_s0001_q00000.json",
+                       "N0002_s0002_q00000.json"]
+  for name in [units[0], *units[3:]]:
+    os.remove(os.path.join(workdir, REVISION_UNITS, name))
+  kept_units = {}
+  for name in units[1:3]:
+    unit_path = os.path.join(workdir, REVISION_UNITS, name)
+    with open(unit_path, "rb") as f:
+      kept_units[name] = (os.stat(unit_path).st_ino, os.stat(unit_path).st_mtime_ns, f.read())
+  return _KilledAndResumed(workdir, [], (kept_rows, kept_units),
+                           _run(_tiny_config(), workdir, ["sweep_revisions"]))
+
+
+def test_revision_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
+    finished, revision_sweep_killed_and_resumed):
+  """Fails if a resumed revision sweep's table differs from the uninterrupted
+  one (a row lost, repeated, out of order, or from a unit run again with
+  another random stream), if the rows present are rewritten rather than kept
+  as the file's first lines, or if the cut row survives."""
+  run = revision_sweep_killed_and_resumed
+  assert any(line.startswith("stage sweep_revisions: done") for line in run.resumed_log)
+  resumed = _revision_rows(run.workdir)
+  original = _revision_rows(finished.workdir)
+  assert _without_seconds(resumed) == _without_seconds(original)
+  kept_rows, _ = run.after_kill
+  with open(os.path.join(run.workdir, REVISION_TABLE), "rb") as f:
+    assert f.read().startswith(kept_rows)
+
+
+def test_revision_sweep_resumed_after_a_kill_runs_only_the_units_it_lacks(
+    finished, revision_sweep_killed_and_resumed):
+  """Fails if the re-run runs again a unit whose rows are all in the table
+  (the 1st, its file deleted) or one saved before the kill (the 2nd, and the
+  3rd whose rows were cut short), rewrites a saved unit, or runs a missing
+  unit otherwise than the uninterrupted sweep did."""
+  run = revision_sweep_killed_and_resumed
+  _, kept_units = run.after_kill
+  for name, before in kept_units.items():
+    unit_path = os.path.join(run.workdir, REVISION_UNITS, name)
+    with open(unit_path, "rb") as f:
+      assert (os.stat(unit_path).st_ino, os.stat(unit_path).st_mtime_ns, f.read()) == before, \
+          f"{name} was rewritten"
+  original_units = _unit_files(finished.workdir)
+  summary = _marker(run.workdir, "sweep_revisions")["summary"]
+  assert summary["num_units"] == len(original_units) > 3
+  assert summary["units_run"] == len(original_units) - 3
+  for name in original_units[3:]:
+    resumed = _read_json(os.path.join(run.workdir, REVISION_UNITS, name))
+    original = _read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
+    assert {k: v for k, v in resumed.items() if k != "seconds"} == {
+        k: v for k, v in original.items() if k != "seconds"}, name
+
+
+@pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed"])
+def test_revision_sweep_with_other_rows_names_the_field_and_leaves_the_table_untouched(
+    finished, tmp_path, killed):
+  """Fails if a revision sweep with another `sweep_revisions.rows` (other
+  units, so other random streams) appends to or rewrites a table made with
+  the tiny config's, or reports it other than as a one-line error naming the
+  field and both values: with the sweep finished (its stage record) and
+  killed before its record (only the table's meta remembers)."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  if killed:
+    os.remove(os.path.join(workdir, "stages", "sweep_revisions.json"))
+  config = _tiny_config()
+  rows = config.sweep_revisions.rows
+  config.sweep_revisions.rows = rows // 2
+  with open(os.path.join(workdir, REVISION_TABLE), "rb") as f:
+    table = f.read()
+  message = _expect_one_line_error(workdir, ["sweep_revisions"], "sweep_revisions.rows",
+                                   config=config)
+  assert f"sweep_revisions.rows={rows} in the workdir, {rows // 2} now" in message
+  with open(os.path.join(workdir, REVISION_TABLE), "rb") as f:
+    assert f.read() == table
+
+
+def test_revision_sweep_of_splits_already_in_the_table_runs_nothing(finished, tmp_path):
+  """Fails if `sweep_revisions.splits` (which rows to run, not what they
+  hold) is taken for another setup of the table, or if a sweep of splits
+  whose rows are all present runs a unit or changes the table."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  os.remove(os.path.join(workdir, "stages", "sweep_revisions.json"))
+  with open(os.path.join(workdir, REVISION_TABLE), "rb") as f:
+    table = f.read()
+  config = _tiny_config()
+  config.sweep_revisions.splits = ("2x2", "1x1")
+  log = _run(config, workdir, ["sweep_revisions"])
+  assert any(line.startswith("stage sweep_revisions: done") for line in log), log
+  summary = _marker(workdir, "sweep_revisions")["summary"]
+  assert summary["units_run"] == 0 and summary["num_units"] == 2
+  with open(os.path.join(workdir, REVISION_TABLE), "rb") as f:
+    assert f.read() == table
+
+
+# What each revision stage leaves in the workdir, besides its marker.
+_REVISION_OUTPUTS = {
+    "revision_data": ("revision",),
+    "train_revision": (os.path.join("revision", "state"), os.path.join("revision", "best")),
+    "train_revision_verifier": ("revision_verifier",),
+    "sweep_revisions": (REVISION_UNITS, REVISION_TABLE, REVISION_TABLE + ".meta.json",
+                        "sweep_revisions.png"),
+}
+
+
+@pytest.mark.parametrize("missing", REVISION_STAGES[:-1])
+def test_revision_sweep_without_its_models_names_the_missing_stage_and_touches_nothing(
+    finished, tmp_path, missing):
+  """Fails if `sweep_revisions` in a workdir that lacks a revision stage (and
+  the ones after it) reports anything but the first missing stage, or writes
+  (its table, its meta, a unit) before failing."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  for stage in REVISION_STAGES[REVISION_STAGES.index(missing):]:
+    os.remove(os.path.join(workdir, "stages", f"{stage}.json"))
+    for output in _REVISION_OUTPUTS[stage]:
+      path = os.path.join(workdir, output)
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      elif os.path.exists(path):
+        os.remove(path)
+  message = _expect_one_line_error(workdir, ["sweep_revisions"], missing)
+  assert f"stage sweep_revisions needs stage {missing}" in message
+  if missing == "train_revision":
+    before = tree_digest(workdir)
+    with pytest.raises(ValueError, match="'train_revision' stage first"):
+      pipeline.Context(_tiny_config(), workdir).load_revision_model()
+    assert tree_digest(workdir) == before
+
+
+def _steps(directory: str) -> list[int]:
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+@pytest.fixture(scope="session")
+def train_revision_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
+  """`train_revision` killed after its next-to-last checkpoint, before the last
+  one's validation (its marker, last state step and any best checkpoint of
+  that step deleted), re-run. `after_kill`: the state steps left."""
+  workdir = finished.copy(str(tmp_path_factory.mktemp("train_revision_resumed") / "workdir"))
+  os.remove(os.path.join(workdir, "stages", "train_revision.json"))
+  state_dir = os.path.join(workdir, "revision", "state")
+  best_dir = os.path.join(workdir, "revision", "best")
+  last = _steps(state_dir)[-1]
+  shutil.rmtree(os.path.join(state_dir, str(last)))
+  if last in _steps(best_dir):
+    shutil.rmtree(os.path.join(best_dir, str(last)))
+  return _KilledAndResumed(workdir, [], _steps(state_dir),
+                           _run(_tiny_config(), workdir, ["train_revision"]))
+
+
+def test_train_revision_resumes_from_its_checkpoint_and_trains_only_the_rest(
+    finished, train_revision_resumed):
+  """Fails if the resumed `train_revision` starts over instead of from the
+  step-3 checkpoint, or ends with another best step, validation loss or
+  metric lines than the uninterrupted run."""
+  run = train_revision_resumed
+  assert run.after_kill == [3]
+  assert "train_revision: resumed from the checkpoint at step 3" in run.resumed_log
+  trained = [line.split()[2] for line in run.resumed_log
+             if line.startswith("train_revision: step ") and "/" in line.split()[2]]
+  assert trained == ["6/6"]
+  resumed = _marker(run.workdir, "train_revision")["summary"]
+  original = _marker(finished.workdir, "train_revision")["summary"]
+  assert resumed["best_step"] == original["best_step"]
+  assert resumed["stopped_early"] == original["stopped_early"]
+  assert resumed["best_validation_loss"] == pytest.approx(
+      original["best_validation_loss"], abs=1e-6)
+  got = _without_tokens_per_second(_read_metrics(run.workdir, "train_revision"))
+  expected = _without_tokens_per_second(_read_metrics(finished.workdir, "train_revision"))
+  assert [(r["step"], sorted(r)) for r in got] == [(r["step"], sorted(r)) for r in expected]
+  for resumed_record, original_record in zip(got, expected, strict=True):
+    assert resumed_record == pytest.approx(original_record, abs=1e-6)
+
+
+def test_train_revision_resumed_keeps_the_uninterrupted_best_parameters(
+    finished, train_revision_resumed):
+  """Fails if the resumed run's best revision model holds other parameters
+  than the uninterrupted run's (another step, or a resume that drifted)."""
+  run = train_revision_resumed
+  best = [_steps(os.path.join(w, "revision", "best")) for w in (run.workdir, finished.workdir)]
+  assert best[0] == best[1] == [_marker(finished.workdir, "train_revision")["summary"][
+      "best_step"]]
+  resumed = pipeline.Context(_tiny_config(), run.workdir).load_revision_model().params
+  original = pipeline.Context(_tiny_config(), finished.workdir).load_revision_model().params
+  for got, expected in zip(jax.tree.leaves(resumed), jax.tree.leaves(original), strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-6)

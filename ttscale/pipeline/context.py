@@ -16,7 +16,7 @@ from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.models import LanguageModel, ModelConfig, ValueModel
 from ttscale.search import generate
-from ttscale.tasks import get_task
+from ttscale.tasks import get_task, revision
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.optimizer import make_optimizer
 from ttscale.training.trainer import TrainState
@@ -64,32 +64,35 @@ class Context:
   def rules(self):
     return tuple(tuple(rule) for rule in self.config.mesh.rules)
 
-  def policy_config(self) -> ModelConfig:
-    return ModelConfig.from_config(self.config.model, self.tokenizer.vocab_size)
+  def policy_config(self, large: bool = False) -> ModelConfig:
+    """The policy's network; `large=True`: the larger policy of the comparison."""
+    block = self.config.large_model if large else self.config.model
+    return ModelConfig.from_config(block, self.tokenizer.vocab_size)
 
-  def policy_spec(self) -> dict:
+  def policy_spec(self, large: bool = False) -> dict:
     """What a policy checkpoint must have been trained with to be reused."""
     return {"tokenizer": self.tokenizer.fingerprint,
-            "model": dataclasses.asdict(self.policy_config()),
+            "model": dataclasses.asdict(self.policy_config(large)),
             "train": without(self.config.train.to_dict(), BOOKKEEPING),
             "data": self.config.data.to_dict(),
             "task": self.config.task.to_dict()}
 
-  def policy_checkpointer(self) -> Checkpointer:
-    return Checkpointer(self.path("policy"), self.policy_spec(),
+  def policy_checkpointer(self, large: bool = False) -> Checkpointer:
+    return Checkpointer(self.path("large" if large else "policy"), self.policy_spec(large),
                         max_to_keep=self.config.train.max_checkpoints)
 
-  def load_policy(self) -> generate.Policy:
-    """The trained policy from its last checkpoint."""
-    if not os.path.isdir(self.path("policy")):
-      raise ValueError(f"{self.path('policy')} is missing: run the "
-                       "'train_policy' stage first")
-    checkpointer = self.policy_checkpointer()
+  def load_policy(self, large: bool = False) -> generate.Policy:
+    """The trained policy (or the larger one) from its last checkpoint."""
+    stage, directory = ("train_large", "large") if large else ("train_policy", "policy")
+    if not os.path.isdir(self.path(directory)):
+      raise ValueError(f"{self.path(directory)} is missing: run the "
+                       f"'{stage}' stage first")
+    checkpointer = self.policy_checkpointer(large)
     step = checkpointer.latest_step()
     if step is None or step < self.config.train.num_steps:
       raise ValueError(f"{checkpointer.directory}: no finished policy "
-                       "checkpoint; run the 'train_policy' stage first")
-    model_config = self.policy_config()
+                       f"checkpoint; run the '{stage}' stage first")
+    model_config = self.policy_config(large)
     graphdef, params = nnx.split(nnx.eval_shape(
         lambda: LanguageModel(model_config, rngs=nnx.Rngs(0))))
     optimizer = make_optimizer(self.config.train)
@@ -105,51 +108,102 @@ class Context:
 
   # ---------------------------------------------------------- verifiers
 
-  def verifier_config(self) -> ModelConfig:
-    """The PRM's and ORM's network: the policy's shape, their own dropout."""
-    return dataclasses.replace(self.policy_config(),
-                               dropout_rate=self.config.verifier_train.dropout_rate)
+  def verifier_train_config(self, kind: str = "prm"):
+    """How a verifier of `kind` trains: `verifier_train`, or for the revision
+    verifier (long rows: previous attempts in context) `revision_verifier_train`."""
+    if kind == "revision_verifier":
+      return self.config.revision_verifier_train
+    return self.config.verifier_train
+
+  def verifier_config(self, kind: str = "prm") -> ModelConfig:
+    """A verifier's network: the policy's shape, its own dropout."""
+    return dataclasses.replace(
+        self.policy_config(), dropout_rate=self.verifier_train_config(kind).dropout_rate)
 
   def verifier_spec(self, kind: str) -> dict:
     """What a verifier checkpoint must have been trained with to be reused.
 
     The vocabulary comes first, so that a checkpoint of another tokenizer is
-    reported as such.
+    reported as such. The revision verifier also depends on the revision
+    model that wrote its training data.
     """
-    return {"vocab_size": self.tokenizer.vocab_size,
+    spec = {"vocab_size": self.tokenizer.vocab_size,
             "tokenizer": self.tokenizer.fingerprint,
             "kind": kind,
-            "model": dataclasses.asdict(self.verifier_config()),
-            "verifier_train": without(self.config.verifier_train.to_dict(), BOOKKEEPING),
+            "model": dataclasses.asdict(self.verifier_config(kind)),
+            "verifier_train": without(self.verifier_train_config(kind).to_dict(), BOOKKEEPING),
             "prm": self.config.prm.to_dict(),
             "policy": self.policy_spec()}
+    if kind == "revision_verifier":
+      spec.update(revision=self.revision_spec(), prm=None)
+    return spec
 
   def verifier_checkpointers(self, kind: str) -> tuple[Checkpointer, Checkpointer]:
     """(training state, best parameters) checkpointers of `kind` ("prm", "orm")."""
     spec = self.verifier_spec(kind)
-    keep = self.config.verifier_train.max_checkpoints
+    keep = self.verifier_train_config(kind).max_checkpoints
     return (Checkpointer(self.path(kind, "state"), spec, max_to_keep=keep),
             Checkpointer(self.path(kind, "best"), spec, max_to_keep=1))
 
-  def load_verifier(self, kind: str) -> generate.Policy:
-    """The best validated verifier of `kind` ("prm" or "orm")."""
+  def load_verifier(self, kind: str, stage_done: bool = True) -> generate.Policy:
+    """The best validated verifier of `kind` ("prm", "orm", "revision_verifier").
+
+    `stage_done=False` skips the check that its training stage finished (for
+    that stage itself, after training).
+    """
+    return self._load_best(kind, self.verifier_spec(kind), self.verifier_config(kind),
+                           ValueModel, stage_done)
+
+  def _load_best(self, kind: str, spec: dict, model_config: ModelConfig,
+                 module, stage_done: bool = True) -> generate.Policy:
+    """The parameters in `<kind>/best`, kept there by early stopping."""
     stage = f"train_{kind}"
-    if not os.path.exists(self.path("stages", f"{stage}.json")):
-      raise ValueError(f"no trained {kind.upper()} in {self.workdir}: run the "
+    if stage_done and not os.path.exists(self.path("stages", f"{stage}.json")):
+      raise ValueError(f"no trained {kind} in {self.workdir}: run the "
                        f"'{stage}' stage first")
-    best = Checkpointer(self.path(kind, "best"), self.verifier_spec(kind), max_to_keep=1)
+    best = Checkpointer(self.path(kind, "best"), spec, max_to_keep=1)
     step = best.latest_step()
     if step is None:
       raise ValueError(f"{best.directory}: no checkpoint; the workdir is damaged")
-    model_config = self.verifier_config()
-    graphdef, params = nnx.split(nnx.eval_shape(
-        lambda: ValueModel(model_config, rngs=nnx.Rngs(0))))
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: module(model_config, rngs=nnx.Rngs(0))))
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
     params = best.restore(step, abstract)
     best.close()
     return generate.Policy(graphdef, params, model_config)
+
+  # ---------------------------------------------------------- revisions
+
+  def revision_spec(self) -> dict:
+    """What a revision-model checkpoint must have been trained with."""
+    return {"vocab_size": self.tokenizer.vocab_size,
+            "tokenizer": self.tokenizer.fingerprint,
+            "kind": "revision",
+            "prompt_format": revision.PROMPT_FORMAT,
+            "model": dataclasses.asdict(self.policy_config()),
+            "revision": self.config.revision.to_dict(),
+            "revision_train": without(self.config.revision_train.to_dict(), BOOKKEEPING),
+            "policy": self.policy_spec()}
+
+  def revision_checkpointers(self) -> tuple[Checkpointer, Checkpointer]:
+    """(training state, best parameters) checkpointers of the revision model."""
+    spec = self.revision_spec()
+    keep = self.config.revision_train.max_checkpoints
+    return (Checkpointer(self.path("revision", "state"), spec, max_to_keep=keep),
+            Checkpointer(self.path("revision", "best"), spec, max_to_keep=1))
+
+  def load_revision_model(self) -> generate.Policy:
+    """The revision model with the lowest validation loss."""
+    return self._load_best("revision", self.revision_spec(), self.policy_config(),
+                           LanguageModel)
+
+  def revision_trajectories(self) -> list[dict]:
+    """The records written by the `revision_data` stage."""
+    path = self.path("revision", "trajectories.jsonl")
+    if not os.path.exists(path):
+      raise ValueError(f"{path} is missing: run the 'revision_data' stage first")
+    return io_utils.read_jsonl(path)
 
   def labelled_solutions(self) -> list[dict]:
     """The records written by the `prm_labels` stage."""

@@ -43,7 +43,18 @@ def _packed_train_batches(ctx: Context) -> batching.TrainBatches:
 
 def stage_train_policy(ctx: Context) -> dict:
   """Trains the policy with next-token loss on solution tokens."""
-  model_config = ctx.policy_config()
+  return train_language_model(ctx, large=False)
+
+
+def stage_train_large(ctx: Context) -> dict:
+  """Trains the larger policy (`large_model`) on the same data and tokens."""
+  return train_language_model(ctx, large=True)
+
+
+def train_language_model(ctx: Context, large: bool) -> dict:
+  """The policy (or the larger one): next-token loss on solution tokens."""
+  name = "train_large" if large else "train_policy"
+  model_config = ctx.policy_config(large)
   graphdef, params = nnx.split(
       LanguageModel(model_config, rngs=nnx.Rngs(ctx.config.seed)))
   forward = policy_forward_fn(graphdef)
@@ -54,10 +65,10 @@ def stage_train_policy(ctx: Context) -> dict:
     return next_token_loss(logits, batch["targets"], batch["loss_mask"])
 
   batches = _packed_train_batches(ctx)
-  ctx.log(f"train_policy: {model_config.num_params():,} parameters, "
+  ctx.log(f"{name}: {model_config.num_params():,} parameters, "
           f"{batches.steps_per_epoch} steps per epoch")
-  checkpointer = ctx.policy_checkpointer()
-  train(name="train_policy", loss_fn=loss_fn, params=params, batches=batches,
+  checkpointer = ctx.policy_checkpointer(large)
+  train(name=name, loss_fn=loss_fn, params=params, batches=batches,
         train_config=ctx.config.train, checkpointer=checkpointer,
         metrics_path=ctx.path("metrics.jsonl"), seed=ctx.config.seed,
         mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)

@@ -19,7 +19,13 @@ from collections.abc import Callable
 import jax
 
 from ttscale import io_utils, outcomes
-from ttscale.pipeline import policy_stages, search_stages, verifier_stages
+from ttscale.pipeline import (
+  policy_stages,
+  revision_stages,
+  search_stages,
+  study_stages,
+  verifier_stages,
+)
 from ttscale.pipeline.context import BOOKKEEPING, Context, without
 from ttscale.progress import format_seconds
 from ttscale.search import select
@@ -35,7 +41,20 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "train_orm": verifier_stages.stage_train_orm,
     "eval_prm": verifier_stages.stage_eval_prm,
     "sweep_search": search_stages.stage_sweep_search,
+    "revision_data": revision_stages.stage_revision_data,
+    "train_revision": revision_stages.stage_train_revision,
+    "train_revision_verifier": revision_stages.stage_train_revision_verifier,
+    "sweep_revisions": revision_stages.stage_sweep_revisions,
+    "difficulty": study_stages.stage_difficulty,
+    "select": study_stages.stage_select,
+    "train_large": policy_stages.stage_train_large,
+    "flops_matched": study_stages.stage_flops_matched,
+    "report": study_stages.stage_report,
 }
+
+_POLICY = ("seed", "task", "data", "model", "train")
+_PRM = (*_POLICY, "sampling", "prm", "verifier_train")
+_REVISION = (*_POLICY, "sampling", "revision", "revision_train")
 
 # The config blocks each stage's output depends on. A finished stage records
 # them; re-running with other values is an error, not a silent reuse.
@@ -52,6 +71,21 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
                  "verifier_train", "eval_prm"),
     "sweep_search": ("seed", "task", "data", "model", "train", "sampling", "prm",
                      "verifier_train", "search"),
+    "revision_data": (*_POLICY, "sampling", "revision"),
+    "train_revision": _REVISION,
+    "train_revision_verifier": (*_REVISION, "prm", "verifier_train",
+                                "revision_verifier_train"),
+    "sweep_revisions": (*_REVISION, "prm", "verifier_train", "revision_verifier_train",
+                        "sweep_revisions"),
+    "difficulty": (*_PRM, "difficulty"),
+    "select": (*_REVISION, "prm", "verifier_train", "revision_verifier_train", "search",
+               "sweep_revisions", "difficulty"),
+    "train_large": ("seed", "task", "data", "large_model", "train"),
+    "flops_matched": (*_REVISION, "prm", "verifier_train", "revision_verifier_train",
+                      "search", "sweep_revisions", "difficulty", "large_model",
+                      "flops_matched"),
+    "report": (*_REVISION, "prm", "verifier_train", "revision_verifier_train", "search",
+               "sweep_revisions", "difficulty", "large_model", "flops_matched"),
 }
 
 
@@ -65,6 +99,16 @@ STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "train_orm": ("prm_labels",),
     "eval_prm": ("train_prm", "train_orm"),
     "sweep_search": ("train_prm",),
+    "revision_data": ("train_policy",),
+    "train_revision": ("revision_data",),
+    # It compares its verifier with the base PRM on held-out attempts.
+    "train_revision_verifier": ("train_revision", "train_prm"),
+    "sweep_revisions": ("train_revision_verifier",),
+    "difficulty": ("train_prm",),
+    "select": ("sweep_search", "sweep_revisions", "difficulty"),
+    "train_large": ("data",),
+    "flops_matched": ("select", "train_large"),
+    "report": ("select",),
 }
 
 
@@ -117,12 +161,20 @@ def validate_workdir(ctx: Context, names: list[str]) -> None:
           f"{difference}; use a new --workdir or the settings it was made with")
   if os.path.exists(ctx.path("tokenizer.model")):
     check_spec(ctx.path("policy"), ctx.policy_spec())
+    check_spec(ctx.path("large"), ctx.policy_spec(large=True))
     for kind in ("prm", "orm"):
       for part in ("state", "best"):
         check_spec(ctx.path(kind, part), ctx.verifier_spec(kind))
+    if os.path.isdir(ctx.path("revision")):
+      for part in ("state", "best"):
+        check_spec(ctx.path("revision", part), ctx.revision_spec())
+        check_spec(ctx.path("revision_verifier", part), ctx.verifier_spec("revision_verifier"))
     if "sweep_search" in names:
       outcomes.check_meta(ctx.path(*search_stages.SEARCH_TABLE),
                           search_stages.search_table_meta(ctx))
+    if "sweep_revisions" in names:
+      outcomes.check_meta(ctx.path(*revision_stages.REVISION_TABLE),
+                          revision_stages.revision_table_meta(ctx))
 
 
 def check_stage_names(names) -> list[str]:
@@ -155,6 +207,15 @@ def check_config(config) -> None:
     if method not in METHODS:
       raise ValueError(f"search.methods: unknown method {method!r}; expected some of "
                        f"{', '.join(METHODS)}")
+  revision_stages.sweep_splits(config.sweep_revisions)
+  swept = min(config.search.num_questions, config.sweep_revisions.num_questions)
+  if config.difficulty.num_questions > swept:
+    raise ValueError(f"difficulty.num_questions={config.difficulty.num_questions}: expected "
+                     f"<= {swept}, the questions both sweeps evaluate "
+                     "(search.num_questions, sweep_revisions.num_questions)")
+  if not 0 < config.revision.holdout_fraction < 1:
+    raise ValueError(f"revision.holdout_fraction={config.revision.holdout_fraction}: "
+                     "expected a fraction in (0, 1)")
   pool = config.eval_prm.pool_size
   if pool < 1 or pool & (pool - 1):
     raise ValueError(f"eval_prm.pool_size={pool}: expected a power of 2 (the budget "

@@ -42,7 +42,7 @@ def _sampling_rule(ctx: Context) -> sampling.SamplingRule:
   return sampling.SamplingRule(ctx.config.sampling.temperature, ctx.config.sampling.top_p)
 
 
-def _labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
+def labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
                       counts: dict | None, num_rollouts: int
                       ) -> tuple[list[dict], list[prm_labels.SolutionToLabel]]:
   """One record per sampled solution, with exact step labels and, given the
@@ -71,7 +71,7 @@ def _labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
   return records, to_label
 
 
-def _sample_pool(ctx: Context, path: str, questions: list[str], num_samples: int,
+def sample_pool(ctx: Context, path: str, questions: list[str], num_samples: int,
                  seed: int, name: str) -> dict:
   """Samples solutions once and keeps them in `path` (a re-run reads them)."""
   if os.path.exists(path):
@@ -104,10 +104,10 @@ def stage_prm_labels(ctx: Context) -> dict:
                      f"{len(train_examples)} questions")
   examples = train_examples[:p.num_questions]
   holdout = holdout_questions(len(examples), p.holdout_fraction, cfg.seed)
-  samples = _sample_pool(ctx, ctx.path("prm_labels", "solutions.json"),
+  samples = sample_pool(ctx, ctx.path("prm_labels", "solutions.json"),
                          [e.question for e in examples], p.samples_per_question,
                          cfg.seed + 2, "prm_labels (solutions)")
-  _, to_label = _labelled_records(ctx, examples, samples, holdout, None, p.num_rollouts)
+  _, to_label = labelled_records(ctx, examples, samples, holdout, None, p.num_rollouts)
   settings = prm_labels.RolloutSettings(
       num_rollouts=p.num_rollouts, prefixes_per_part=p.prefixes_per_part,
       batch_size=cfg.sampling.batch_size, seed=cfg.seed + 3,
@@ -120,7 +120,7 @@ def stage_prm_labels(ctx: Context) -> dict:
   rollouts = prm_labels.count_correct_rollouts(
       ctx.load_policy(), ctx.tokenizer, ctx.task, to_label, answers, settings,
       ctx.path("prm_labels", "parts"), mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)
-  records, _ = _labelled_records(ctx, examples, samples, holdout, rollouts["correct"],
+  records, _ = labelled_records(ctx, examples, samples, holdout, rollouts["correct"],
                                  p.num_rollouts)
   io_utils.write_jsonl_atomic(ctx.path("prm_labels", "labels.jsonl"), records)
   soft = np.concatenate([r["mc_labels"] for r in records if r["mc_labels"]])
@@ -181,18 +181,22 @@ def _validation_loss_fn(forward, arrays: dict, batch_size: int, mesh):
   return validate
 
 
-def _train_verifier(ctx: Context, kind: str) -> dict:
-  """Trains the PRM (`kind="prm"`) or the ORM (`kind="orm"`) from the policy."""
-  cfg, vt = ctx.config, ctx.config.verifier_train
-  target = "steps" if kind == "prm" else "outcome"
-  records = ctx.labelled_solutions()
-  policy = ctx.load_policy()
+def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
+                      init_params) -> dict:
+  """Trains a verifier of `kind` on labelled `records` (split by `holdout`).
+
+  Args:
+    kind: where it is kept (`<kind>/state`, `<kind>/best`), e.g. "prm".
+    target: "steps" (Monte-Carlo step labels) or "outcome".
+    init_params: the language model whose trunk the verifier starts from.
+  """
+  cfg, vt = ctx.config, ctx.verifier_train_config(kind)
   width = _padded_width(records)
   train_arrays = verifier_arrays([r for r in records if not r["holdout"]], target, width)
   holdout_arrays = verifier_arrays([r for r in records if r["holdout"]], target, width)
-  model_config = ctx.verifier_config()
+  model_config = ctx.verifier_config(kind)
   graphdef, params = nnx.split(ValueModel(model_config, rngs=nnx.Rngs(cfg.seed)))
-  params = init_from_policy(params, policy.params)
+  params = init_from_policy(params, init_params)
   forward = policy_forward_fn(graphdef)
 
   def loss_fn(params, batch, dropout_rng):
@@ -225,12 +229,14 @@ def _train_verifier(ctx: Context, kind: str) -> dict:
 
 def stage_train_prm(ctx: Context) -> dict:
   """The PRM: BCE on Monte-Carlo step labels at every step end."""
-  return _train_verifier(ctx, "prm")
+  return train_value_model(ctx, "prm", ctx.labelled_solutions(), "steps",
+                           ctx.load_policy().params)
 
 
 def stage_train_orm(ctx: Context) -> dict:
   """The ORM baseline: BCE on the outcome at the end of whole solutions."""
-  return _train_verifier(ctx, "orm")
+  return train_value_model(ctx, "orm", ctx.labelled_solutions(), "outcome",
+                           ctx.load_policy().params)
 
 
 def _methods(aggregations) -> list[verifier_quality.Method]:
@@ -250,9 +256,9 @@ def stage_eval_prm(ctx: Context) -> dict:
   """PRM quality: step AUC, calibration, and accuracy vs N of the selectors."""
   cfg, e = ctx.config, ctx.config.eval_prm
   test = ctx.examples("test")[:e.num_questions]
-  pool = _sample_pool(ctx, ctx.path("eval_prm", "pool.json"), [x.question for x in test],
+  pool = sample_pool(ctx, ctx.path("eval_prm", "pool.json"), [x.question for x in test],
                       e.pool_size, cfg.seed + 4, "eval_prm (pool)")
-  records, _ = _labelled_records(ctx, test, pool, set(), None, 0)
+  records, _ = labelled_records(ctx, test, pool, set(), None, 0)
   prm, orm = ctx.load_verifier("prm"), ctx.load_verifier("orm")
   width = _padded_width(records)
   arrays = verifier_arrays(records, None, width)

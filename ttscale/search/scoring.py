@@ -16,6 +16,8 @@ import numpy as np
 from ttscale import parallel
 from ttscale.models import policy_forward_fn
 from ttscale.models.value import step_end_scores
+from ttscale.search import select
+from ttscale.training.verifier_data import verifier_arrays
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,3 +60,20 @@ def score_steps(verifier, arrays: dict[str, np.ndarray], batch_size: int,
         batch = parallel.shard_batch(tuple(batch), mesh)
       scores.append(np.asarray(run(params, *batch))[:real])
   return np.concatenate(scores) if scores else np.zeros((0, 0), np.float32)
+
+
+def last_step_scores(verifier, records: list[dict], batch_size: int, mesh=None, rules=None,
+                     width_multiple: int = 16) -> np.ndarray:
+  """Each solution's score at its last step end (0 without a step).
+
+  Args:
+    records: dicts with `prompt`, `tokens` (ids) and `step_ends` (into `tokens`).
+
+  Returns:
+    float32 [len(records)].
+  """
+  longest = max(len(r["prompt"]) + len(r["tokens"]) for r in records)
+  arrays = verifier_arrays(records, None, -(-longest // width_multiple) * width_multiple)
+  steps = score_steps(verifier, arrays, batch_size, mesh, rules)
+  return np.asarray(select.aggregate_steps(steps, arrays["step_mask"] > 0, "last"),
+                    np.float32)

@@ -10,7 +10,9 @@ Answer selection over N samples:
   - `best_of_n`: the sample with the highest score;
   - `weighted_best_of_n`: the answer with the largest sum of scores over the
     samples that give it;
-  - `majority`: the most frequent answer.
+  - `majority`: the most frequent answer;
+  - `hierarchical_weighted_best_of_n` (revision chains): weighted best-of-N
+    within each chain, then across the chains' picks.
 Ties go to the answer that appears first (lowest sample index).
 """
 
@@ -99,6 +101,38 @@ def weighted_best_of_n(ids, scores, valid):
   totals = jnp.einsum("qij,qj->qi", same.astype(jnp.float32),
                       jnp.asarray(scores, jnp.float32))
   return _pick(totals, valid)
+
+
+def hierarchical_weighted_best_of_n(ids, scores, valid):
+  """int32 [questions]: weighted best-of-N within each chain, then across chains.
+
+  Each chain picks the answer with the largest score sum over its own
+  attempts; across chains, each pick weighs that sum, and the answer with the
+  largest total of weights wins.
+
+  Args:
+    ids, scores, valid: [questions, chains, attempts].
+
+  Returns:
+    int32 [questions]: the flat index `chain * attempts + attempt` of an
+    attempt giving the chosen answer, or -1 when no attempt has an answer.
+  """
+  ids, valid = jnp.asarray(ids), jnp.asarray(valid, bool)
+  scores = jnp.asarray(scores, jnp.float32)
+  questions, chains, attempts = ids.shape
+  flat = (questions * chains, attempts)
+  pick = weighted_best_of_n(ids.reshape(flat), scores.reshape(flat), valid.reshape(flat))
+  picked = jnp.maximum(pick, 0)[:, None]
+  same = (ids.reshape(flat) == jnp.take_along_axis(ids.reshape(flat), picked, axis=1))
+  weight = jnp.where(same & valid.reshape(flat), scores.reshape(flat), 0.0).sum(axis=1)
+  chain_ids = jnp.take_along_axis(ids.reshape(flat), picked, axis=1)[:, 0]
+  chain_valid = pick >= 0
+  chain = weighted_best_of_n(chain_ids.reshape(questions, chains),
+                             weight.reshape(questions, chains),
+                             chain_valid.reshape(questions, chains))
+  within = jnp.take_along_axis(pick.reshape(questions, chains),
+                               jnp.maximum(chain, 0)[:, None], axis=1)[:, 0]
+  return jnp.where(chain >= 0, chain * attempts + within, -1)
 
 
 def majority(ids, valid):

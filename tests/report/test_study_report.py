@@ -1,0 +1,207 @@
+"""The study report from a hand-made workdir: findings, tables and figures, no model runs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ttscale import io_utils
+from ttscale.outcomes import Outcome, OutcomeTable
+from ttscale.pipeline.study_stages import FAMILIES, KINDS
+from ttscale.report import study_report
+from ttscale.scaling import compute_optimal
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+QUESTIONS = [0, 1, 2, 3]
+ORACLE_BINS = [1, 1, 2, 2]
+PREDICTED_BINS = [1, 2, 1, 2]
+SEED = 0
+SEQUENTIAL = "s=4,p=1,select=majority"
+PARALLEL = "s=1,p=4,select=majority"
+
+# (method, params, budget, generations, questions answered correctly)
+SEARCH = [("best_of_n", "", 1, 1, {0}),               # 0.25
+          ("best_of_n", "", 2, 2, {0, 1}),            # 0.50
+          ("best_of_n", "", 4, 4, {0, 1}),            # 0.50
+          ("best_of_n", "", 8, 8, {0, 1, 2}),         # 0.75
+          ("beam", "M=4,k=0", 4, 4, {0, 1, 2})]       # 0.75
+REVISIONS = [("revisions", SEQUENTIAL, 4, 4, {0, 1, 2}),   # 0.75
+             ("revisions", PARALLEL, 4, 4, {0, 1}),        # 0.50
+             # Always wrong, for the s:p panel (hierarchical); never chosen but on ties, where
+             # best_of_n sorts first.
+             *[("revisions", f"s={s},p={4 // s},select=hierarchical", 4, 4, set())
+               for s in (1, 2, 4)]]
+
+
+def _outcomes(settings):
+  return [Outcome(question_index=q, level=1, method=method, params=params, budget=budget,
+                  seed=0, answer=str(q), correct=q in right, generations=generations,
+                  flops=100.0 * generations, seconds=0.01)
+          for method, params, budget, generations, right in settings for q in QUESTIONS]
+
+
+def _write_workdir(workdir, with_select=True):
+  """The outcome tables, difficulty.json and (like stage_select) select.json."""
+  search = OutcomeTable(os.path.join(workdir, "outcomes", "search.jsonl"), meta={})
+  search.append(_outcomes(SEARCH))
+  revisions = OutcomeTable(os.path.join(workdir, "outcomes", "revisions.jsonl"), meta={})
+  revisions.append(_outcomes(REVISIONS))
+  io_utils.write_json_atomic(os.path.join(workdir, "difficulty.json"), {
+      "questions": QUESTIONS, "oracle_bins": ORACLE_BINS, "predicted_bins": PREDICTED_BINS,
+      "num_samples": 8, "num_bins": 2, "bin_agreement": 0.5,
+      "prediction_cost": {"generations_per_question": 8, "policy_flops_per_question": 1.0e6,
+                          "prm_flops_per_question": 5.0e5}})
+  if with_select:
+    rows = search.rows() + revisions.rows()
+    select = {"num_questions": len(QUESTIONS), "num_bins": 2}
+    for kind, bins in (("oracle", ORACLE_BINS), ("predicted", PREDICTED_BINS)):
+      assert kind in KINDS
+      select[kind] = {family: compute_optimal.compute_optimal(
+          rows, QUESTIONS, np.asarray(bins), SEED + 21, keep)
+          for family, keep in FAMILIES.items()}
+    io_utils.write_json_atomic(os.path.join(workdir, "select.json"),
+                               json.loads(json.dumps(select)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("study"))
+  _write_workdir(workdir)
+  markdown, results = study_report.build(workdir)
+  return workdir, markdown, results
+
+
+def _finding(results, start):
+  matches = [f for f in results["findings"] if f["finding"].startswith(start)]
+  assert len(matches) == 1, [f["finding"] for f in results["findings"]]
+  return matches[0]
+
+
+def test_report_has_the_findings_table_with_one_row_per_finding(built):
+  """Fails if the findings table header is missing or its rows differ from the findings."""
+  _, markdown, results = built
+  lines = markdown.split("\n")
+  header = lines.index("| paper's finding | paper's number | ours | holds? |")
+  assert lines[header + 1] == "|---|---|---|---|"
+  table = lines[header + 2:lines.index("", header)]
+  # Beam vs best-of-N, lookahead, compute-optimal (search, revisions), sequential vs
+  # parallel, revised into wrong; no flops_matched.json, so no FLOPs-matched rows.
+  assert len(results["findings"]) == 6
+  holds = {True: "yes", False: "no", None: "see text"}
+  assert table == [f"| {f['finding']} | {f['paper']} | {f['ours']} | {holds[f['holds']]} |"
+                   for f in results["findings"]]
+
+
+def test_sequential_vs_parallel_finding_has_the_table_numbers(built):
+  """Fails if the finding does not report sequential 3/4 vs parallel 2/4 at N=4."""
+  _, _, results = built
+  finding = _finding(results, "sequential revisions beat parallel")
+  assert finding["ours"] == "N=4, majority: sequential 0.750 vs parallel 0.500"
+  assert finding["holds"] is True
+
+
+def test_search_findings_have_the_table_numbers(built):
+  """Fails if beam (3/4) vs best-of-N (2/4) at N=4 is misreported, or absent lookahead is
+  not n/a."""
+  _, _, results = built
+  beam = _finding(results, "PRM beam search (M=4) beats best-of-N")
+  assert "N=4 here" in beam["finding"]
+  assert beam["ours"] == "beam 0.750 vs best-of-N 0.500"
+  assert beam["holds"] is True
+  lookahead = _finding(results, "lookahead (k=3)")
+  assert lookahead["ours"] == "16 generations: lookahead n/a vs beam n/a"
+  assert lookahead["holds"] is None
+  revised = _finding(results, "revisions turn correct answers incorrect")
+  assert revised["ours"] == "0/0 (n/a)"
+  assert revised["holds"] is None
+
+
+def test_compute_optimal_findings_have_hand_computed_ratios(built):
+  """Fails if the oracle-bin efficiency ratios differ from the hand-computed ones.
+
+  Bin 1 (q0, q1): every strategy at 4 generations is right on both. Bin 2 (q2, q3), one
+  question per fold: beam is right on q2 only, best-of-N on neither. Search: the fold with q2
+  picks beam (scored 0 on q3), the fold with q3 ties and picks beam (first sorted, scored 1 on
+  q2): 3/4, which best-of-N reaches at 8 generations -> 8/4 = 2. Revisions: the q2 fold picks
+  sequential (0 on q3), the q3 fold ties and picks best_of_n (0 on q2): 2/4, reached at 2 -> 0.5.
+  """
+  _, markdown, results = built
+  search = _finding(results, "compute-optimal search needs")
+  assert search["ours"] == "best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 2.00, N=8: 1.00"
+  assert search["holds"] is True
+  revisions = _finding(results, "compute-optimal revisions needs")
+  assert revisions["ours"] == ("best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, "
+                               "N=8: 1.00")
+  assert revisions["holds"] is False
+  assert "| bins | family | N=1 | N=2 | N=4 | N=8 |" in markdown
+  assert "| oracle | search | 1.00 | 1.00 | 2.00 | 1.00 |" in markdown
+  assert "| oracle | revisions | 1.00 | 1.00 | 0.50 | 1.00 |" in markdown
+  assert results["select"]["oracle"]["search"]["budgets"]["4"]["accuracy"] == pytest.approx(0.75)
+
+
+def test_report_accuracy_and_difficulty_sections(built):
+  """Fails if accuracies by generations or the prediction cost line are misreported."""
+  _, markdown, results = built
+  assert results["accuracy_by_generations"]["best_of_n"] == pytest.approx(
+      {"1": 0.25, "2": 0.5, "4": 0.5, "8": 0.75})
+  assert results["accuracy_by_generations"][f"revisions {SEQUENTIAL}"] == {"4": 0.75}
+  assert "| best_of_n | 1: 0.250, 2: 0.500, 4: 0.500, 8: 0.750 |" in markdown
+  assert "| beam M=4,k=0 | 4: 0.750 |" in markdown
+  assert "4 test questions;" in markdown
+  assert ("agree with the oracle's on 0.50 of the questions; predicting costs 8 generations "
+          "and 1.5e+06 FLOPs per question.") in markdown
+  assert "Not run (stage `flops_matched`)." in markdown
+  assert results["flops_matched"] is None
+  assert "| total | 0.0 |" in markdown
+
+
+def test_report_draws_the_figures_as_png(built):
+  """Fails if a figure named in the results is missing or is not a PNG file."""
+  workdir, markdown, results = built
+  expected = ["fig3_search.png", "fig3_search_by_bin.png", "fig4_8_compute_optimal.png",
+              "fig6_7_revisions.png"]
+  assert results["figures"] == expected
+  assert not os.path.exists(os.path.join(workdir, "fig9_flops_matched.png"))
+  for name in expected:
+    with open(os.path.join(workdir, name), "rb") as f:
+      assert f.read(8) == PNG_SIGNATURE, name
+    if name != "fig3_search_by_bin.png":
+      assert f"![]({name})" in markdown
+
+
+def test_results_are_json(built):
+  """Fails if the results do not survive a JSON round trip unchanged."""
+  _, _, results = built
+  assert json.loads(json.dumps(results)) == results
+
+
+def test_build_on_an_empty_directory_names_the_missing_file(tmp_path):
+  """Fails if a missing outcome table is not a one-line ValueError naming it."""
+  with pytest.raises(ValueError) as error:
+    study_report.build(str(tmp_path))
+  message = str(error.value)
+  assert "\n" not in message
+  assert os.path.join(str(tmp_path), "outcomes", "search.jsonl") in message
+
+
+def test_build_without_select_names_select_json(tmp_path):
+  """Fails if a workdir lacking only select.json does not name select.json."""
+  _write_workdir(str(tmp_path), with_select=False)
+  with pytest.raises(ValueError, match="select.json is missing") as error:
+    study_report.build(str(tmp_path))
+  assert "\n" not in str(error.value)
+  assert not os.path.exists(os.path.join(str(tmp_path), "fig3_search.png"))
+
+
+def test_revised_wrong_counts_correct_to_incorrect_transitions(tmp_path):
+  """Fails if correct -> incorrect revisions or their denominator are miscounted."""
+  sweep = tmp_path / "revisions" / "sweep"
+  # [[T, F, T], [T, T, T]]: one T -> F of three correct non-final attempts.
+  io_utils.write_json_atomic(sweep / "a.json", {"correct": [[True, False, True],
+                                                           [True, True, True]]})
+  # [F, T, F]: one T -> F of one correct non-final attempt.
+  io_utils.write_json_atomic(sweep / "b.json", {"correct": [False, True, False]})
+  assert study_report._revised_wrong(str(tmp_path)) == {"count": 2, "of": 4, "rate": 0.5}
+  assert study_report._revised_wrong(str(tmp_path / "none")) == {"count": 0, "of": 0,
+                                                                  "rate": None}

@@ -1,0 +1,454 @@
+"""The revision stages: data, the revision model, its verifier, and the sweep.
+
+- `revision_data`: `samples_per_question` policy samples for each of the
+  first `num_questions` training questions (in resumable parts); per question,
+  `trajectories_per_question` trajectories of k ~ Uniform{0..4} incorrect
+  attempts then a correct one (`tasks/revision.py`).
+- `train_revision`: the policy fine-tuned on the trajectories, loss on the
+  final (correct) attempt only; early stopping on held-out questions keeps
+  the lowest-validation-loss checkpoint in `revision/best`.
+- `train_revision_verifier`: chains of the revision model on other training
+  questions, each attempt labelled by its outcome; a value model (from the
+  revision model's trunk) trained on them with the previous attempts in
+  context. Its held-out AUC is compared with the base PRM's, which sees the
+  question only.
+- `sweep_revisions`: every (s, p) split of every budget, three selectors,
+  rows appended to `outcomes/revisions.jsonl` (the outcome table's revision
+  part: same row format as `outcomes/search.jsonl`).
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import zlib
+
+import jax
+import numpy as np
+
+from ttscale import io_utils, outcomes, parallel
+from ttscale.data import batching
+from ttscale.models import policy_forward_fn
+from ttscale.pipeline.context import Context
+from ttscale.pipeline.verifier_stages import holdout_questions, train_value_model
+from ttscale.progress import Progress
+from ttscale.report import revision_figure
+from ttscale.scaling import verifier_quality
+from ttscale.search import generate, revisions, sampling, scoring, select
+from ttscale.search.budget import budget_grid
+from ttscale.tasks.revision import build_trajectory, revision_context
+from ttscale.training import prm_labels
+from ttscale.training.objectives import next_token_loss
+from ttscale.training.trainer import EarlyStopping, train
+
+REVISION_TABLE = ("outcomes", "revisions.jsonl")
+SELECTORS = ("hierarchical", "hierarchical_prm", "majority")
+
+
+def _seed(ctx: Context, *parts) -> int:
+  """A stable seed per (run seed, purpose): independent random streams."""
+  return zlib.crc32("/".join(str(p) for p in (ctx.config.seed, *parts)).encode())
+
+
+def _sampler_config(ctx: Context) -> sampling.SamplerConfig:
+  cfg = ctx.config
+  return sampling.SamplerConfig(
+      rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
+      stop_at=sampling.StopAt.SOLUTION, max_new_tokens=cfg.sampling.max_new_tokens,
+      step_id=ctx.tokenizer.step_id, eos_id=ctx.tokenizer.eos_id)
+
+
+def _in_parts(directory: str, num_items: int, per_part: int, run_part, log, name: str):
+  """Runs `run_part(first, last) -> dict` for each missing part and writes it
+  atomically to `directory/NNNNN.json`; returns every part, in order."""
+  os.makedirs(directory, exist_ok=True)
+  starts = list(range(0, num_items, per_part))
+  progress = Progress(name, len(starts), log)
+  parts = []
+  for number, first in enumerate(starts):
+    path = os.path.join(directory, f"{number:05d}.json")
+    if os.path.exists(path):
+      part = io_utils.read_json(path)
+    else:
+      part = run_part(first, min(first + per_part, num_items))
+      io_utils.write_json_atomic(path, part)
+    parts.append(part)
+    progress.update()
+  return parts
+
+
+# ------------------------------------------------------------------ data
+
+
+def stage_revision_data(ctx: Context) -> dict:
+  """Policy samples of training questions → revision trajectories."""
+  cfg, r = ctx.config, ctx.config.revision
+  train_examples = ctx.examples("train")
+  if r.num_questions + r.verifier_questions > len(train_examples):
+    raise ValueError(f"revision.num_questions + revision.verifier_questions = "
+                     f"{r.num_questions + r.verifier_questions}: the train split has only "
+                     f"{len(train_examples)} questions")
+  examples = train_examples[:r.num_questions]
+  policy = ctx.load_policy()
+
+  def sample_part(first: int, last: int) -> dict:
+    samples = generate.sample_solutions(
+        policy, ctx.tokenizer, ctx.task, [e.question for e in examples[first:last]],
+        num_samples=r.samples_per_question, rule=_sampler_config(ctx).rule,
+        max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.sampling.batch_size,
+        seed=_seed(ctx, "revision_data", first), mesh=ctx.mesh, rules=ctx.rules,
+        log=ctx.log)
+    return {"texts": samples.texts, "generated_tokens": samples.num_generated_tokens,
+            "seconds": samples.seconds}
+
+  parts = _in_parts(ctx.path("revision", "samples"), len(examples), r.questions_per_part,
+                    sample_part, ctx.log, "revision_data (samples)")
+  texts = [row for part in parts for row in part["texts"]]
+  holdout = holdout_questions(len(examples), r.holdout_fraction, _seed(ctx, "holdout"))
+  rng = np.random.default_rng(_seed(ctx, "trajectories"))
+  records, sample_correct = [], []
+  for q, (example, samples) in enumerate(zip(examples, texts, strict=True)):
+    graded = [ctx.task.grade(ctx.task.extract_answer(t), example.answer) for t in samples]
+    sample_correct.extend(graded)
+    correct = [t for t, g in zip(samples, graded, strict=True) if g]
+    incorrect = [t for t, g in zip(samples, graded, strict=True) if not g]
+    if r.with_reference_solution:
+      correct.append(example.solution)
+    for _ in range(r.trajectories_per_question):
+      trajectory = build_trajectory(correct, incorrect, rng)
+      if trajectory is not None:
+        records.append({"question_index": q, "question": example.question,
+                        "level": example.level, "holdout": q in holdout, **trajectory})
+  if not any(t["holdout"] for t in records) or all(t["holdout"] for t in records):
+    raise ValueError(
+        f"revision_data: {len(records)} trajectories, from questions with a correct "
+        f"sample, and none {'held out' if records else 'to train on'}: the policy solved "
+        "too few questions; raise revision.num_questions or set "
+        "revision.with_reference_solution=True")
+  io_utils.write_jsonl_atomic(ctx.path("revision", "trajectories.jsonl"), records)
+  ks = collections.Counter(len(t["previous"]) for t in records)
+  tokens = sum(p["generated_tokens"] for p in parts)
+  seconds = sum(p["seconds"] for p in parts)
+  summary = {
+      "num_questions": len(examples), "samples_per_question": r.samples_per_question,
+      "sample_accuracy": float(np.mean(sample_correct)),
+      "questions_with_a_correct_sample": len({t["question_index"] for t in records}),
+      "num_trajectories": len(records),
+      "previous_attempts_histogram": {str(k): ks[k] for k in sorted(ks)},
+      "sampled_tokens": tokens, "sampled_tokens_per_second": round(tokens / max(seconds, 1e-9)),
+  }
+  ctx.log(f"revision_data: {len(records)} trajectories from {len(examples)} questions "
+          f"(sample accuracy {summary['sample_accuracy']:.3f}); k: "
+          f"{summary['previous_attempts_histogram']}")
+  return summary
+
+
+# ------------------------------------------------------------------ revision model
+
+
+def _revision_sequences(ctx: Context, records: list[dict]):
+  """Token sequences (bos, context, target, eos) and their loss masks (target + eos)."""
+  sequences, masks = [], []
+  for record in records:
+    context = [ctx.tokenizer.bos_id] + ctx.tokenizer.encode(
+        revision_context(ctx.task, record["question"], record["previous"]))
+    target = ctx.tokenizer.encode(record["target"]) + [ctx.tokenizer.eos_id]
+    sequences.append(context + target)
+    masks.append([False] * len(context) + [True] * len(target))
+  return sequences, masks
+
+
+def _lm_validation_loss_fn(forward, packed: dict, batch_size: int, mesh):
+  """`params -> mean next-token loss` over every packed validation row."""
+  n = packed["inputs"].shape[0]
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  padded = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in packed.items()}
+  padded["loss_mask"][n:] = 0.0
+
+  @jax.jit
+  def batch_loss(params, batch):
+    logits = forward(params, batch["inputs"], batch["positions"], batch["segment_ids"])
+    loss, metrics = next_token_loss(logits, batch["targets"], batch["loss_mask"])
+    return loss * metrics["tokens"], metrics["tokens"]
+
+  def validate(params) -> float:
+    total, count = 0.0, 0.0
+    for b in range(num_batches):
+      batch = {k: v[b * batch_size:(b + 1) * batch_size] for k, v in padded.items()}
+      if mesh is not None:
+        batch = parallel.shard_batch(batch, mesh)
+      loss_sum, tokens = batch_loss(params, batch)
+      total, count = total + float(loss_sum), count + float(tokens)
+    return total / max(count, 1.0)
+
+  return validate
+
+
+def stage_train_revision(ctx: Context) -> dict:
+  """Fine-tunes the policy into the revision model (loss on the final attempt)."""
+  cfg, rt = ctx.config, ctx.config.revision_train
+  records = ctx.revision_trajectories()
+  policy = ctx.load_policy()
+  forward = policy_forward_fn(policy.graphdef)
+  seq_len = cfg.revision.seq_len
+
+  def packed(subset):
+    sequences, masks = _revision_sequences(ctx, subset)
+    too_long = [len(s) for s in sequences if len(s) > seq_len]
+    if too_long:
+      raise ValueError(f"revision.seq_len={seq_len}: a trajectory has {max(too_long)} "
+                       "tokens; raise it")
+    return batching.pack_sequences(sequences, masks, seq_len)
+
+  train_rows = packed([r for r in records if not r["holdout"]])
+  holdout_rows = packed([r for r in records if r["holdout"]])
+
+  def loss_fn(params, batch, dropout_rng):
+    logits = forward(params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                     dropout_rng)
+    return next_token_loss(logits, batch["targets"], batch["loss_mask"])
+
+  batches = batching.TrainBatches(train_rows, rt.batch_size, seed=_seed(ctx, "revision_train"))
+  ctx.log(f"train_revision: {len(records)} trajectories in {train_rows['inputs'].shape[0]} "
+          f"packed rows; {holdout_rows['inputs'].shape[0]} held out; "
+          f"{batches.steps_per_epoch} steps per epoch")
+  state_checkpointer, best_checkpointer = ctx.revision_checkpointers()
+  stopping = EarlyStopping(
+      _lm_validation_loss_fn(forward, holdout_rows, rt.batch_size, ctx.mesh),
+      rt.patience, best_checkpointer)
+  train(name="train_revision", loss_fn=loss_fn, params=policy.params, batches=batches,
+        train_config=rt, checkpointer=state_checkpointer,
+        metrics_path=ctx.path("metrics.jsonl"), seed=_seed(ctx, "revision_dropout"),
+        mesh=ctx.mesh, rules=ctx.rules, early_stopping=stopping, log=ctx.log)
+  state_checkpointer.close()
+  best_checkpointer.close()
+  return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
+          "stopped_early": stopping.stopped,
+          "num_train_rows": int(train_rows["inputs"].shape[0])}
+
+
+# ------------------------------------------------------------------ revision verifier
+
+
+def _chain_records(ctx: Context, examples, chains: revisions.Chains) -> list[dict]:
+  """One labelled record per attempt: its context as the prompt, its outcome."""
+  records = []
+  for q, example in enumerate(examples):
+    for c, chain in enumerate(chains.attempts[q]):
+      for j, attempt in enumerate(chain):
+        tokens = [int(t) for t in attempt.tokens]
+        records.append({
+            "question_index": q, "chain": c, "attempt": j, "question": example.question,
+            "answer": example.answer, "prompt": attempt.context, "tokens": tokens,
+            "step_ends": prm_labels.find_step_ends(tokens, ctx.tokenizer),
+            "ended": attempt.ended,
+            "correct": ctx.task.grade(ctx.task.extract_answer(attempt.text), example.answer)})
+  return records
+
+
+def stage_train_revision_verifier(ctx: Context) -> dict:
+  """Labels revision-model attempts by outcome and trains a verifier on them."""
+  cfg, r = ctx.config, ctx.config.revision
+  examples = ctx.examples("train")[r.num_questions:r.num_questions + r.verifier_questions]
+  model = ctx.load_revision_model()
+
+  def chain_part(first: int, last: int) -> dict:
+    chains = revisions.run_chains(
+        model, ctx.tokenizer, ctx.task, [e.question for e in examples[first:last]],
+        sequential=r.verifier_sequential, parallel=r.verifier_parallel,
+        sampler_config=_sampler_config(ctx), batch_size=cfg.sampling.batch_size,
+        key=jax.random.key(_seed(ctx, "revision_verifier", first)), mesh=ctx.mesh,
+        rules=ctx.rules)
+    return {"records": _chain_records(ctx, examples[first:last], chains),
+            "generated_tokens": chains.generated_tokens, "seconds": chains.seconds}
+
+  parts = _in_parts(ctx.path("revision_verifier", "chains"), len(examples),
+                    r.questions_per_part, chain_part, ctx.log,
+                    "train_revision_verifier (chains)")
+  records = []
+  for number, part in enumerate(parts):
+    for record in part["records"]:
+      record["question_index"] += number * r.questions_per_part
+      records.append(record)
+  holdout = holdout_questions(len(examples), r.holdout_fraction, _seed(ctx, "rv_holdout"))
+  for record in records:
+    record["holdout"] = record["question_index"] in holdout
+  summary = train_value_model(ctx, "revision_verifier", records, "outcome", model.params)
+  # Transfer: the held-out attempts scored by the new verifier (with context)
+  # and by the base PRM (question only), against their outcomes.
+  held = [x for x in records if x["holdout"] and x["step_ends"]]
+  verifier = ctx.load_verifier("revision_verifier", stage_done=False)
+  prm = ctx.load_verifier("prm")
+  plain = {x["question"]: revisions.context_tokens(ctx.tokenizer, ctx.task, x["question"], [])
+           for x in held}
+  outcome = np.array([x["correct"] for x in held])
+  auc = {}
+  for name, scorer, use_context in (("revision_verifier", verifier, True),
+                                    ("base_prm", prm, False)):
+    rows = [{**x, "prompt": x["prompt"] if use_context else plain[x["question"]]}
+            for x in held]
+    scores = scoring.last_step_scores(scorer, rows, cfg.sampling.batch_size, ctx.mesh,
+                                      ctx.rules)
+    both = 0 < outcome.sum() < len(outcome)
+    auc[name] = verifier_quality.roc_auc(scores, outcome) if both else None
+  previous = np.array([x["attempt"] > 0 for x in held])
+  tokens = sum(p["generated_tokens"] for p in parts)
+  summary.update(
+      num_attempts=len(records), attempt_accuracy=float(np.mean([x["correct"] for x in records])),
+      heldout_outcome_auc=auc, heldout_attempts=len(held),
+      heldout_attempts_with_previous=int(previous.sum()),
+      chain_tokens_per_second=round(tokens / max(sum(p["seconds"] for p in parts), 1e-9)))
+  ctx.log(f"train_revision_verifier: held-out outcome AUC: revision verifier "
+          f"{auc['revision_verifier']}, base PRM {auc['base_prm']}")
+  return summary
+
+
+# ------------------------------------------------------------------ sweep
+
+
+def sweep_splits(sweep_config) -> list[tuple[int, int]]:
+  """The (s, p) splits to run: `splits` if given, else every split of every budget."""
+  grid = budget_grid(sweep_config.max_budget, "sweep_revisions.max_budget")
+  if sweep_config.splits:
+    return revisions.parse_splits(sweep_config.splits, grid)
+  return [split for budget in grid for split in revisions.splits(budget)]
+
+
+def revision_table_meta(ctx: Context) -> dict:
+  """What the revision rows depend on: a table made otherwise is not appended to."""
+  sweep = {k: v for k, v in ctx.config.sweep_revisions.to_dict().items()
+           if k not in ("max_budget", "splits")}  # which rows exist, not what they hold
+  return {"revision": ctx.revision_spec(),
+          "revision_verifier": ctx.verifier_spec("revision_verifier"),
+          "prm": ctx.verifier_spec("prm"), "sampling": ctx.config.sampling.to_dict(),
+          "sweep_revisions": sweep, "seed": ctx.config.seed}
+
+
+def _run_unit(ctx: Context, models: dict, examples, sequential: int, chains: int,
+              key: jax.Array) -> dict:
+  """Chains for some questions, every attempt graded and scored by both verifiers."""
+  cfg = ctx.config
+  questions = [e.question for e in examples]
+  run = revisions.run_chains(
+      models["revision"], ctx.tokenizer, ctx.task, questions, sequential=sequential,
+      parallel=chains, sampler_config=_sampler_config(ctx),
+      batch_size=cfg.sampling.batch_size, key=key, mesh=ctx.mesh, rules=ctx.rules)
+  scored = {name: revisions.score_attempts(
+      models[name], ctx.tokenizer, ctx.task, questions, run,
+      with_context=name == "revision_verifier", batch_size=cfg.sampling.batch_size,
+      mesh=ctx.mesh, rules=ctx.rules) for name in ("revision_verifier", "prm")}
+  answers = [[[ctx.task.extract_answer(a.text) for a in chain] for chain in question]
+             for question in run.attempts]
+  return {
+      "answers": answers,
+      "correct": [[[ctx.task.grade(a, e.answer) for a in chain] for chain in question]
+                  for question, e in zip(answers, examples, strict=True)],
+      "scores": {name: s.tolist() for name, (s, _) in scored.items()},
+      "flops": {"policy": run.flops.tolist(),
+                **{name: f.tolist() for name, (_, f) in scored.items()}},
+      "seconds": run.seconds, "generated_tokens": run.generated_tokens,
+  }
+
+
+def _choose(unit: dict, selector: str) -> list[tuple[int, int] | None]:
+  """Per question, (chain, attempt) of the chosen answer, or None."""
+  answers = unit["answers"]
+  q, p, s = len(answers), len(answers[0]), len(answers[0][0])
+  ids, valid = select.answer_ids([[a for chain in question for a in chain]
+                                  for question in answers])
+  if selector == "majority":
+    flat = np.asarray(select.majority(ids, valid))
+  else:
+    scores = np.asarray(unit["scores"]["revision_verifier" if selector == "hierarchical"
+                                      else "prm"])
+    flat = np.asarray(select.hierarchical_weighted_best_of_n(
+        ids.reshape(q, p, s), scores, valid.reshape(q, p, s)))
+  return [None if f < 0 else divmod(int(f), s) for f in flat]
+
+
+def _unit_flops(unit: dict, selector: str, q: int) -> float:
+  verifier = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}.get(selector)
+  return unit["flops"]["policy"][q] + (unit["flops"][verifier][q] if verifier else 0.0)
+
+
+def stage_sweep_revisions(ctx: Context) -> dict:
+  """Every (s, p) split of every budget on the test questions; appends to the table."""
+  cfg, sw = ctx.config, ctx.config.sweep_revisions
+  test = ctx.examples("test")[:sw.num_questions]
+  table = outcomes.OutcomeTable(ctx.path(*REVISION_TABLE), revision_table_meta(ctx))
+  models = {"revision": ctx.load_revision_model(),
+            "revision_verifier": ctx.load_verifier("revision_verifier"),
+            "prm": ctx.load_verifier("prm")}
+  units = []
+  for sequential, chains in sweep_splits(sw):
+    per_unit = max(1, sw.rows // chains)
+    for first in range(0, len(test), per_unit):
+      units.append((sequential * chains, sequential, chains, first,
+                    min(first + per_unit, len(test))))
+  progress = Progress("sweep_revisions", len(units), ctx.log)
+  seed = cfg.seed
+  ran = 0
+  unit_dir = ctx.path("revisions", "sweep")
+  os.makedirs(unit_dir, exist_ok=True)
+  for budget, sequential, chains, first, last in units:
+    params = {sel: f"s={sequential},p={chains},select={sel}" for sel in SELECTORS}
+    missing = [(i, sel) for i in range(first, last) for sel in SELECTORS
+               if not table.has((i, "revisions", params[sel], budget, seed))]
+    path = os.path.join(unit_dir, f"N{budget:04d}_s{sequential:04d}_q{first:05d}.json")
+    if missing:
+      if os.path.exists(path):
+        unit = io_utils.read_json(path)
+      else:
+        key = jax.random.key(_seed(ctx, "sweep_revisions", budget, sequential, first))
+        unit = _run_unit(ctx, models, test[first:last], sequential, chains, key)
+        io_utils.write_json_atomic(path, unit)
+        ran += 1
+      chosen = {sel: _choose(unit, sel) for sel in SELECTORS}
+      rows = []
+      for i, sel in missing:
+        q = i - first
+        pick = chosen[sel][q]
+        answer = None if pick is None else unit["answers"][q][pick[0]][pick[1]]
+        rows.append(outcomes.Outcome(
+            question_index=i, level=test[i].level, method="revisions", params=params[sel],
+            budget=budget, seed=seed, answer=answer,
+            correct=ctx.task.grade(answer, test[i].answer), generations=budget,
+            flops=_unit_flops(unit, sel, q), seconds=unit["seconds"] / (last - first)))
+      table.append(rows)
+    progress.update(note=f"N={budget} s={sequential} p={chains}")
+  return _sweep_summary(ctx, table.rows(), unit_dir, ran, len(units))
+
+
+def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
+                   num_units: int) -> dict:
+  """Accuracy per setting, sequential vs parallel, and how often revising hurts."""
+  accuracy = collections.defaultdict(list)
+  for row in rows:
+    accuracy[(row["params"], row["budget"])].append(row["correct"])
+  curves = collections.defaultdict(dict)
+  for (params, budget), values in sorted(accuracy.items(), key=lambda kv: kv[0][1]):
+    curves[params][budget] = round(float(np.mean(values)), 4)
+  sequential_vs_parallel = {}
+  for sel in SELECTORS:
+    for budget in sorted({b for _, b in accuracy}):
+      seq = curves.get(f"s={budget},p=1,select={sel}", {}).get(budget)
+      par = curves.get(f"s=1,p={budget},select={sel}", {}).get(budget)
+      sequential_vs_parallel.setdefault(sel, {})[budget] = {"sequential": seq, "parallel": par}
+  # Correct → incorrect across consecutive attempts of every chain run.
+  wrong, right = 0, 0
+  for path in sorted(glob.glob(os.path.join(unit_dir, "*.json"))):
+    w, r = revisions.revised_wrong_rate(np.asarray(io_utils.read_json(path)["correct"], bool))
+    wrong, right = wrong + w, right + r
+  revision_figure.plot(rows, ctx.path("sweep_revisions.png"))
+  for sel, by_budget in sequential_vs_parallel.items():
+    ctx.log(f"sweep_revisions: {sel:17s} sequential vs parallel: " + " ".join(
+        f"N={n}: {v['sequential']} vs {v['parallel']}" for n, v in by_budget.items()))
+  rate = wrong / right if right else None
+  ctx.log(f"sweep_revisions: a correct attempt is revised into an incorrect one "
+          f"{wrong}/{right} times ({rate if rate is None else round(rate, 3)})")
+  return {"num_rows": len(rows), "units_run": ran, "num_units": num_units,
+          "accuracy": {k: dict(v) for k, v in curves.items()},
+          "sequential_vs_parallel": sequential_vs_parallel,
+          "correct_to_incorrect": {"count": wrong, "of": right, "rate": rate}}

@@ -1,0 +1,215 @@
+"""The study's report: `report.md`, its figures and `results.json`, from the workdir.
+
+Reads only files (no model runs): the outcome tables, `difficulty.json` and
+`select.json` (required), and when present `eval_policy.json`,
+`eval_prm.json`, `flops_matched.json`, the revision sweep's units and the
+stage markers. Every number in the report is in `results.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import json
+import os
+
+import numpy as np
+
+from ttscale import io_utils, outcomes
+from ttscale.report import revision_figure, search_figure, study_figures
+
+REQUIRED = ("outcomes/search.jsonl", "outcomes/revisions.jsonl", "difficulty.json",
+            "select.json")
+OPTIONAL = ("eval_policy.json", "eval_prm.json", "flops_matched.json")
+
+
+def _read_optional(workdir: str, name: str):
+  path = os.path.join(workdir, name)
+  return io_utils.read_json(path) if os.path.exists(path) else None
+
+
+def _accuracy(rows: list[dict], method: str, params: str, generations: int) -> float | None:
+  values = [r["correct"] for r in rows if r["method"] == method and r["params"] == params
+            and r["generations"] == generations]
+  return float(np.mean(values)) if values else None
+
+
+def _revised_wrong(workdir: str) -> dict:
+  wrong = right = 0
+  for path in sorted(glob.glob(os.path.join(workdir, "revisions", "sweep", "*.json"))):
+    correct = np.asarray(io_utils.read_json(path)["correct"], bool)
+    wrong += int((correct[..., :-1] & ~correct[..., 1:]).sum())
+    right += int(correct[..., :-1].sum())
+  return {"count": wrong, "of": right, "rate": wrong / right if right else None}
+
+
+def _by_budget(budgets: dict) -> list[tuple[int, dict]]:
+  """JSON keeps budgets as text keys, sorted as text: back to numeric order."""
+  return sorted(((int(g), v) for g, v in budgets.items()), key=lambda item: item[0])
+
+
+def _fmt(value, digits: int = 3) -> str:
+  if value is None:
+    return "n/a"
+  return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _findings(rows, select, revised, flops) -> list[dict]:
+  """The paper's findings beside ours (`holds` None when ours cannot say)."""
+  findings = []
+  search_n = max((r["budget"] for r in rows if r["method"] == "beam"), default=None)
+  if search_n:
+    beam = _accuracy(rows, "beam", "M=4,k=0", search_n)
+    bon = _accuracy(rows, "best_of_n", "", search_n)
+    findings.append({
+        "finding": f"PRM beam search (M=4) beats best-of-N at low budgets (N={search_n} here)",
+        "paper": "beam > best-of-N for N ≤ 16 on MATH",
+        "ours": f"beam {_fmt(beam)} vs best-of-N {_fmt(bon)}",
+        "holds": None if beam is None or bon is None else beam > bon})
+    look = _accuracy(rows, "lookahead", "M=4,k=3", 4 * 4)
+    beam16 = _accuracy(rows, "beam", "M=4,k=0", 16)
+    findings.append({
+        "finding": "lookahead (k=3) underperforms beam search at equal generations",
+        "paper": "lookahead worst of the search methods at equal generations",
+        "ours": f"16 generations: lookahead {_fmt(look)} vs beam {_fmt(beam16)}",
+        "holds": None if look is None or beam16 is None else look < beam16})
+  for family, paper in (("search", "about 4x"), ("revisions", "about 4x")):
+    ratios = {g: v["efficiency_ratio"] for g, v in _by_budget(select["oracle"][family]["budgets"])}
+    best = max((r for r in ratios.values() if r is not None), default=None)
+    findings.append({
+        "finding": f"compute-optimal {family} needs fewer generations than best-of-N "
+                   "for the same accuracy",
+        "paper": f"{paper} fewer generations",
+        "ours": "best-of-N budget / budget: " + ", ".join(
+            f"N={g}: {_fmt(r, 2)}" for g, r in ratios.items()),
+        "holds": None if best is None else best > 1.0})
+  revision_top = max((r["budget"] for r in rows if r["method"] == "revisions"), default=None)
+  if revision_top:
+    seq = _accuracy(rows, "revisions", f"s={revision_top},p=1,select=majority", revision_top)
+    par = _accuracy(rows, "revisions", f"s=1,p={revision_top},select=majority", revision_top)
+    findings.append({
+        "finding": "sequential revisions beat parallel samples at equal budget",
+        "paper": "sequential > parallel (MATH, N up to 128)",
+        "ours": f"N={revision_top}, majority: sequential {_fmt(seq)} vs parallel {_fmt(par)}",
+        "holds": None if seq is None or par is None else seq > par})
+  findings.append({
+      "finding": "revisions turn correct answers incorrect", "paper": "38% of the time",
+      "ours": f"{revised['count']}/{revised['of']} ({_fmt(revised['rate'])})",
+      "holds": None if revised["rate"] is None else revised["rate"] > 0})
+  if flops:
+    for r, by_ratio in flops["ratios"].items():
+      wins = {b: v["paper"]["small_wins"] for b, v in by_ratio["per_bin"].items()}
+      findings.append({
+          "finding": f"R={r}: small + test-time compute beats a "
+                     f"{flops['params']['ratio']:.1f}x model on easy bins, not on hard ones",
+          "paper": "wins on easy/medium questions when R ≪ 1; pretraining wins on hard ones",
+          "ours": "small wins in bins " + ", ".join(
+              f"{b}: {_fmt(w)}" for b, w in wins.items()),
+          "holds": None})
+  return findings
+
+
+def build(workdir: str) -> tuple[str, dict]:
+  """(report markdown, results) from the workdir's files; draws the figures.
+
+  Raises:
+    ValueError: a required file is missing (names it).
+  """
+  for name in REQUIRED:
+    if not os.path.exists(os.path.join(workdir, name)):
+      raise ValueError(f"report: {os.path.join(workdir, name)} is missing; run the study "
+                       "stages first (difficulty, sweep_search, sweep_revisions, select)")
+  rows = (outcomes.read_table(os.path.join(workdir, REQUIRED[0]))
+          + outcomes.read_table(os.path.join(workdir, REQUIRED[1])))
+  difficulty = io_utils.read_json(os.path.join(workdir, "difficulty.json"))
+  select = io_utils.read_json(os.path.join(workdir, "select.json"))
+  extra = {name: _read_optional(workdir, name) for name in OPTIONAL}
+  flops = extra["flops_matched.json"]
+  revised = _revised_wrong(workdir)
+  bins = dict(zip(difficulty["questions"], difficulty["oracle_bins"], strict=True))
+  search_rows = [r for r in rows if r["method"] != "revisions"]
+  revision_rows = [r for r in rows if r["method"] == "revisions"]
+  figures = {"fig3_search.png": lambda p: search_figure.plot(search_rows, p),
+             "fig3_search_by_bin.png": lambda p: study_figures.search_by_bin(rows, bins, p),
+             "fig4_8_compute_optimal.png":
+                 lambda p: study_figures.compute_optimal_vs_best_of_n(select, p),
+             "fig6_7_revisions.png": lambda p: revision_figure.plot(revision_rows, p)}
+  if flops:
+    figures["fig9_flops_matched.png"] = lambda p: study_figures.flops_matched_bars(flops, p)
+  for name, draw in figures.items():
+    draw(os.path.join(workdir, name))
+  timings = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "stages", "*.json"))):
+    record = io_utils.read_json(path)
+    timings[record["stage"]] = round(record["seconds"], 1)
+  curves = collections.defaultdict(dict)
+  for row in rows:
+    curves[f"{row['method']} {row['params']}".strip()].setdefault(row["generations"], [])
+    curves[f"{row['method']} {row['params']}".strip()][row["generations"]].append(row["correct"])
+  accuracy = {name: {g: float(np.mean(v)) for g, v in sorted(by_g.items())}
+              for name, by_g in curves.items()}
+  findings = _findings(rows, select, revised, flops)
+  results = {"accuracy_by_generations": accuracy, "select": select,
+             "difficulty": {k: difficulty[k] for k in ("num_samples", "num_bins",
+                                                       "bin_agreement", "prediction_cost")},
+             "revised_wrong": revised, "flops_matched": flops,
+             "eval_policy": extra["eval_policy.json"], "eval_prm": extra["eval_prm.json"],
+             "findings": findings, "stage_seconds": timings, "figures": sorted(figures)}
+  return _markdown(results, len(difficulty["questions"])), json.loads(json.dumps(results))
+
+
+def _markdown(results: dict, num_questions: int) -> str:
+  lines = ["# Test-time compute study", "",
+           f"{num_questions} test questions; every number below is in `results.json`.", "",
+           "## The paper's findings and ours", "",
+           "| paper's finding | paper's number | ours | holds? |", "|---|---|---|---|"]
+  for f in results["findings"]:
+    holds = {True: "yes", False: "no", None: "see text"}[f["holds"]]
+    lines.append(f"| {f['finding']} | {f['paper']} | {f['ours']} | {holds} |")
+  lines += ["", "## Search (Fig. 3)", "", "![](fig3_search.png)", "",
+            "![](fig3_search_by_bin.png)", "",
+            "| configuration | accuracy at each generation count |", "|---|---|"]
+  for name, by_g in results["accuracy_by_generations"].items():
+    lines.append(f"| {name} | " + ", ".join(f"{g}: {a:.3f}" for g, a in by_g.items()) + " |")
+  lines += ["", "## Compute-optimal vs best-of-N (Figs. 4 and 8)", "",
+            "![](fig4_8_compute_optimal.png)", "",
+            "Efficiency ratio: the budget best-of-N needs to match compute-optimal's "
+            "accuracy, over the budget (>1: compute-optimal is more efficient; n/a: "
+            "best-of-N never matches it on the grid).", "",
+            "| bins | family | " + " | ".join(
+                f"N={g}" for g, _ in _by_budget(results["select"]["oracle"]["search"]["budgets"]))
+            + " |",
+            "|---|---|" + "---|" * len(results["select"]["oracle"]["search"]["budgets"])]
+  for kind in ("oracle", "predicted"):
+    for family, by in results["select"][kind].items():
+      lines.append(f"| {kind} | {family} | " + " | ".join(
+          _fmt(v["efficiency_ratio"], 2) for _, v in _by_budget(by["budgets"])) + " |")
+  cost = results["difficulty"]["prediction_cost"]
+  lines += ["", f"Predicted bins agree with the oracle's on "
+            f"{results['difficulty']['bin_agreement']:.2f} of the questions; predicting "
+            f"costs {cost['generations_per_question']} generations and "
+            f"{cost['policy_flops_per_question'] + cost['prm_flops_per_question']:.3g} FLOPs "
+            "per question.", "", "## Revisions (Figs. 6 and 7)", "",
+            "![](fig6_7_revisions.png)", "",
+            f"A correct attempt was revised into an incorrect one "
+            f"{results['revised_wrong']['count']} of {results['revised_wrong']['of']} times."]
+  flops = results["flops_matched"]
+  if flops:
+    lines += ["", "## FLOPs-matched (Fig. 9)", "", "![](fig9_flops_matched.png)", "",
+              f"Small policy {flops['params']['small']:,} parameters, large "
+              f"{flops['params']['large']:,} ({flops['params']['ratio']:.2f}x).", "",
+              "| R | multiplier (paper / with verifier / exact) | bin | large | small "
+              "(paper count) | small (exact FLOPs) |", "|---|---|---|---|---|---|"]
+    for r, by in flops["ratios"].items():
+      m = by["multipliers"]
+      for b, v in by["per_bin"].items():
+        lines.append(f"| {r} | {m['paper']:.1f} / {m['paper_with_verifier']:.1f} / "
+                     f"{m['exact']:.1f} | {b} | {v['large_accuracy']:.3f} | "
+                     f"{_fmt(v['paper']['small_accuracy'])} {v['paper']['note']} | "
+                     f"{_fmt(v['exact']['small_accuracy'])} {v['exact']['note']} |")
+  else:
+    lines += ["", "## FLOPs-matched", "", "Not run (stage `flops_matched`)."]
+  lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
+  lines += [f"| {s} | {t} |" for s, t in results["stage_seconds"].items()]
+  lines.append(f"| total | {sum(results['stage_seconds'].values()):.1f} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,161 @@
+"""Compute-optimal strategy selection per difficulty bin (paper §3.2), in numpy.
+
+At a generation budget G, a strategy is a (method, hyperparameters) pair with
+rows in the outcome table at `generations == G` (lookahead's generations
+count its rollouts, N·(k+1), as in the paper). Within each difficulty bin the
+strategy is chosen by two-fold cross-validation: the bin's questions are split
+in two halves, the strategy with the best accuracy on one half is scored on
+the other, and the other way round; the bin's accuracy is the sum of both
+scores over the bin's questions. A question is never scored by a choice made
+on it.
+
+The efficiency ratio compares with best-of-N: the budget best-of-N needs to
+reach compute-optimal's accuracy at G, interpolated linearly in log2 budget
+between grid points, over G.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+
+import numpy as np
+
+BASELINE = ("best_of_n", "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  accuracy: float            # cross-validated accuracy over the questions given
+  chosen: tuple[str, ...]    # the strategy chosen on each fold (names)
+
+
+def strategy_name(method: str, params: str) -> str:
+  return f"{method} {params}".strip()
+
+
+def correctness_by_strategy(rows: list[dict], questions: list[int]
+                            ) -> dict[int, dict[str, np.ndarray]]:
+  """{generations: {strategy: bool [len(questions)]}} for strategies with a row
+  for every question given.
+
+  Raises:
+    ValueError: a strategy has rows for some of the questions at a budget but
+      not all (names the strategy, the budget and a missing question).
+  """
+  position = {q: i for i, q in enumerate(questions)}
+  seen = collections.defaultdict(dict)
+  for row in rows:
+    if row["question_index"] in position:
+      key = (row["generations"], strategy_name(row["method"], row["params"]))
+      seen[key][row["question_index"]] = bool(row["correct"])
+  table = collections.defaultdict(dict)
+  for (generations, name), answers in sorted(seen.items()):
+    missing = [q for q in questions if q not in answers]
+    if missing:
+      raise ValueError(f"outcome table: {name!r} at {generations} generations has no row "
+                       f"for question {missing[0]} ({len(missing)} of {len(questions)} "
+                       "missing); re-run its sweep")
+    table[generations][name] = np.array([answers[q] for q in questions])
+  return dict(table)
+
+
+def two_fold_choice(correct: dict[str, np.ndarray], folds: np.ndarray) -> Choice:
+  """Chooses on one fold, scores on the other, both ways.
+
+  Args:
+    correct: {strategy: bool [questions]}; ties go to the first name in sorted
+      order.
+    folds: int [questions] in {0, 1}.
+  """
+  names = sorted(correct)
+  matrix = np.stack([correct[n] for n in names]).astype(np.float64)  # [S, Q]
+  folds = np.asarray(folds)
+  total, chosen = 0.0, []
+  for fold in (0, 1):
+    pick = folds == fold
+    if not pick.any() or pick.all():
+      raise ValueError("two-fold cross-validation needs questions in both folds")
+    best = int(np.argmax(matrix[:, pick].mean(axis=1)))
+    chosen.append(names[best])
+    total += matrix[best, ~pick].sum()
+  return Choice(accuracy=total / matrix.shape[1], chosen=tuple(chosen))
+
+
+def balanced_folds(bins: np.ndarray, seed: int) -> np.ndarray:
+  """int [questions] in {0, 1}: each bin's questions split in halves at random."""
+  bins = np.asarray(bins)
+  folds = np.zeros(bins.shape, np.int64)
+  rng = np.random.default_rng(seed)
+  for b in np.unique(bins):
+    members = np.flatnonzero(bins == b)
+    folds[rng.permutation(members)[len(members) // 2:]] = 1
+  return folds
+
+
+def matching_budget(target: float, curve: dict[int, float]) -> float | None:
+  """The smallest budget at which `curve` ({budget: accuracy}) reaches `target`.
+
+  Linear in log2 budget between grid points; the first grid point if it
+  already reaches it; None if no budget on the grid does.
+  """
+  budgets = sorted(curve)
+  if curve[budgets[0]] >= target:
+    return float(budgets[0])
+  for low, high in zip(budgets, budgets[1:], strict=False):
+    a, b = curve[low], curve[high]
+    if a < target <= b:
+      t = (target - a) / (b - a)
+      return float(2 ** (math.log2(low) + t * (math.log2(high) - math.log2(low))))
+  return None
+
+
+def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, seed: int,
+                    strategies=None) -> dict:
+  """Compute-optimal accuracy per budget, by bin and overall, against best-of-N.
+
+  Args:
+    rows: outcome-table rows (search and/or revisions).
+    questions: the question indices studied; bins: int [len(questions)].
+    strategies: a predicate on the strategy name choosing the family (None: all).
+
+  Returns:
+    {"budgets": {G: {"accuracy", "best_of_n", "per_bin": {bin: {"accuracy",
+    "best_of_n", "chosen"}}, "best_of_n_budget_to_match", "efficiency_ratio"}}}.
+
+  Raises:
+    ValueError: best-of-N lacks a budget of the grid, or a strategy lacks rows.
+  """
+  table = correctness_by_strategy(rows, questions)
+  baseline = strategy_name(*BASELINE)
+  bon_budgets = sorted(g for g, by_name in table.items() if baseline in by_name)
+  if not bon_budgets:
+    raise ValueError("outcome table: no best_of_n rows for the questions studied; run "
+                     "sweep_search first")
+  bon_curve = {g: float(table[g][baseline].mean()) for g in bon_budgets}
+  bins = np.asarray(bins)
+  folds = balanced_folds(bins, seed)
+  result = {}
+  for generations in bon_budgets:
+    family = {n: c for n, c in table[generations].items()
+              if strategies is None or strategies(n) or n == baseline}
+    per_bin, correct_total = {}, 0.0
+    for b in sorted(np.unique(bins).tolist()):
+      members = bins == b
+      if members.sum() < 2:
+        choice = Choice(accuracy=float(family[baseline][members].mean()),
+                        chosen=(baseline,))
+      else:
+        choice = two_fold_choice({n: c[members] for n, c in family.items()}, folds[members])
+      per_bin[int(b)] = {"accuracy": choice.accuracy, "chosen": list(choice.chosen),
+                         "best_of_n": float(family[baseline][members].mean())}
+      correct_total += choice.accuracy * members.sum()
+    accuracy = correct_total / len(questions)
+    matched = matching_budget(accuracy, bon_curve)
+    result[generations] = {
+        "accuracy": accuracy, "best_of_n": bon_curve[generations], "per_bin": per_bin,
+        "num_strategies": len(family),
+        "best_of_n_budget_to_match": matched,
+        "efficiency_ratio": None if matched is None else matched / generations}
+  return {"budgets": result, "best_of_n_curve": bon_curve}

@@ -1,0 +1,41 @@
+"""Question difficulty: quantile bins of a per-question score (paper §3.1).
+
+Oracle difficulty bins questions by the policy's pass@1 (from many samples);
+predicted difficulty bins them the same way by the mean verifier score of
+those samples, which needs no ground truth. Bin 1 is the easiest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def quantile_bins(easiness, num_bins: int = 5) -> np.ndarray:
+  """Bins 1 (easiest) .. num_bins by quantiles of `easiness` (higher: easier).
+
+  Questions are ranked from the easiest; a question's bin is the quantile of
+  its rank. Equal values share the bin of their average rank, so ties are
+  never split across bins (bins may then differ in size).
+
+  Args:
+    easiness: float [questions], e.g. pass@1.
+
+  Returns:
+    int64 [questions] in 1..num_bins.
+  """
+  easiness = np.asarray(easiness, np.float64)
+  if num_bins < 1:
+    raise ValueError(f"num_bins={num_bins}: expected >= 1")
+  if easiness.ndim != 1 or easiness.size == 0:
+    raise ValueError(f"easiness: expected a non-empty vector, got shape {easiness.shape}")
+  if not np.all(np.isfinite(easiness)):
+    raise ValueError("easiness: every value must be finite")
+  n = easiness.size
+  order = np.argsort(-easiness, kind="stable")  # easiest first
+  ranks = np.empty(n)
+  ranks[order] = np.arange(n)
+  # Ties: every member of a group of equal values takes the group's mean rank.
+  values, groups = np.unique(easiness, return_inverse=True)
+  mean_rank = np.bincount(groups, weights=ranks) / np.bincount(groups)
+  ranks = mean_rank[groups]
+  return np.minimum((ranks * num_bins / n).astype(np.int64), num_bins - 1) + 1
