@@ -122,22 +122,22 @@ def test_compute_optimal_findings_have_hand_computed_ratios(built):
 
   Bin 1 (q0, q1): every strategy at 4 generations is right on both. Bin 2 (q2, q3), one
   question per fold: beam is right on q2 only, best-of-N on neither. Search: the fold with q2
-  picks beam (scored 0 on q3), the fold with q3 ties and picks beam (first sorted, scored 1 on
-  q2): 3/4, which best-of-N reaches at 8 generations -> 8/4 = 2. Revisions: the q2 fold picks
+  picks beam (scored 0 on q3), the fold with q3 ties and keeps best-of-N (ties go to it; scored
+  0 on q2): 2/4, which best-of-N reaches at 2 generations -> 2/4 = 0.5. Revisions: the q2 fold picks
   sequential (0 on q3), the q3 fold ties and picks best_of_n (0 on q2): 2/4, reached at 2 -> 0.5.
   """
   _, markdown, results = built
   search = _finding(results, "compute-optimal search needs")
-  assert search["ours"] == "best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 2.00, N=8: 1.00"
-  assert search["holds"] is True
+  assert search["ours"] == "best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, N=8: 1.00"
+  assert search["holds"] is False
   revisions = _finding(results, "compute-optimal revisions needs")
   assert revisions["ours"] == ("best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, "
                                "N=8: 1.00")
   assert revisions["holds"] is False
   assert "| bins | family | N=1 | N=2 | N=4 | N=8 |" in markdown
-  assert "| oracle | search | 1.00 | 1.00 | 2.00 | 1.00 |" in markdown
+  assert "| oracle | search | 1.00 | 1.00 | 0.50 | 1.00 |" in markdown
   assert "| oracle | revisions | 1.00 | 1.00 | 0.50 | 1.00 |" in markdown
-  assert results["select"]["oracle"]["search"]["budgets"]["4"]["accuracy"] == pytest.approx(0.75)
+  assert results["select"]["oracle"]["search"]["budgets"]["4"]["accuracy"] == pytest.approx(0.5)
 
 
 def test_report_accuracy_and_difficulty_sections(built):

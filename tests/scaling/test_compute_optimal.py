@@ -59,6 +59,23 @@ def test_two_fold_choice_breaks_ties_by_the_first_name_in_sorted_order():
   assert choice.accuracy == pytest.approx(0.25)
 
 
+def test_two_fold_choice_gives_ties_to_the_preferred_strategy():
+  """Fails if a tie goes to another strategy than `prefer` (the best-of-N baseline)."""
+  folds = np.array([0, 0, 1, 1])
+  same = np.array([True, False, True, False])
+  choice = co.two_fold_choice({"beam": same, "best_of_n": same.copy()}, folds,
+                              prefer="best_of_n")
+  assert choice.chosen == ("best_of_n", "best_of_n")
+
+
+def test_compute_optimal_keeps_best_of_n_where_strategies_tie():
+  """Fails if a strategy that only ties best-of-N (everything wrong) is chosen over it."""
+  rows = _rows("best_of_n", "", 1, set(), QUESTIONS) + _rows("beam", "M=4,k=0", 1, set(),
+                                                               QUESTIONS)
+  at1 = co.compute_optimal(rows, QUESTIONS, BINS, seed=0)["budgets"][1]
+  assert all(v["chosen"] == ["best_of_n", "best_of_n"] for v in at1["per_bin"].values())
+
+
 def test_two_fold_choice_needs_both_folds():
   """Fails if a fold assignment with an empty fold is accepted."""
   with pytest.raises(ValueError, match="both folds"):
@@ -147,16 +164,16 @@ def test_correctness_follows_the_order_of_the_questions_given():
 
 QUESTIONS = list(range(8))
 BINS = np.array([1, 1, 1, 1, 2, 2, 2, 2])
-BON_CORRECT = {1: {0}, 2: {0, 4}, 4: {0, 1, 4}, 8: {0, 1, 4, 5}}   # 1/8, 2/8, 3/8, 4/8
+BON_CORRECT = {1: set(), 2: {0}, 4: {0, 4}, 8: set(range(8))}   # 0, 1/8, 2/8, 1
 
 
 def _table(beam_questions=QUESTIONS):
   rows = []
   for n, right in BON_CORRECT.items():
     rows += _rows("best_of_n", "", n, right, QUESTIONS)
-  # Beam at 4 generations is right wherever best-of-N at 4 is, and on q5: best-of-N's set at 8.
-  # So it is at least as good as best-of-N on any fold and wins ties ("beam" < "best_of_n").
-  rows += _rows("beam", "M=4,k=0", 4, {0, 1, 4, 5}, beam_questions)
+  # Beam at 4 generations is right everywhere, as best-of-N at 8: strictly better than
+  # best-of-N at 4 on every half of every bin (best-of-N at 4 is right on one question per bin).
+  rows += _rows("beam", "M=4,k=0", 4, set(range(8)), beam_questions)
   # A revision strategy at 4 generations, worse than best-of-N.
   rows += _rows("revisions", "s=4,p=1,select=majority", 4, {0}, QUESTIONS)
   return rows
@@ -166,20 +183,19 @@ def test_compute_optimal_efficiency_ratio_by_hand():
   """Fails if beam at 4 generations, matching best-of-N at 8, is not an efficiency ratio of 2."""
   result = co.compute_optimal(_table(), QUESTIONS, BINS, seed=0,
                               strategies=lambda name: not name.startswith("revisions"))
-  assert result["best_of_n_curve"] == pytest.approx({1: 0.125, 2: 0.25, 4: 0.375, 8: 0.5})
+  assert result["best_of_n_curve"] == pytest.approx({1: 0.0, 2: 0.125, 4: 0.25, 8: 1.0})
   budgets = result["budgets"]
   assert sorted(budgets) == [1, 2, 4, 8]
   at4 = budgets[4]
-  assert at4["accuracy"] == pytest.approx(0.5)
-  assert at4["best_of_n"] == pytest.approx(0.375)
+  assert at4["accuracy"] == pytest.approx(1.0)
+  assert at4["best_of_n"] == pytest.approx(0.25)
   assert at4["num_strategies"] == 2
-  # 0.5 is best-of-N's accuracy at 8: t = (0.5 - 0.375) / 0.125 = 1 -> 8 generations; 8 / 4.
+  # 1.0 is best-of-N's accuracy at 8: t = (1.0 - 0.25) / 0.75 = 1 -> 8 generations; 8 / 4.
   assert at4["best_of_n_budget_to_match"] == pytest.approx(8.0)
   assert at4["efficiency_ratio"] == pytest.approx(2.0)
-  assert at4["per_bin"][1] == {"accuracy": pytest.approx(0.5), "chosen": [BEAM, BEAM],
-                               "best_of_n": pytest.approx(0.5)}
-  assert at4["per_bin"][2] == {"accuracy": pytest.approx(0.5), "chosen": [BEAM, BEAM],
-                               "best_of_n": pytest.approx(0.25)}
+  for b in (1, 2):
+    assert at4["per_bin"][b] == {"accuracy": pytest.approx(1.0), "chosen": [BEAM, BEAM],
+                                 "best_of_n": pytest.approx(0.25)}
   # Only best-of-N at the other budgets: it matches itself.
   for g in (1, 2, 8):
     assert budgets[g]["accuracy"] == pytest.approx(result["best_of_n_curve"][g])
@@ -191,7 +207,7 @@ def test_compute_optimal_does_not_depend_on_the_seed_when_one_strategy_dominates
   """Fails if the dominant strategy is not chosen on every fold for some seeds."""
   for seed in range(5):
     at4 = co.compute_optimal(_table(), QUESTIONS, BINS, seed=seed)["budgets"][4]
-    assert at4["accuracy"] == pytest.approx(0.5)
+    assert at4["accuracy"] == pytest.approx(1.0)
     assert at4["efficiency_ratio"] == pytest.approx(2.0)
     assert all(v["chosen"] == [BEAM, BEAM] for v in at4["per_bin"].values())
 
@@ -205,7 +221,7 @@ def test_compute_optimal_family_predicate_excludes_strategies():
   chosen = {name for v in at4["per_bin"].values() for name in v["chosen"]}
   assert BEAM not in chosen
   # Revisions at 4 are right only where best-of-N is, so the accuracy is at most best-of-N's.
-  assert at4["accuracy"] <= 0.375 + 1e-12
+  assert at4["accuracy"] <= 0.25 + 1e-12
   assert result["budgets"][4]["efficiency_ratio"] <= 1.0 + 1e-12
   everything = co.compute_optimal(_table(), QUESTIONS, BINS, seed=0)["budgets"][4]
   assert everything["num_strategies"] == 3

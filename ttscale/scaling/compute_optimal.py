@@ -61,15 +61,16 @@ def correctness_by_strategy(rows: list[dict], questions: list[int]
   return dict(table)
 
 
-def two_fold_choice(correct: dict[str, np.ndarray], folds: np.ndarray) -> Choice:
+def two_fold_choice(correct: dict[str, np.ndarray], folds: np.ndarray,
+                    prefer: str | None = None) -> Choice:
   """Chooses on one fold, scores on the other, both ways.
 
   Args:
-    correct: {strategy: bool [questions]}; ties go to the first name in sorted
-      order.
+    correct: {strategy: bool [questions]}; ties go to `prefer`, then to the
+      first name in sorted order.
     folds: int [questions] in {0, 1}.
   """
-  names = sorted(correct)
+  names = sorted(correct, key=lambda name: (name != prefer, name))
   matrix = np.stack([correct[n] for n in names]).astype(np.float64)  # [S, Q]
   folds = np.asarray(folds)
   total, chosen = 0.0, []
@@ -147,7 +148,11 @@ def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, se
         choice = Choice(accuracy=float(family[baseline][members].mean()),
                         chosen=(baseline,))
       else:
-        choice = two_fold_choice({n: c[members] for n, c in family.items()}, folds[members])
+        # Ties go to best-of-N: on small folds strategies often tie (all right
+        # on easy bins, all wrong on hard ones), and a tie is no evidence
+        # against the baseline.
+        choice = two_fold_choice({n: c[members] for n, c in family.items()}, folds[members],
+                                 prefer=baseline)
       per_bin[int(b)] = {"accuracy": choice.accuracy, "chosen": list(choice.chosen),
                          "best_of_n": float(family[baseline][members].mean())}
       correct_total += choice.accuracy * members.sum()
