@@ -89,14 +89,17 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # first `num_questions` test questions. Programs run `rows` rows at a time
   # (rows / N questions). A row's step may take `max_step_tokens` tokens; the
   # search stops after `max_rounds` rounds (paper: 40).
-  # `methods` restricts the sweep to some of best_of_n, beam, lookahead.
+  # `methods` restricts the sweep to some of best_of_n, beam, lookahead;
+  # `extra_settings` adds settings of one's own, e.g.
+  # ("beam:N=16,M=2", "lookahead:N=16,M=8,k=2"): M must divide N, N on the grid.
   # Best-of-N, the cheap baseline, also runs on the larger budgets up to
   # `best_of_n_max_budget`, so that the budget it needs to match a search
   # method can be read off (the efficiency ratio). On this CPU each doubling
   # of max_budget roughly doubles the sweep (lookahead dominates).
   c.search = config_dict.ConfigDict(dict(
       max_budget=16, best_of_n_max_budget=64, num_questions=200, max_rounds=40,
-      max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead")))
+      max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead"),
+      extra_settings=()))
 
   # revision_data: `samples_per_question` policy samples (paper: 64) for each
   # of the first `num_questions` training questions, sampled in parts of

@@ -147,6 +147,14 @@ def test_unknown_search_method_fails_with_one_line_naming_the_field_and_it(workd
   assert "'best_of_n'" not in line
 
 
+def test_a_beam_width_not_dividing_the_budget_fails_with_one_line_naming_it(workdir):
+  """Fails if an own search setting whose beam width M does not divide its
+  budget N is accepted, reported other than as one `error:` line naming the
+  field and the setting, or if anything is written first."""
+  line = _expect_error_line(workdir, "--config.search.extra_settings=('beam:N=4,M=3',)")
+  assert "search.extra_settings" in line and "M=3 must divide the budget N=4" in line, line
+
+
 @pytest.mark.parametrize("flags", [
     ("--config.sweep_revisions.splits=('2x2', '3x5')",),
     ("--config.sweep_revisions.splits=2x2", "--config.sweep_revisions.splits=3x5"),

@@ -144,7 +144,12 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
   rows = []
   for budget in budgets:
     per_batch = runner.questions_per_batch(budget, options.rows)
-    batch_questions = [questions[b * per_batch:(b + 1) * per_batch] for b in range(num_batches)]
+    # As the sweep batches them (shortest prompts first), every num_batches-th
+    # batch of the test questions, so the timed batches span the lengths.
+    batched = runner.batch_by_length(ctx.tokenizer, ctx.task, questions, per_batch)
+    step = max(len(batched) // num_batches, 1)
+    batch_indices = batched[::step][:num_batches]
+    batch_questions = [[questions[i] for i in batch] for batch in batch_indices]
     settings = [SearchSetting("best_of_n", budget), SearchSetting("beam", budget, beam_width=4),
                 SearchSetting("lookahead", budget, beam_width=4, lookahead=3)]
     timings = {}
@@ -173,8 +178,9 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
       timing = timings[(setting.method, True)]
       without_prm = timings[(setting.method, False)]["seconds"]
       num_questions = len(timing["results"])
-      accuracy = sum(ctx.task.grade(r.answer, e.answer)
-                     for r, e in zip(timing["results"], test, strict=False)) / num_questions
+      answers = [test[i].answer for batch in batch_indices for i in batch]
+      accuracy = sum(ctx.task.grade(r.answer, answer)
+                     for r, answer in zip(timing["results"], answers, strict=True)) / num_questions
       rows.append({
           "budget": budget, "method": setting.method, "params": setting.params,
           "questions": num_questions,

@@ -21,7 +21,13 @@ from flax import nnx
 
 from ttscale import testing
 from ttscale.search import beam, best_of_n, common, sampling
-from ttscale.search.budget import FlopsRate, SearchSetting, budget_grid, paper_settings
+from ttscale.search.budget import (
+  FlopsRate,
+  SearchSetting,
+  budget_grid,
+  paper_settings,
+  parse_setting,
+)
 
 PAD, BOS, EOS, STEP = 0, 2, 3, 4
 A, B, Z = 5, 6, 8
@@ -199,3 +205,25 @@ def test_a_budget_grid_must_be_powers_of_two():
   assert budget_grid(8) == [1, 2, 4, 8]
   with pytest.raises(ValueError, match="search.max_budget=12"):
     budget_grid(12)
+
+
+def test_a_setting_parses_from_its_text():
+  grid = budget_grid(16)
+  assert parse_setting("beam:N=16,M=2", grid) == SearchSetting("beam", 16, beam_width=2)
+  assert parse_setting("lookahead:N=8,M=2,k=2", grid) == SearchSetting(
+      "lookahead", 8, beam_width=2, lookahead=2)
+  assert parse_setting("best_of_n:N=4", grid) == SearchSetting("best_of_n", 4)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("beam:N=16,M=3", "'beam:N=16,M=3': beam width M=3 must divide the budget N=16"),
+    ("beam:N=12,M=4", "budget N=12 is not on the grid"),
+    ("bfs:N=4", "search method 'bfs'"),
+    ("beam:M=2", "has no budget N="),
+    ("beam:N=16,W=2", "expected METHOD:N=<int>"),
+    ("beam:N=sixteen", "expected METHOD:N=<int>"),
+])
+def test_a_bad_setting_text_is_a_one_line_error_naming_the_field(text, message):
+  with pytest.raises(ValueError, match="search.extra_settings: ") as error:
+    parse_setting(text, budget_grid(16))
+  assert message in str(error.value) and "\n" not in str(error.value)

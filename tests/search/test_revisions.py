@@ -128,7 +128,7 @@ def _reference(model, sampler_config, contexts, copies: int, j: int):
   return generate.sample_continuations(
       model, contexts, sampler_config=sampler_config, batch_size=BATCH_SIZE,
       key=jax.random.fold_in(KEY, j),
-      width=generate.context_width(contexts, revisions.CONTEXT_WIDTH_MULTIPLE), copies=copies)
+      width_multiple=revisions.CONTEXT_WIDTH_MULTIPLE, copies=copies)
 
 
 def _summary(chains: revisions.Chains):

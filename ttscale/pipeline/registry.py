@@ -207,6 +207,7 @@ def check_config(config) -> None:
     if method not in METHODS:
       raise ValueError(f"search.methods: unknown method {method!r}; expected some of "
                        f"{', '.join(METHODS)}")
+  search_stages.sweep_settings(config.search)
   revision_stages.sweep_splits(config.sweep_revisions)
   swept = min(config.search.num_questions, config.sweep_revisions.num_questions)
   if config.difficulty.num_questions > swept:

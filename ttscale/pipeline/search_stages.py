@@ -19,7 +19,7 @@ from ttscale.pipeline.context import Context
 from ttscale.progress import Progress
 from ttscale.report import search_figure
 from ttscale.search import common, runner, sampling
-from ttscale.search.budget import budget_grid, paper_settings
+from ttscale.search.budget import SearchSetting, budget_grid, paper_settings, parse_setting
 
 SEARCH_TABLE = ("outcomes", "search.jsonl")
 
@@ -38,10 +38,23 @@ def search_table_meta(ctx: Context) -> dict:
   # Which settings run (methods, budget caps) decides which rows exist, not
   # what they hold: a table can be extended with more of them.
   search = {k: v for k, v in ctx.config.search.to_dict().items()
-            if k not in ("methods", "max_budget", "best_of_n_max_budget")}
+            if k not in ("methods", "max_budget", "best_of_n_max_budget", "extra_settings")}
   return {"policy": ctx.policy_spec(), "prm": ctx.verifier_spec("prm"),
           "sampling": ctx.config.sampling.to_dict(), "search": search,
           "seed": ctx.config.seed}
+
+
+def sweep_settings(search_config) -> list[SearchSetting]:
+  """The paper's settings of `search.methods`, then `search.extra_settings`
+  (texts for `budget.parse_setting`), each once."""
+  grid = budget_grid(search_config.max_budget)
+  settings = [s for s in paper_settings(grid, budget_grid(search_config.best_of_n_max_budget))
+              if s.method in search_config.methods]
+  for text in search_config.extra_settings:
+    setting = parse_setting(text, grid)
+    if setting not in settings:
+      settings.append(setting)
+  return settings
 
 
 def setting_key(setting) -> int:
@@ -59,9 +72,7 @@ def stage_sweep_search(ctx: Context) -> dict:
   models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
   options = search_options(ctx)
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
-  settings = [s for s in paper_settings(budget_grid(cfg.search.max_budget),
-                                        budget_grid(cfg.search.best_of_n_max_budget))
-              if s.method in cfg.search.methods]
+  settings = sweep_settings(cfg.search)
   seed = cfg.seed
   devices = list(ctx.mesh.devices.flat)
   # Work units: `window` batches of one setting, one per device in turn; the
@@ -70,8 +81,7 @@ def stage_sweep_search(ctx: Context) -> dict:
   units = []
   for setting in settings:
     per_batch = runner.questions_per_batch(setting.budget, options.rows)
-    batches = [list(range(start, min(start + per_batch, len(test))))
-               for start in range(0, len(test), per_batch)]
+    batches = runner.batch_by_length(ctx.tokenizer, ctx.task, questions, per_batch)
     for first in range(0, len(batches), window):
       units.append((setting, list(enumerate(batches, 0))[first:first + window]))
   progress = Progress("sweep_search", len(units), ctx.log)
@@ -90,7 +100,7 @@ def stage_sweep_search(ctx: Context) -> dict:
           [[questions[i] for i in indices] for _, indices in todo], options=options,
           width=width, rngs=[jax.random.fold_in(key, number) for number, _ in todo],
           devices=devices)
-      table.append(
+      new_rows = [
           outcomes.Outcome(
               question_index=i, level=test[i].level, method=setting.method,
               params=setting.params, budget=setting.budget, seed=seed,
@@ -98,7 +108,9 @@ def stage_sweep_search(ctx: Context) -> dict:
               generations=setting.generations, flops=result.flops, seconds=result.seconds)
           for (_, indices), batch_results in zip(todo, results, strict=True)
           for i, result in zip(indices, batch_results, strict=True)
-          if i in missing(indices))
+          if i in missing(indices)]
+      # Batches go by prompt length; the table goes by question.
+      table.append(sorted(new_rows, key=lambda row: row.question_index))
       ran += len(todo)
     progress.update(note=f"{setting.method} {setting.params} N={setting.budget}")
   rows = table.rows()

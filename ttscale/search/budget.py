@@ -93,6 +93,32 @@ def paper_settings(grid: list[int], best_of_n_grid: list[int] | None = None
   return settings
 
 
+def parse_setting(text: str, grid: list[int], field: str = "search.extra_settings"
+                  ) -> SearchSetting:
+  """A setting from text: `best_of_n:N=8`, `beam:N=16,M=2`, `lookahead:N=16,M=2,k=2`.
+
+  Raises ValueError, naming `field`, for an unknown method or key, a budget off
+  `grid`, or an M that does not divide N.
+  """
+  method, _, rest = text.partition(":")
+  keys = {"N": "budget", "M": "beam_width", "k": "lookahead"}
+  values = {}
+  for item in filter(None, rest.split(",")):
+    key, _, value = item.partition("=")
+    if key not in keys or not value.isdigit():
+      raise ValueError(f"{field}: {text!r}: expected METHOD:N=<int>[,M=<int>][,k=<int>], "
+                       f"e.g. beam:N=16,M=2")
+    values[keys[key]] = int(value)
+  if "budget" not in values:
+    raise ValueError(f"{field}: {text!r} has no budget N=")
+  try:
+    setting = SearchSetting(method.strip(), **values)
+    check_on_grid(setting.budget, grid)
+  except ValueError as error:
+    raise ValueError(f"{field}: {text!r}: {error}") from None
+  return setting
+
+
 @dataclasses.dataclass(frozen=True)
 class FlopsRate:
   """`flops_per_token(context) = per_token + per_context_key · context`, traceable."""

@@ -53,7 +53,7 @@ class Continuations:
   seconds: float                    # wall time of the sampling
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=128)
 def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
                       model_config: ModelConfig,
                       sampler_config: sampling.SamplerConfig, copies: int = 1):
@@ -89,19 +89,25 @@ def context_width(contexts: list[list[int]], multiple: int = _PROMPT_WIDTH_MULTI
 def sample_continuations(policy: Policy, contexts: list[list[int]], *,
                          sampler_config: sampling.SamplerConfig,
                          batch_size: int, key: jax.Array, width: int | None = None,
+                         width_multiple: int = _PROMPT_WIDTH_MULTIPLE,
                          copies: int = 1, mesh=None, rules=None,
                          progress: Progress | None = None) -> Continuations:
   """Continues every context (a token list ending in its last context token)
   `copies` times.
 
   Rows are decoded in fixed-shape batches of `batch_size` (the last one
-  padded); batch b draws with `fold_in(key, b)`, so the same contexts and key
+  padded), contexts taken shortest first: a batch decodes until its longest
+  row stops, and context length predicts continuation length (on the
+  embedded task, the number of operations), so batches of like lengths stop
+  sooner. Batch b draws with `fold_in(key, b)`, so the same contexts and key
   give the same continuations. A context is prefilled once for its copies
   when `copies` divides `batch_size` (otherwise once per copy).
 
   Args:
     contexts: token ids, each at least one token long.
-    width: the padded context width (default: `context_width(contexts)`).
+    width: one padded context width for every batch; by default each batch
+      takes its own, `context_width(batch, width_multiple)`, so that short
+      batches attend over a short cache (a program per distinct width).
     copies: continuations per context, in consecutive rows.
     mesh, rules: rows are split over the mesh's "data" axis (None: one device).
     progress: updated once per batch.
@@ -110,16 +116,13 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
     `Continuations`, `copies` token arrays per context, context-major.
   """
   started = time.time()
-  width = width or context_width(contexts)
   if batch_size % copies:
     contexts, copies = [c for c in contexts for _ in range(copies)], 1
-  run = _compiled_sampler(policy.graphdef, batch_size, width, policy.config,
-                          sampler_config, copies)
   per_batch = batch_size // copies
   num_batches = -(-len(contexts) // per_batch)
-  tokens: list[np.ndarray] = []
-  ended: list[bool] = []
-  generated = 0
+  # Shortest first (stable); rows go back to the input order at the end.
+  order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+  ordered = [contexts[i] for i in order]
   tokens: list[np.ndarray] = []
   ended: list[bool] = []
   generated = 0
@@ -128,11 +131,14 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
   with parallel.maybe_sharding(mesh, rules):
     params = policy.params if mesh is None else parallel.replicate(policy.params, mesh)
     for b in range(num_batches):
-      chunk = contexts[b * per_batch:(b + 1) * per_batch]
+      chunk = ordered[b * per_batch:(b + 1) * per_batch]
       real = len(chunk) * copies
       chunk = chunk + [chunk[-1]] * (per_batch - len(chunk))  # pad the last batch
+      batch_width = width or context_width(chunk, width_multiple)
+      run = _compiled_sampler(policy.graphdef, batch_size, batch_width, policy.config,
+                              sampler_config, copies)
       # Padding is masked out by `prefill`; its token value never matters.
-      inputs, lengths = left_pad(chunk, width, pad_id=0)
+      inputs, lengths = left_pad(chunk, batch_width, pad_id=0)
       if mesh is not None:
         place = (parallel.shard_batch if per_batch % mesh.shape["data"] == 0
                  else parallel.replicate)
@@ -145,7 +151,13 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
       generated += int(out_lengths[:real].sum())
       if progress:
         progress.update()
-  return Continuations(tokens=tokens, ended=np.array(ended, bool),
+  # Row r of `tokens` is copy r % copies of context order[r // copies].
+  position = np.empty(len(tokens), np.int64)
+  for rank, index in enumerate(order):
+    position[index * copies:(index + 1) * copies] = np.arange(
+        rank * copies, (rank + 1) * copies)
+  return Continuations(tokens=[tokens[p] for p in position],
+                       ended=np.array(ended, bool)[position],
                        num_generated_tokens=generated,
                        seconds=time.time() - started)
 

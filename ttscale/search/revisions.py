@@ -10,9 +10,10 @@ run longer than 4.
 Chains advance one attempt at a time, all chains of all questions in the
 batch. Each attempt is one call of the shared compiled sampler
 (`generate.sample_continuations`): its contexts are re-prefilled, because the
-window of previous attempts slides, and padded to a multiple of
-`CONTEXT_WIDTH_MULTIPLE`, so programs are shared by every (s, p) with
-contexts of that width. FLOPs count every re-prefill.
+window of previous attempts slides. Each batch of contexts is padded to a
+multiple of `CONTEXT_WIDTH_MULTIPLE` (its own width: short contexts attend
+over a short cache), so programs are shared by every (s, p) with contexts of
+that width. FLOPs count every re-prefill.
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ def run_chains(model: generate.Policy, tokenizer: Tokenizer, task: Task,
     out = generate.sample_continuations(
         model, contexts, sampler_config=sampler_config, batch_size=batch_size,
         key=jax.random.fold_in(key, j),
-        width=generate.context_width(contexts, CONTEXT_WIDTH_MULTIPLE),
-        copies=copies, mesh=mesh, rules=rules)
+        width_multiple=CONTEXT_WIDTH_MULTIPLE, copies=copies, mesh=mesh, rules=rules)
     generated += out.num_generated_tokens
     for row, (tokens, ended) in enumerate(zip(out.tokens, out.ended, strict=True)):
       q, c = divmod(row, parallel)

@@ -70,6 +70,19 @@ def compiled_search(models: common.SearchModels, setting: SearchSetting,
   return jax.jit(program)
 
 
+def batch_by_length(tokenizer: Tokenizer, task: Task, questions: list[str],
+                    per_batch: int) -> list[list[int]]:
+  """Question indices in batches of `per_batch`, shortest prompts first.
+
+  A search batch runs until its longest candidate finishes, and a prompt's
+  length predicts its solution's (on the embedded task, the number of
+  operations), so batches of like prompts stop sooner.
+  """
+  lengths = [len(tokenizer.encode(task.prompt(q))) for q in questions]
+  order = sorted(range(len(questions)), key=lambda i: lengths[i])
+  return [order[start:start + per_batch] for start in range(0, len(order), per_batch)]
+
+
 def prompt_width(tokenizer: Tokenizer, task: Task, questions: list[str],
                  multiple: int = 16) -> int:
   """One prompt width for a whole sweep: one compiled shape per setting."""
