@@ -205,3 +205,34 @@ def test_revised_wrong_counts_correct_to_incorrect_transitions(tmp_path):
   assert study_report._revised_wrong(str(tmp_path)) == {"count": 2, "of": 4, "rate": 0.5}
   assert study_report._revised_wrong(str(tmp_path / "none")) == {"count": 0, "of": 0,
                                                                   "rate": None}
+
+
+def test_flops_matched_finding_holds_only_on_the_papers_pattern():
+  """Fails if the FLOPs-matched verdict does not follow its stated rule: for
+  R < 1, a win on an easier bin and a loss on the hardest; for R > 1, a loss
+  on the hardest and no more wins than at the smallest R; None when a bin's
+  budget is below the grid."""
+  small_r = {"1": True, "2": True, "3": False, "4": False, "5": False}
+  by_ratio = {"0.16": small_r}
+  assert study_report.flops_matched_holds(0.16, small_r, by_ratio) is True
+  hard_win = {**small_r, "5": True}
+  assert study_report.flops_matched_holds(0.16, hard_win, {"0.16": hard_win}) is False
+  only_hard_half = {"1": False, "2": False, "3": False, "4": True, "5": False}
+  assert study_report.flops_matched_holds(0.79, only_hard_half, by_ratio) is False
+  large_r = {"1": True, "2": False, "3": False, "4": False, "5": False}
+  assert study_report.flops_matched_holds(22.0, large_r, {**by_ratio, "22.0": large_r}) is True
+  more_wins = {"1": True, "2": True, "3": True, "4": False, "5": False}
+  assert study_report.flops_matched_holds(22.0, more_wins, {**by_ratio, "22.0": more_wins}) \
+      is False
+  unknown = {**small_r, "1": None}
+  assert study_report.flops_matched_holds(0.16, unknown, {"0.16": unknown}) is None
+
+
+def test_efficiency_finding_holds_on_the_median_budget_not_the_best():
+  """Fails if one budget's ratio above 1 (noise where best-of-N's curve is
+  flat) makes the compute-optimal finding hold, or if a budget where
+  best-of-N never catches up (None) does not count as a win."""
+  assert study_report.efficiency_holds([1.0, 0.5, 1.05, 0.95, 0.43, 2.0, 0.5]) is False
+  assert study_report.efficiency_holds([1.0, 2.0, 4.0]) is True
+  assert study_report.efficiency_holds([1.0, None, None]) is True
+  assert study_report.efficiency_holds([]) is None
