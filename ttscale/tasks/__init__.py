@@ -10,11 +10,13 @@ from typing import Any
 
 from ttscale.tasks.arith import ArithTask
 from ttscale.tasks.base import Example, Task
+from ttscale.tasks.math import MathTask
 
-__all__ = ["ArithTask", "Example", "Task", "get_task"]
+__all__ = ["ArithTask", "Example", "MathTask", "Task", "get_task"]
 
 _TASK_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Task]] = {
   "arith": ArithTask.from_config,
+  "math": MathTask.from_config,
 }
 
 
