@@ -208,7 +208,7 @@ class ArithChains(tfds.core.GeneratorBasedBuilder):
 
 
 @contextlib.contextmanager
-def _quiet_tfds() -> Iterator[None]:
+def quiet_tfds() -> Iterator[None]:
   """Silences TFDS's info chatter and progress bars; errors still surface."""
   verbosity = absl_logging.get_verbosity()
   progress_bar_shown = getattr(tqdm_utils, "_active", True)
@@ -258,7 +258,7 @@ def build_arith_data(
     split: _data_field(data_config, f"num_{split}") for split in SPLIT_NAMES
   }
   config = make_config(task, split_sizes, _data_field(data_config, "seed"))
-  with _quiet_tfds():
+  with quiet_tfds():
     builder = ArithChains(config=config, data_dir=data_dir, file_format="array_record")
     builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
     sources = builder.as_data_source()
