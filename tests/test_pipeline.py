@@ -692,11 +692,14 @@ def test_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, tmp_path)
                       if name.split()[0] in methods}
 
 
+_KILLED_METHODS = ("best_of_n", "beam")
+
+
 @pytest.fixture(scope="session")
 def sweep_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
-  """A best-of-N-only sweep killed (Ctrl-C) right after its 2nd append (the
-  rows of N=1 and N=2), then cut mid-row as by a kill during the 3rd
-  append's write, re-run."""
+  """A best-of-N and beam sweep killed (Ctrl-C) right after its 2nd append
+  (best-of-N's pool, all its budgets; then beam M=2), then cut mid-row as by a
+  kill during the 3rd append's write, re-run."""
   workdir = _without_sweep(finished, str(tmp_path_factory.mktemp("sweep_resumed") / "workdir"))
   path = os.path.join(workdir, SEARCH_TABLE)
   append = outcomes.OutcomeTable.append
@@ -712,7 +715,7 @@ def sweep_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(outcomes.OutcomeTable, "append", append_then_kill_at_the_second)
     with pytest.raises(KeyboardInterrupt):
-      pipeline.run(_search_config("best_of_n"), workdir, ["sweep_search"],
+      pipeline.run(_search_config(*_KILLED_METHODS), workdir, ["sweep_search"],
                    log=killed_log.append)
   assert not os.path.exists(os.path.join(workdir, "stages", "sweep_search.json"))
   with open(path, "rb") as f:
@@ -720,7 +723,7 @@ def sweep_killed_and_resumed(finished, tmp_path_factory) -> _KilledAndResumed:
   with open(path, "ab") as f:
     f.write(after_kill.splitlines(keepends=True)[-1][:40])  # a cut row, no newline
   return _KilledAndResumed(workdir, killed_log, after_kill,
-                           _run(_search_config("best_of_n"), workdir, ["sweep_search"]))
+                           _run(_search_config(*_KILLED_METHODS), workdir, ["sweep_search"]))
 
 
 def test_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
@@ -733,7 +736,7 @@ def test_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
   run = sweep_killed_and_resumed
   assert any(line.startswith("stage sweep_search: done") for line in run.resumed_log)
   resumed = _search_rows(run.workdir)
-  original = _of_methods(_search_rows(finished.workdir), ("best_of_n",))
+  original = _of_methods(_search_rows(finished.workdir), _KILLED_METHODS)
   assert _without_seconds(resumed) == _without_seconds(original)
   with open(os.path.join(run.workdir, SEARCH_TABLE), "rb") as f:
     assert f.read().startswith(run.after_kill)
@@ -741,18 +744,20 @@ def test_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
 
 def test_sweep_resumed_after_a_kill_runs_only_the_batches_not_in_the_table(
     sweep_killed_and_resumed):
-  """Fails if the kill did not land mid-sweep (N=1 and N=2 in the table, N=4
-  not), or if the re-run searches again batches whose rows are all in the
-  table (N=4 is the only setting left: 2 batches of rows/N = 4 questions)."""
+  """Fails if the kill did not land mid-sweep (best-of-N at N=1, 2, 4 and beam
+  M=2 in the table, beam M=4 not), or if the re-run searches again batches
+  whose rows are all in the table (beam M=4 is the only setting left: 2
+  batches of rows/N = 4 questions)."""
   run = sweep_killed_and_resumed
   killed = [json.loads(line) for line in run.after_kill.decode().splitlines()]
   config = _tiny_config()
   num_questions = config.search.num_questions
-  assert [(r["budget"], r["question_index"]) for r in killed] == [
-      *((1, q) for q in range(num_questions)), *((2, q) for q in range(num_questions))]
+  assert [(r["method"], r["params"], r["budget"], r["question_index"]) for r in killed] == [
+      *(("best_of_n", "", n, q) for n in (1, 2, 4) for q in range(num_questions)),
+      *(("beam", "M=2,k=0", 4, q) for q in range(num_questions))]
   summary = _marker(run.workdir, "sweep_search")["summary"]
   assert summary["batches_run"] == -(-num_questions // (config.search.rows // 4)) == 2
-  assert summary["num_rows"] == 3 * num_questions
+  assert summary["num_rows"] == 5 * num_questions
 
 
 @pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed"])

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from ttscale import testing
-from ttscale.search import beam, best_of_n, common, sampling
+from ttscale.search import beam, best_of_n, common, runner, sampling
 from ttscale.search.budget import (
   FlopsRate,
   SearchSetting,
@@ -28,6 +28,7 @@ from ttscale.search.budget import (
   paper_settings,
   parse_setting,
 )
+from ttscale.tasks import get_task
 
 PAD, BOS, EOS, STEP = 0, 2, 3, 4
 A, B, Z = 5, 6, 8
@@ -160,9 +161,11 @@ def test_best_of_n_counts_flops_token_by_token():
     # token and its own tokens but the last. PRM: the prompt once, each sample.
     expected = sum(CONFIG.flops_per_token(c) for c in range(1, prompt_length))
     expected += sum(CONFIG.flops_per_token(c) for c in range(1, prompt_length + 1))
-    for length in lengths[q]:
+    for n, length in enumerate(lengths[q]):
       expected += sum(CONFIG.flops_per_token(prompt_length - 1 + j + 1) for j in range(length))
       expected += sum(CONFIG.flops_per_token(prompt_length + j + 1) for j in range(length))
+      # With only the first n + 1 samples drawn, the question would have used this much.
+      assert float(out.prefix_flops[q, n]) == pytest.approx(expected, rel=1e-6)
     assert float(out.flops[q]) == pytest.approx(expected, rel=1e-6)
   # Best-of-N scores a solution at its last step end: by its last content token
   # ("z" for a finished one; a solution cut by the token budget ends in "\n").
@@ -227,3 +230,22 @@ def test_a_bad_setting_text_is_a_one_line_error_naming_the_field(text, message):
   with pytest.raises(ValueError, match="search.extra_settings: ") as error:
     parse_setting(text, budget_grid(16))
   assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_best_of_n_prefixes_choose_among_their_first_candidates_only():
+  """Fails if best-of-n from a pool looks past its first n candidates, picks
+  other than weighted best-of-n among them, or reports the pool's FLOPs or
+  wall time rather than its first n's share."""
+  task = get_task({"name": "arith", "min_ops": 1, "max_ops": 2, "max_operand": 9,
+                   "max_multiplier": 3, "max_abs_value": 99})
+  pool = runner.QuestionResult(
+      answer="1", candidates=["Answer: 1", "Answer: 2", "Answer: 2", "Answer: 1"],
+      scores=np.asarray([0.9, 0.5, 0.5, 0.3], np.float32), flops=100.0, policy_tokens=40,
+      seconds=2.0, prefix_flops=np.asarray([40.0, 60.0, 80.0, 100.0]))
+  picked = runner.prefix_results(pool, task, [1, 2, 3, 4])
+  # Weighted sums: n=2 {1: 0.9, 2: 0.5}; n=3 {1: 0.9, 2: 1.0}; n=4 {1: 1.2, 2: 1.0}.
+  assert [picked[n].answer for n in (1, 2, 3, 4)] == ["1", "1", "2", "1"]
+  assert [picked[n].flops for n in (1, 2, 3, 4)] == [40.0, 60.0, 80.0, 100.0]
+  assert picked[2].seconds == pytest.approx(1.0) and picked[2].candidates == pool.candidates[:2]
+  with pytest.raises(ValueError, match="best-of-8 from a pool of 4"):
+    runner.prefix_results(pool, task, [8])

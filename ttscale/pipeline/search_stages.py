@@ -4,6 +4,7 @@ outcome table, and its figure.
 `sweep_search` appends one row per (question, method, hyperparameters,
 budget, seed) to `outcomes/search.jsonl`, a batch at a time; a re-run skips
 the rows already there, so a kill loses at most the batch in flight.
+Best-of-N's budgets share one pool of samples per question (`sweep_programs`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,20 @@ def sweep_settings(search_config) -> list[SearchSetting]:
   return settings
 
 
+def sweep_programs(settings: list[SearchSetting]
+                   ) -> list[tuple[SearchSetting, list[SearchSetting]]]:
+  """(the program that runs, the settings whose rows it gives), in sweep order.
+
+  Best-of-N at every budget comes from one pool: a program at the largest
+  best-of-N budget, whose first n samples give best-of-n
+  (`runner.prefix_results`), which halves best-of-N's cost over the grid.
+  Every other setting is its own program.
+  """
+  best_of_n = sorted((s for s in settings if s.method == "best_of_n"), key=lambda s: s.budget)
+  programs = [(best_of_n[-1], best_of_n)] if best_of_n else []
+  return programs + [(s, [s]) for s in settings if s.method != "best_of_n"]
+
+
 def setting_key(setting) -> int:
   """A stable integer per setting, for its random stream."""
   return zlib.crc32(f"{setting.method}/{setting.params}/{setting.budget}".encode())
@@ -75,44 +90,47 @@ def stage_sweep_search(ctx: Context) -> dict:
   settings = sweep_settings(cfg.search)
   seed = cfg.seed
   devices = list(ctx.mesh.devices.flat)
-  # Work units: `window` batches of one setting, one per device in turn; the
+  # Work units: `window` batches of one program, one per device in turn; the
   # table is appended after each unit, so a kill loses at most one unit.
   window = 2 * len(devices)
   units = []
-  for setting in settings:
-    per_batch = runner.questions_per_batch(setting.budget, options.rows)
+  for program, row_settings in sweep_programs(settings):
+    per_batch = runner.questions_per_batch(program.budget, options.rows)
     batches = runner.batch_by_length(ctx.tokenizer, ctx.task, questions, per_batch)
     for first in range(0, len(batches), window):
-      units.append((setting, list(enumerate(batches, 0))[first:first + window]))
+      units.append((program, row_settings, list(enumerate(batches, 0))[first:first + window]))
   progress = Progress("sweep_search", len(units), ctx.log)
   ran = 0
-  for setting, numbered in units:
-    def missing(indices, setting=setting):
-      return [i for i in indices
-              if not table.has((i, setting.method, setting.params, setting.budget, seed))]
+  for program, row_settings, numbered in units:
+    def missing(indices, row_settings=row_settings):
+      return [(i, s) for i in indices for s in row_settings
+              if not table.has((i, s.method, s.params, s.budget, seed))]
     todo = [(number, indices) for number, indices in numbered if missing(indices)]
     if todo:
       # A batch runs whole again (its shape and random stream are fixed);
       # only rows not yet in the table are appended.
-      key = jax.random.fold_in(jax.random.key(seed), setting_key(setting))
+      key = jax.random.fold_in(jax.random.key(seed), setting_key(program))
       results = runner.search_batches(
-          setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task,
+          program, models, policy.params, prm.params, ctx.tokenizer, ctx.task,
           [[questions[i] for i in indices] for _, indices in todo], options=options,
           width=width, rngs=[jax.random.fold_in(key, number) for number, _ in todo],
           devices=devices)
-      new_rows = [
-          outcomes.Outcome(
-              question_index=i, level=test[i].level, method=setting.method,
-              params=setting.params, budget=setting.budget, seed=seed,
-              answer=result.answer, correct=ctx.task.grade(result.answer, test[i].answer),
-              generations=setting.generations, flops=result.flops, seconds=result.seconds)
-          for (_, indices), batch_results in zip(todo, results, strict=True)
-          for i, result in zip(indices, batch_results, strict=True)
-          if i in missing(indices)]
-      # Batches go by prompt length; the table goes by question.
-      table.append(sorted(new_rows, key=lambda row: row.question_index))
+      new_rows = []
+      for (_, indices), batch_results in zip(todo, results, strict=True):
+        for i, result in zip(indices, batch_results, strict=True):
+          wanted = [s for _, s in missing([i])]
+          by_budget = (runner.prefix_results(result, ctx.task, [s.budget for s in wanted])
+                       if program.method == "best_of_n" else {program.budget: result})
+          new_rows += [outcomes.Outcome(
+              question_index=i, level=test[i].level, method=s.method, params=s.params,
+              budget=s.budget, seed=seed, answer=by_budget[s.budget].answer,
+              correct=ctx.task.grade(by_budget[s.budget].answer, test[i].answer),
+              generations=s.generations, flops=by_budget[s.budget].flops,
+              seconds=by_budget[s.budget].seconds) for s in wanted]
+      # Batches go by prompt length; the table goes by budget, then question.
+      table.append(sorted(new_rows, key=lambda row: (row.budget, row.question_index)))
       ran += len(todo)
-    progress.update(note=f"{setting.method} {setting.params} N={setting.budget}")
+    progress.update(note=f"{program.method} {program.params} N={program.budget}")
   rows = table.rows()
   search_figure.plot(rows, ctx.path("sweep_search.png"))
   accuracy = collections.defaultdict(list)

@@ -24,6 +24,10 @@ class Candidates:
   scores: jax.Array     # float32 [Q·N] PRM score at the last step end (0: no step)
   flops: jax.Array      # float32 [Q] FLOPs used per question
   policy_tokens: jax.Array  # int32 [Q] tokens the policy decoded per question (rollouts included)
+  # Best-of-N only (None for beam search): float32 [Q, N], FLOPs the question
+  # would have used with only its first n + 1 samples (prompt prefills
+  # included), so one pool of N samples also gives best-of-n for every n < N.
+  prefix_flops: jax.Array | None = None
 
 
 def last_step_scores(tokens: jax.Array, lengths: jax.Array, token_scores: jax.Array,
@@ -72,6 +76,9 @@ def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, l
       models, prm_params, started.prm_cache, out.tokens, out.lengths, all_scores=True)
   scores = last_step_scores(out.tokens, out.lengths, token_scores,
                             sampler_config.step_id, sampler_config.eos_id)
-  flops = started.flops + common.per_question(policy_flops + prm_flops, num_samples)
-  return Candidates(tokens=out.tokens, lengths=out.lengths, scores=scores, flops=flops,
-                    policy_tokens=common.per_question(out.lengths, num_samples))
+  row_flops = (policy_flops + prm_flops).reshape(-1, num_samples)
+  prefix_flops = started.flops[:, None] + jnp.cumsum(row_flops, axis=1)
+  return Candidates(tokens=out.tokens, lengths=out.lengths, scores=scores,
+                    flops=prefix_flops[:, -1],
+                    policy_tokens=common.per_question(out.lengths, num_samples),
+                    prefix_flops=prefix_flops)

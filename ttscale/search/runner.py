@@ -43,6 +43,36 @@ class QuestionResult:
   flops: float               # FLOPs used
   policy_tokens: int         # tokens the policy decoded (rollouts included)
   seconds: float             # the question's share of its batch's wall time
+  prefix_flops: np.ndarray | None = None  # float [N] best-of-N: FLOPs of the first n + 1
+
+
+def prefix_results(result: QuestionResult, task: Task, budgets: list[int]
+                   ) -> dict[int, QuestionResult]:
+  """Best-of-n for every n in `budgets` from one best-of-N pool: the first n
+  candidates, chosen by weighted best-of-n, their FLOPs, a share n/N of the
+  pool's wall time.
+
+  The first n of N independent samples are n independent samples, so each
+  budget's answer has the distribution of its own run; budgets of one
+  question share samples, which makes the best-of-N curve smoother.
+  """
+  size = len(result.candidates)
+  answers = [task.extract_answer(t) for t in result.candidates]
+  ids, valid = select.answer_ids([answers])
+  if result.prefix_flops is None:
+    raise ValueError("best-of-n prefixes need a best-of-N pool (its prefix_flops)")
+  out = {}
+  for n in budgets:
+    if not 1 <= n <= size:
+      raise ValueError(f"best-of-{n} from a pool of {size} candidates")
+    chosen = int(np.asarray(select.weighted_best_of_n(
+        ids[:, :n], result.scores[None, :n], valid[:, :n]))[0])
+    out[n] = dataclasses.replace(
+        result, answer=answers[chosen] if chosen >= 0 else None,
+        candidates=result.candidates[:n], scores=result.scores[:n],
+        flops=float(result.prefix_flops[n - 1]), seconds=result.seconds * n / size,
+        prefix_flops=result.prefix_flops[:n])
+  return out
 
 
 def questions_per_batch(budget: int, rows: int) -> int:
@@ -146,7 +176,9 @@ def _results(n: int, tokenizer: Tokenizer, task: Task, num_questions: int, out,
   return [QuestionResult(
       answer=answers[q][chosen[q]] if chosen[q] >= 0 else None, candidates=texts[q],
       scores=scores[q], flops=float(out.flops[q]), policy_tokens=int(out.policy_tokens[q]),
-      seconds=seconds) for q in range(num_questions)]
+      seconds=seconds,
+      prefix_flops=None if out.prefix_flops is None else out.prefix_flops[q])
+      for q in range(num_questions)]
 
 
 def _decode(tokenizer: Tokenizer, tokens: np.ndarray) -> str:
