@@ -19,6 +19,7 @@ setup(
         "array_record>=0.7",
         "etils[epath]>=1.7",
         "sentencepiece>=0.2",
+        "safetensors>=0.4",
         "ml-collections>=1.0",
         "absl-py>=2.1",
         "numpy>=1.26",
