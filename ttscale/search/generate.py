@@ -151,11 +151,9 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
       generated += int(out_lengths[:real].sum())
       if progress:
         progress.update()
-  # Row r of `tokens` is copy r % copies of context order[r // copies].
-  position = np.empty(len(tokens), np.int64)
-  for rank, index in enumerate(order):
-    position[index * copies:(index + 1) * copies] = np.arange(
-        rank * copies, (rank + 1) * copies)
+  # Copy c of context i was sampled in row rank(i) * copies + c.
+  rank = np.argsort(np.asarray(order, np.int64))
+  position = (rank[:, None] * copies + np.arange(copies)[None, :]).reshape(-1)
   return Continuations(tokens=[tokens[p] for p in position],
                        ended=np.array(ended, bool)[position],
                        num_generated_tokens=generated,

@@ -56,11 +56,11 @@ def prefix_results(result: QuestionResult, task: Task, budgets: list[int]
   budget's answer has the distribution of its own run; budgets of one
   question share samples, which makes the best-of-N curve smoother.
   """
+  if result.prefix_flops is None:
+    raise ValueError("best-of-n prefixes need a best-of-N pool (its prefix_flops)")
   size = len(result.candidates)
   answers = [task.extract_answer(t) for t in result.candidates]
   ids, valid = select.answer_ids([answers])
-  if result.prefix_flops is None:
-    raise ValueError("best-of-n prefixes need a best-of-N pool (its prefix_flops)")
   out = {}
   for n in budgets:
     if not 1 <= n <= size:
