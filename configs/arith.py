@@ -37,6 +37,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       num_train=60_000, num_validation=400, num_test=1800, seed=0,
       seq_len=160))
 
+  # Start the policy (or the larger one) from a released checkpoint; see
+  # configs/math.py. Empty: both are trained from scratch, with our tokenizer.
+  c.checkpoint = config_dict.ConfigDict(dict(
+      format="", policy="", large="", tokenizer="", trim_vocab=False))
+
   c.model = config_dict.ConfigDict(dict(
       num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,
       mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True))

@@ -6,6 +6,11 @@ r"""Runs the study, stage by stage, in a workdir.
 Every stage is skipped when the workdir says it is done and resumes when it
 was interrupted. Bad flags or a workdir made with other settings end with a
 one-line `error: ...` on stderr and exit code 2, before anything is written.
+
+On a TPU pod slice run the same command on every host (`gcloud compute tpus
+tpu-vm ssh ... --worker=all`) with a workdir they share (`gs://...`);
+`--multihost=auto` connects the hosts when the environment says there are
+several (`ttscale.distributed`).
 """
 
 import os
@@ -15,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ttscale import pipeline, runtime
+from ttscale import distributed, pipeline, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file, optionally with :variant.",
@@ -25,6 +30,10 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 2,
     "On a CPU host, split it into this many JAX devices so that data-parallel "
     "work uses every core (1: one device).")
+_MULTIHOST = flags.DEFINE_enum(
+    "multihost", "auto", list(distributed.MODES),
+    "Connect the hosts of a pod slice or cluster with jax.distributed: auto "
+    "(when the environment names several hosts), on, off.")
 _STAGES = flags.DEFINE_list("stages", None,
                             f"Stages to run (default all): {', '.join(pipeline.STAGES)}.")
 
@@ -65,6 +74,7 @@ def main(argv):
   runtime.keep_freed_host_memory()
   runtime.split_host_cpu(_CPU_DEVICES.value)
   try:
+    distributed.initialize(_MULTIHOST.value)  # before anything asks for devices
     # Second runs reuse compiled programs (process-wide, so set here only).
     import jax
     jax.config.update("jax_compilation_cache_dir",

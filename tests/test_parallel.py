@@ -1,9 +1,11 @@
 """Tests that a mesh changes where the numbers live, not what they are.
 
 On 8 fake CPU devices (`tests/conftest.py`), with the logical-axis rules of
-`configs/arith.py`: the forward pass, a training step and the greedy sampler
-give the same numbers on a (data, model) = (8, 1) and a (2, 4) mesh as on one
-device; and the trainer places its state so that its step compiles once.
+`configs/arith.py`: the forward pass, a training step, the greedy sampler and
+beam search give the same numbers on (data, model) = (8, 1), (2, 4) and
+(1, 8) meshes as on one device (on (1, 8) the tiny model's kv heads, fewer
+than 8, stay replicated), revision chains on the first two; and the
+trainer places its state so that its step compiles once.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ttscale.training.objectives import next_token_loss
 from ttscale.training.optimizer import make_optimizer
 from ttscale.training.trainer import train
 
-MESH_SHAPES = [(8, 1), (2, 4)]
+MESH_SHAPES = [(8, 1), (2, 4), (1, 8)]
 NUM_ROWS = 8
 LENGTH = 8
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
@@ -103,6 +105,42 @@ def test_a_mesh_axis_shards_at_most_one_dimension():
   assert parallel.logical_to_spec(("heads", "mlp"), RULES) == PartitionSpec("model", None)
   assert parallel.logical_to_spec(("batch", "unknown", None), RULES) == PartitionSpec(
       "data", None, None)
+
+
+def test_a_dimension_the_mesh_axis_does_not_divide_stays_replicated():
+  _, params, config = testing.tiny_policy()
+  assert config.num_kv_heads % 8, "the tiny model should have fewer than 8 kv heads"
+  specs = parallel.param_specs(params, RULES, _mesh(1, 8))
+  attention = specs["decoder"]["blocks"][0]["attention"]
+  heads_axis = None if config.num_heads % 8 else "model"
+  assert attention["query"].get_value() == PartitionSpec(None, heads_axis, None)
+  assert attention["key"].get_value() == PartitionSpec(None, None, None)
+  assert attention["value"].get_value() == PartitionSpec(None, None, None)
+  assert specs["decoder"]["blocks"][0]["mlp"]["gate"].get_value() == PartitionSpec(
+      None, "model")
+  # The axis left free by an indivisible dimension goes to a later one.
+  sizes = {"data": 2, "model": 8}
+  assert parallel.logical_to_spec(("heads", "mlp"), RULES, (4, 16), sizes) == PartitionSpec(
+      None, "model")
+  assert parallel.logical_to_spec(("batch", "heads"), RULES, (3, 8), sizes) == PartitionSpec(
+      None, "model")
+
+
+def _constraints(fn, x) -> list[str]:
+  """The sharding-constraint lines of `fn(x)` lowered on the (1, 8) mesh."""
+  with parallel.sharding_context(_mesh(1, 8), RULES):
+    text = jax.jit(fn).lower(x).as_text()
+  return [line for line in text.splitlines() if "sharding_constraint" in line]
+
+
+def test_an_activation_constraint_leaves_an_indivisible_dimension_replicated():
+  # 4 kv heads on 8 devices: constrained to "model", XLA would pad them to 8.
+  kv_heads = _constraints(lambda x: parallel.constrain(x, ("batch", "kv_heads")),
+                          jnp.ones((2, 4)))
+  heads = _constraints(lambda x: parallel.constrain(x, ("batch", "heads")),
+                       jnp.ones((2, 8)))
+  assert kv_heads and not any('"model"' in line for line in kv_heads), kv_heads
+  assert any('"model"' in line for line in heads), heads
 
 
 @pytest.mark.parametrize("data,model", [(3, 2), (16, 1), (-1, 3), (-1, -1)])
@@ -338,8 +376,13 @@ def _beam_search(mesh_shape, lookahead: int):
   return jax.tree.map(np.asarray, out)
 
 
-@pytest.mark.parametrize("mesh_shape", MESH_SHAPES)
-@pytest.mark.parametrize("lookahead", [0, 1])
+# Each (mesh, lookahead) compiles its own ~7 s program; (1, 8) runs the
+# lookahead search only, which takes every path lookahead 0 takes and more.
+BEAM_CASES = [(mesh_shape, lookahead) for lookahead in (0, 1) for mesh_shape in MESH_SHAPES
+              if lookahead == 1 or mesh_shape != (1, 8)]
+
+
+@pytest.mark.parametrize("mesh_shape,lookahead", BEAM_CASES)
 def test_beam_search_on_a_mesh_equals_one_device(mesh_shape, lookahead):
   expected = _beam_search(None, lookahead)
   out = _beam_search(mesh_shape, lookahead)
@@ -357,6 +400,9 @@ def test_beam_search_on_a_mesh_equals_one_device(mesh_shape, lookahead):
 # Questions the "1+2" tokenizer encodes: digits and "+" (and the step delimiter).
 REVISION_QUESTIONS = ("1+2", "3+4+5", "6+7", "8+9+1+2", "10+11", "2+2", "5+6+7", "9+8")
 REVISION_SEQUENTIAL, REVISION_PARALLEL = 3, 2
+# Not (1, 8): the chains' host-side batching is what this adds over the
+# sampler test, and (1, 8) would cost ~8 s more for the same batching.
+REVISION_MESH_SHAPES = [(8, 1), (2, 4)]
 
 
 @pytest.fixture(scope="module")
@@ -377,7 +423,7 @@ def revision_chains(tmp_path_factory) -> dict:
       sampling.SamplingRule(temperature=1.0), sampling.StopAt.SOLUTION, max_new_tokens=8,
       step_id=tokenizer.step_id, eos_id=tokenizer.eos_id)
   chains = {}
-  for mesh_shape in [None, *MESH_SHAPES]:
+  for mesh_shape in [None, *REVISION_MESH_SHAPES]:
     mesh = None if mesh_shape is None else _mesh(*mesh_shape)
     chains[mesh_shape] = revisions.run_chains(
         policy, tokenizer, ArithTask(max_ops=3), list(REVISION_QUESTIONS),
@@ -387,7 +433,7 @@ def revision_chains(tmp_path_factory) -> dict:
   return chains
 
 
-@pytest.mark.parametrize("mesh_shape", MESH_SHAPES)
+@pytest.mark.parametrize("mesh_shape", REVISION_MESH_SHAPES)
 def test_revision_chains_on_a_mesh_equal_one_device(revision_chains, mesh_shape):
   """Fails if `revisions.run_chains` on a (data, model) mesh samples other
   attempts (tokens, end flags, texts), builds other revision contexts or

@@ -6,7 +6,6 @@ work on a copy of it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import FinishedStudy as _Finished
+from conftest import tiny_config as _tiny_config
 
 from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder
@@ -35,16 +36,6 @@ STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm
 # Every stage that writes training metrics (`train_large`: the study stages' larger policy).
 TRAINING_STAGES = ("train_policy", "train_prm", "train_orm", "train_revision",
                    "train_revision_verifier", "train_large")
-
-
-def _tiny_config():
-  """A fresh `configs/arith.py:tiny` (tests may change it)."""
-  spec = importlib.util.spec_from_file_location("arith_config", CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
-
-
 
 
 def _read_json(path: str):
@@ -69,24 +60,6 @@ def _run(config, workdir: str, stages=None) -> list[str]:
   log: list[str] = []
   pipeline.run(config, workdir, stages, log=log.append)
   return log
-
-
-class _Finished:
-  """A workdir after one full run, and that run's log."""
-
-  def __init__(self, workdir: str, log: list[str]):
-    self.workdir = workdir
-    self.log = log
-
-  def copy(self, destination: str) -> str:
-    shutil.copytree(self.workdir, destination)
-    return destination
-
-
-@pytest.fixture(scope="session")
-def finished(tmp_path_factory) -> _Finished:
-  workdir = str(tmp_path_factory.mktemp("pipeline") / "workdir")
-  return _Finished(workdir, _run(_tiny_config(), workdir))
 
 
 def test_full_run_writes_markers_metrics_and_one_eval_row_per_test_level(finished):

@@ -287,8 +287,12 @@ def test_config_passed_must_agree_with_checkpoint(tmp_path):
   assert load_llama(checkpoint, config=with_dropout)[0].dropout_rate == 0.1
 
 
-def test_other_rms_norm_eps_warns_naming_the_file(tmp_path):
-  hf_config = _hf_config(tied=False) | {"rms_norm_eps": 1e-5}
-  checkpoint = _write(tmp_path / "ckpt", _hf_tensors(tied=False), hf_config)
-  with pytest.warns(UserWarning, match=r"config\.json: rms_norm_eps=1e-05"):
-    load_llama(checkpoint)
+@pytest.mark.parametrize("eps", [1e-5, 0.25], ids=["llama2_eps", "large_eps"])
+def test_rms_norm_eps_becomes_norm_eps_and_logits_match_reference(tmp_path, eps):
+  # 1e-5 is Llama 2's; 0.25 is large enough that an ignored epsilon would fail.
+  tensors, hf_config = _hf_tensors(tied=False), _hf_config(tied=False) | {
+      "rms_norm_eps": eps}
+  checkpoint = _write(tmp_path / "ckpt", tensors, hf_config)
+  assert load_llama(checkpoint)[0].norm_eps == eps
+  np.testing.assert_allclose(_our_logits(checkpoint),
+                             _reference_logits(tensors, hf_config, TOKENS), **TOLERANCE)

@@ -24,6 +24,7 @@ from ttscale.models import (
   policy_extend_fn,
   policy_forward_fn,
 )
+from ttscale.models.transformer import RMSNorm
 
 BATCH = 3
 GAP = 64       # rows that wait two whole attention blocks of the cache
@@ -203,3 +204,85 @@ def test_flops_per_token_grows_by_one_attention_read_per_key():
   for context in (0, 1, 7, 100):
     assert config.flops_per_token(context + 1) - config.flops_per_token(context) == per_key
   assert config.flops_per_token(100) == config.flops_per_token(0) + 100 * per_key
+
+
+# --- Architecture options (Gemma's), against the default model on rows of 8 (the
+# shape the shared forward is compiled for). ---
+
+
+@functools.cache
+def _forward_of(config: ModelConfig):
+  return jax.jit(policy_forward_fn(testing.tiny_policy(config=config)[0]))
+
+
+def _logits_of(config: ModelConfig, params, tokens: np.ndarray) -> np.ndarray:
+  """Whole-row logits of the tiny policy's graph built for `config`, with `params`."""
+  forward = _forward_of(config)
+  positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  return np.asarray(forward(params, jnp.asarray(tokens), jnp.asarray(positions)))
+
+
+def _replaced(params, replace):
+  """A copy of `params` with each value v at path p replaced by `replace(p, v)`."""
+  return nnx.from_flat_state([
+      (path, variable.replace(replace(path, variable[...])))
+      for path, variable in nnx.to_flat_state(params)])
+
+
+def test_norm_scale_offset_one_with_zero_centred_scales_equals_offset_zero():
+  tokens = _random_tokens(4, (BATCH, 8))
+  offset = dataclasses.replace(testing.TINY_CONFIG, norm_scale_offset=1.0)
+  np.testing.assert_allclose(
+      _logits_of(offset, _replaced(
+          _params(), lambda path, v: v - 1.0 if path[-1] == "scale" else v), tokens),
+      _full_logits(tokens), **TOLERANCE)
+  # Starts as a unit multiplier, like offset 0's ones.
+  assert np.all(np.asarray(RMSNorm(4, scale_offset=1.0).scale[...]) == 0.0)
+
+
+def test_final_softcap_is_tanh_of_uncapped_logits_and_bounds_them():
+  tokens = _random_tokens(5, (BATCH, 8))
+  capped = dataclasses.replace(testing.TINY_CONFIG, final_logit_softcap=2.0)
+  logits = _logits_of(capped, _params(), tokens)
+  np.testing.assert_allclose(logits, 2.0 * np.tanh(_full_logits(tokens) / 2.0),
+                             **TOLERANCE)
+  assert np.abs(logits).max() < 2.0
+
+
+def test_attention_softcap_changes_logits_and_cached_decode_still_matches():
+  config = dataclasses.replace(testing.TINY_CONFIG, attn_logit_softcap=0.5)
+  tokens = _random_tokens(6, (BATCH, 8))
+  expected = _logits_of(config, _params(), tokens)
+  assert not np.allclose(expected, _full_logits(tokens), **TOLERANCE)
+  # Two appends of 4 tokens: the second attends to cached, capped keys; one shape,
+  # one compilation.
+  extend = jax.jit(policy_extend_fn(testing.tiny_policy(config=config)[0]))
+  cache = init_cache(config, BATCH, max_slots=8)
+  for start in (0, 4):
+    logits, cache = extend(_params(), jnp.asarray(tokens[:, start:start + 4]),
+                           jnp.ones((BATCH, 4), bool), cache)
+    np.testing.assert_allclose(np.asarray(logits), expected[:, start:start + 4],
+                               **TOLERANCE)
+
+
+def test_scale_embeddings_equals_an_embedding_table_times_sqrt_embed_dim():
+  # Untied head, so that only the input side reads the table.
+  tokens = _random_tokens(7, (BATCH, 8))
+  scale = testing.TINY_CONFIG.embed_dim ** 0.5
+  scaled_table = _replaced(
+      _params(), lambda path, v: v * scale if path == ("decoder", "embedding") else v)
+  scaled = dataclasses.replace(testing.TINY_CONFIG, scale_embeddings=True)
+  _, forward = _model_fns()
+  positions = np.broadcast_to(np.arange(8), tokens.shape)
+  expected = forward(scaled_table, jnp.asarray(tokens), jnp.asarray(positions),
+                     jnp.ones(tokens.shape, jnp.int32))
+  np.testing.assert_allclose(_logits_of(scaled, _params(), tokens), np.asarray(expected),
+                             **TOLERANCE)
+
+
+@pytest.mark.parametrize("field, value", [("norm_eps", 0.0), ("attn_logit_softcap", -1.0),
+                                          ("final_logit_softcap", float("inf")),
+                                          ("norm_scale_offset", float("nan"))])
+def test_config_rejects_bad_architecture_options_naming_the_field(field, value):
+  with pytest.raises(ValueError, match=rf"model\.{field}="):
+    ModelConfig(vocab_size=16, **{field: value})

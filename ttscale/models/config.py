@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 
@@ -12,6 +13,17 @@ class ModelConfig:
   """Shape of a decoder-only transformer.
 
   `num_kv_heads` < `num_heads` gives grouped-query attention (1 = multi-query).
+
+  The last five fields default to our own models; imported checkpoints set them
+  (e.g. Gemma: `norm_scale_offset=1`, `scale_embeddings=True`, and in Gemma 2 the
+  soft caps). None of them adds or reshapes a parameter.
+  - `norm_eps`: the RMSNorm epsilon.
+  - `norm_scale_offset`: RMSNorm multiplies by `norm_scale_offset + scale`, and
+    `scale` starts at `1 - norm_scale_offset` (Gemma stores zero-centred scales).
+  - `scale_embeddings`: multiply the embedded tokens by sqrt(embed_dim) before the
+    first block; a tied LM head still reads the unscaled table.
+  - `attn_logit_softcap`, `final_logit_softcap`: 0 is off, else `cap * tanh(x /
+    cap)` on the attention scores (before masking) and on the LM-head logits.
   """
   vocab_size: int
   num_layers: int = 2
@@ -24,6 +36,11 @@ class ModelConfig:
   rope_base: float = 10_000.0
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
+  norm_eps: float = 1e-6
+  norm_scale_offset: float = 0.0
+  scale_embeddings: bool = False
+  attn_logit_softcap: float = 0.0
+  final_logit_softcap: float = 0.0
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -40,6 +57,19 @@ class ModelConfig:
     if self.head_dim % 2:
       raise ValueError(f"model.head_dim={self.head_dim}: expected an even "
                        "number (rotary embeddings rotate pairs)")
+    if not (math.isfinite(self.norm_eps) and self.norm_eps > 0):
+      raise ValueError(f"model.norm_eps={self.norm_eps}: expected a finite number > 0")
+    if not math.isfinite(self.norm_scale_offset):
+      raise ValueError(
+          f"model.norm_scale_offset={self.norm_scale_offset}: expected a finite number")
+    if not isinstance(self.scale_embeddings, bool):
+      raise ValueError(
+          f"model.scale_embeddings={self.scale_embeddings!r}: expected True or False")
+    for name in ("attn_logit_softcap", "final_logit_softcap"):
+      cap = getattr(self, name)
+      if not (math.isfinite(cap) and cap >= 0):
+        raise ValueError(f"model.{name}={cap}: expected a finite number >= 0 "
+                         "(0 turns soft-capping off)")
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> ModelConfig:
@@ -53,7 +83,10 @@ class ModelConfig:
     return cls(vocab_size=vocab_size, **values)
 
   def num_params(self) -> int:
-    """Parameter count (embeddings included once when tied)."""
+    """Parameter count (embeddings included once when tied).
+
+    The architecture options (norm offset, embedding scale, soft caps) add none.
+    """
     attn = self.embed_dim * self.head_dim * (
         2 * self.num_heads + 2 * self.num_kv_heads)
     mlp = 3 * self.embed_dim * self.mlp_dim
@@ -68,6 +101,7 @@ class ModelConfig:
     2 × (parameters used in matmuls: attention and MLP projections and the
     output projection; the embedding lookup is free) plus the two attention
     contractions (scores and weighted sum: 2 × 2 × heads × head_dim × context).
+    Elementwise work (norms, activations, soft caps) is not counted.
     """
     attn = self.embed_dim * self.head_dim * (
         2 * self.num_heads + 2 * self.num_kv_heads)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,8 +33,6 @@ from ttscale.models.transformer import LanguageModel
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-# Our RMSNorm hard-codes this epsilon.
-OUR_RMS_NORM_EPS = 1e-6
 # Buffers some exporters save although they are recomputed from the config.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _REQUIRED_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
@@ -48,9 +45,8 @@ def read_llama_config(checkpoint_dir: str | Path, *,
   """The `ModelConfig` described by `checkpoint_dir/config.json`.
 
   `tie_word_embeddings` defaults to False when absent, as in HF's `LlamaConfig`;
-  every field in `_REQUIRED_FIELDS` must be present. An `rms_norm_eps` other than
-  1e-6 only warns: our RMSNorm uses 1e-6, and the difference is far below the
-  mean square of real hidden states.
+  every field in `_REQUIRED_FIELDS` must be present; `rms_norm_eps` becomes
+  `norm_eps`.
 
   Raises:
     ValueError: a missing or unsupported field, or a vocabulary size other than
@@ -82,9 +78,6 @@ def read_llama_config(checkpoint_dir: str | Path, *,
     raise ValueError(
         f"{path}: vocab_size={hf['vocab_size']} but the tokenizer has "
         f"{expected_vocab_size}: checkpoint from another vocabulary")
-  if hf["rms_norm_eps"] != OUR_RMS_NORM_EPS:
-    warnings.warn(f"{path}: rms_norm_eps={hf['rms_norm_eps']} but our RMSNorm uses "
-                  f"{OUR_RMS_NORM_EPS}; logits will differ slightly", stacklevel=2)
   num_heads = hf["num_attention_heads"]
   head_dim = hf.get("head_dim") or hf["hidden_size"] // num_heads
   try:
@@ -93,7 +86,7 @@ def read_llama_config(checkpoint_dir: str | Path, *,
         embed_dim=hf["hidden_size"], num_heads=num_heads,
         num_kv_heads=hf["num_key_value_heads"], head_dim=head_dim,
         mlp_dim=hf["intermediate_size"], activation="silu",
-        rope_base=float(hf["rope_theta"]),
+        rope_base=float(hf["rope_theta"]), norm_eps=float(hf["rms_norm_eps"]),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
   except ValueError as error:
     raise ValueError(f"{path}: {error}") from None

@@ -1,6 +1,9 @@
 """One decoder trunk (Flax NNX), used by the policy (LM head) and the PRM.
 
-RMSNorm, rotary position embeddings, grouped/multi-query attention, gated MLP.
+RMSNorm, rotary position embeddings, grouped/multi-query attention, gated MLP,
+and the options imported checkpoints need (see `ModelConfig`): zero-centred norm
+scales, scaled input embeddings and tanh soft-capping of attention scores and
+logits (Gemma).
 Parameters carry `logical_axes` metadata and activations are constrained by
 logical axes (`ttscale.parallel`), so the same code shards on any mesh.
 
@@ -34,14 +37,29 @@ def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None):
 
 
 class RMSNorm(nnx.Module):
+  """x / rms(x) * (scale_offset + scale); `scale` starts at 1 - scale_offset."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6):
-    self.scale = nnx.Param(jnp.ones((dim,)), logical_axes=("embed",))
+  def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0):
+    # Initialised so that the multiplier starts at 1 whatever the offset (Gemma's
+    # zero-centred scales start at 0).
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, jnp.float32),
+                           logical_axes=("embed",))
     self.eps = eps
+    self.scale_offset = scale_offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(variance + self.eps) * self.scale[...]
+    scale = self.scale[...]
+    if self.scale_offset:
+      scale = self.scale_offset + scale
+    return x * jax.lax.rsqrt(variance + self.eps) * scale
+
+
+def soft_cap(x: jax.Array, cap: float) -> jax.Array:
+  """`cap * tanh(x / cap)`: x squashed into (-cap, cap); cap = 0 returns x."""
+  if not cap:
+    return x
+  return cap * jnp.tanh(x / cap)
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
@@ -69,30 +87,34 @@ def _expand_mask(mask: jax.Array, kv_heads: int, groups: int) -> jax.Array:
   return mask.reshape(batch, 1, groups * length, slots)
 
 
-def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array) -> jax.Array:
+def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
+                 softcap: float) -> jax.Array:
   """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
   groups = scores.shape[2] // mask.shape[1]
+  # Capped before masking, as Gemma 2 does, so masked slots stay at _MASKED.
+  scores = soft_cap(scores, softcap)
   scores = jnp.where(_expand_mask(mask, values.shape[1], groups), scores, _MASKED)
   return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                    mask: jax.Array) -> jax.Array:
+                    mask: jax.Array, softcap: float = 0.0) -> jax.Array:
   """Softmax attention over all S keys.
 
   Args:
     q: float [batch, kv_heads, groups * T, head_dim], already scaled.
     k, v: float [batch, kv_heads, S, head_dim].
     mask: bool [batch, T, S].
+    softcap: soft cap of the scores (`soft_cap`); 0 is off.
 
   Returns:
     float [batch, kv_heads, groups * T, head_dim].
   """
-  return _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v)
+  return _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, softcap)
 
 
 def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
-                     mask: jax.Array) -> jax.Array:
+                     mask: jax.Array, softcap: float = 0.0) -> jax.Array:
   """Attention of new tokens over a KV cache.
 
   Decoding is bound by reading the cache. On the XLA CPU backend the two
@@ -105,11 +127,13 @@ def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
     keys_t: float [batch, kv_heads, head_dim, S].
     values: float [batch, kv_heads, S, head_dim].
     mask: bool [batch, T, S].
+    softcap: soft cap of the scores (`soft_cap`); 0 is off.
 
   Returns:
     float [batch, kv_heads, groups * T, head_dim].
   """
-  return _softmax_mix(jnp.einsum("bkqd,bkds->bkqs", q, keys_t), mask, values)
+  return _softmax_mix(jnp.einsum("bkqd,bkds->bkqs", q, keys_t), mask, values,
+                      softcap)
 
 
 class Attention(nnx.Module):
@@ -158,7 +182,7 @@ class Attention(nnx.Module):
         batch, cfg.num_kv_heads, groups * length, cfg.head_dim)
     q = q * cfg.head_dim ** -0.5
     if cached_kv is None:
-      mixed = dense_attention(q, k, v, attention_mask)
+      mixed = dense_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
     else:
       # Keys are cached transposed, [batch, kv_heads, head_dim, slots]: see
       # `cached_attention`.
@@ -166,7 +190,7 @@ class Attention(nnx.Module):
           cached_kv[0], k.transpose(0, 1, 3, 2), (0, 0, 0, write_index))
       v = jax.lax.dynamic_update_slice(cached_kv[1], v, (0, 0, write_index, 0))
       cached_kv = (k, v)
-      mixed = cached_attention(q, k, v, attention_mask)
+      mixed = cached_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
     # --> [batch, T, heads, head_dim]
     mixed = mixed.reshape(batch, cfg.num_kv_heads, groups, length, cfg.head_dim)
     mixed = mixed.transpose(0, 3, 1, 2, 4).reshape(
@@ -189,12 +213,17 @@ class GatedMLP(nnx.Module):
     return hidden @ self.down[...]
 
 
+def _norm(config: ModelConfig) -> RMSNorm:
+  return RMSNorm(config.embed_dim, eps=config.norm_eps,
+                 scale_offset=config.norm_scale_offset)
+
+
 class Block(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.attention_norm = RMSNorm(config.embed_dim)
+    self.attention_norm = _norm(config)
     self.attention = Attention(config, rngs)
-    self.mlp_norm = RMSNorm(config.embed_dim)
+    self.mlp_norm = _norm(config)
     self.mlp = GatedMLP(config, rngs)
     self.dropout_rate = config.dropout_rate
 
@@ -216,11 +245,14 @@ class Decoder(nnx.Module):
     self.embedding = _param(rngs, (config.vocab_size, config.embed_dim),
                             ("vocab", "embed"))
     self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
-    self.final_norm = RMSNorm(config.embed_dim)
+    self.final_norm = _norm(config)
 
   def _run(self, tokens, positions, attention_mask, cache_kv, write_index,
            dropout_rng):
     x = jnp.take(self.embedding[...], tokens, axis=0)
+    if self.config.scale_embeddings:
+      # In the activation dtype, as Gemma's `Embedder.encode` does.
+      x = x * jnp.asarray(self.config.embed_dim ** 0.5, x.dtype)
     x = parallel.constrain(x, ("batch", "length", "embed"))
     new_keys, new_values = [], []
     for layer, block in enumerate(self.blocks):
@@ -284,9 +316,12 @@ class LanguageModel(nnx.Module):
                             ("embed", "vocab"))
 
   def logits(self, hidden: jax.Array) -> jax.Array:
+    """Next-token logits [..., vocab] of hidden states [..., embed]."""
     if self.config.tie_embeddings:
-      return hidden @ self.decoder.embedding[...].T
-    return hidden @ self.lm_head[...]
+      logits = hidden @ self.decoder.embedding[...].T
+    else:
+      logits = hidden @ self.lm_head[...]
+    return soft_cap(logits, self.config.final_logit_softcap)
 
   def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
     """Next-token logits of whole sequences, float [batch, T, vocab]."""

@@ -12,8 +12,8 @@ import numpy as np
 from flax import nnx
 
 from ttscale import io_utils, parallel
-from ttscale.data import arith_builder
-from ttscale.data.tokenizer import Tokenizer
+from ttscale.data import arith_builder, math_builder
+from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.models import LanguageModel, ModelConfig, ValueModel
 from ttscale.search import generate
 from ttscale.tasks import get_task, revision
@@ -43,18 +43,34 @@ class Context:
 
   @functools.cached_property
   def data(self) -> dict:
+    """{split: random-access source}: the embedded task's, or MATH's from `manual_dir`."""
+    if self.task.name == "math":
+      data = self.config.data
+      if not data.manual_dir:
+        raise ValueError("data.manual_dir is required for task.name='math': a directory "
+                         "in the public MATH layout (train/<subject>/<id>.json, test/...)")
+      return math_builder.build_math_data(data.manual_dir, self.path("data"),
+                                          data.test_ids_file or None)
     return arith_builder.build_arith_data(self.config.task, self.config.data,
                                           self.path("data"))
 
   def examples(self, split: str):
+    """The `Example`s of a split; "test" is `data.test_split` where the config has one
+    (MATH: "test", or "test500" with `data.test_ids_file`)."""
+    if split == "test":
+      split = self.config.data.get("test_split", "test")
+    if split not in self.data:
+      raise ValueError(f"data.test_split={split!r}: the data has only the splits "
+                       f"{', '.join(self.data)}")
     return arith_builder.read_examples(self.data[split])
 
   @functools.cached_property
-  def tokenizer(self) -> Tokenizer:
+  def tokenizer(self):
+    """The workdir's `Tokenizer`, or a released model's `PretrainedTokenizer`."""
     path = self.path("tokenizer.model")
     if not os.path.exists(path):
       raise ValueError(f"{path} is missing: run the 'data' stage first")
-    return Tokenizer.load(path)
+    return load_tokenizer(path)
 
   @functools.cached_property
   def mesh(self):
@@ -75,7 +91,17 @@ class Context:
             "model": dataclasses.asdict(self.policy_config(large)),
             "train": without(self.config.train.to_dict(), BOOKKEEPING),
             "data": self.config.data.to_dict(),
-            "task": self.config.task.to_dict()}
+            "task": self.config.task.to_dict(),
+            "init": self.init_checkpoint(large)}
+
+  def init_checkpoint(self, large: bool = False) -> dict | None:
+    """{"format", "path", "trim_vocab"} of the checkpoint the policy (or the larger one) starts
+    from, or None when it is trained from scratch."""
+    block = self.config.checkpoint
+    path = block.large if large else block.policy
+    if not path:
+      return None
+    return {"format": block.format, "path": path, "trim_vocab": block.trim_vocab}
 
   def policy_checkpointer(self, large: bool = False) -> Checkpointer:
     return Checkpointer(self.path("large" if large else "policy"), self.policy_spec(large),

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from ttscale import io_utils
 from ttscale.data import batching
+from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.data.tokenizer import train_tokenizer
 from ttscale.models import LanguageModel, policy_forward_fn
+from ttscale.models.checkpoint_import import import_language_model
 from ttscale.pipeline.context import Context
 from ttscale.search import generate, sampling
 from ttscale.training.objectives import next_token_loss
@@ -18,13 +22,20 @@ from ttscale.training.trainer import train
 
 
 def stage_data(ctx: Context) -> dict:
-  """Builds the TFDS splits and trains the tokenizer on the train split."""
+  """Builds the TFDS splits and the tokenizer: trained on the train split, or
+  the imported checkpoint's (`checkpoint.tokenizer`), copied into the workdir."""
   data = ctx.data
   path = ctx.path("tokenizer.model")
   if not os.path.exists(path):
-    train = ctx.examples("train")
-    texts = (ctx.task.prompt(e.question) + e.solution for e in train)
-    train_tokenizer(texts, path)
+    source = ctx.config.checkpoint.tokenizer
+    if source:
+      load_tokenizer(source)  # a bad file fails here, before the workdir has it
+      with open(source, "rb") as f:
+        io_utils.write_bytes_atomic(path, f.read())
+    else:
+      train = ctx.examples("train")
+      texts = (ctx.task.prompt(e.question) + e.solution for e in train)
+      train_tokenizer(texts, path)
   tokenizer = ctx.tokenizer
   return {"splits": {name: len(source) for name, source in data.items()},
           "vocab_size": tokenizer.vocab_size,
@@ -51,12 +62,36 @@ def stage_train_large(ctx: Context) -> dict:
   return train_language_model(ctx, large=True)
 
 
+def _has_checkpoint(ctx: Context, large: bool) -> bool:
+  """Whether the policy (or the larger one) has a checkpoint to resume from."""
+  if not os.path.isdir(ctx.path("large" if large else "policy")):
+    return False
+  checkpointer = ctx.policy_checkpointer(large)
+  step = checkpointer.latest_step()
+  checkpointer.close()
+  return step is not None
+
+
 def train_language_model(ctx: Context, large: bool) -> dict:
-  """The policy (or the larger one): next-token loss on solution tokens."""
+  """The policy (or the larger one): next-token loss on solution tokens, from
+  random weights or from an imported checkpoint (`checkpoint.policy`/`.large`)."""
   name = "train_large" if large else "train_policy"
   model_config = ctx.policy_config(large)
-  graphdef, params = nnx.split(
-      LanguageModel(model_config, rngs=nnx.Rngs(ctx.config.seed)))
+  init = ctx.init_checkpoint(large)
+  if init is None:
+    graphdef, params = nnx.split(
+        LanguageModel(model_config, rngs=nnx.Rngs(ctx.config.seed)))
+  else:
+    graphdef, abstract = nnx.split(nnx.eval_shape(
+        lambda: LanguageModel(model_config, rngs=nnx.Rngs(0))))
+    if _has_checkpoint(ctx, large):
+      # Resuming: the checkpoint's values replace these; only shapes matter.
+      params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abstract)
+    else:  # imported before the workdir is touched: a bad checkpoint changes nothing
+      ctx.log(f"{name}: importing the {init['format']} checkpoint {init['path']}")
+      params = import_language_model(init["format"], init["path"], model_config,
+                                     trim_vocab=ctx.config.checkpoint.trim_vocab)
+  checkpointer = ctx.policy_checkpointer(large)
   forward = policy_forward_fn(graphdef)
 
   def loss_fn(params, batch, dropout_rng):
@@ -67,7 +102,6 @@ def train_language_model(ctx: Context, large: bool) -> dict:
   batches = _packed_train_batches(ctx)
   ctx.log(f"{name}: {model_config.num_params():,} parameters, "
           f"{batches.steps_per_epoch} steps per epoch")
-  checkpointer = ctx.policy_checkpointer(large)
   train(name=name, loss_fn=loss_fn, params=params, batches=batches,
         train_config=ctx.config.train, checkpointer=checkpointer,
         metrics_path=ctx.path("metrics.jsonl"), seed=ctx.config.seed,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 import jax
 
 from ttscale import io_utils, outcomes
+from ttscale.models.checkpoint_import import check_checkpoint_config
 from ttscale.pipeline import (
   policy_stages,
   revision_stages,
@@ -52,25 +53,21 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "report": study_stages.stage_report,
 }
 
-_POLICY = ("seed", "task", "data", "model", "train")
+_POLICY = ("seed", "task", "data", "checkpoint", "model", "train")
 _PRM = (*_POLICY, "sampling", "prm", "verifier_train")
 _REVISION = (*_POLICY, "sampling", "revision", "revision_train")
 
 # The config blocks each stage's output depends on. A finished stage records
 # them; re-running with other values is an error, not a silent reuse.
 STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "data": ("task", "data"),
-    "train_policy": ("seed", "task", "data", "model", "train"),
-    "eval_policy": ("seed", "task", "data", "model", "train", "sampling", "eval"),
-    "prm_labels": ("seed", "task", "data", "model", "train", "sampling", "prm"),
-    "train_prm": ("seed", "task", "data", "model", "train", "sampling", "prm",
-                  "verifier_train"),
-    "train_orm": ("seed", "task", "data", "model", "train", "sampling", "prm",
-                  "verifier_train"),
-    "eval_prm": ("seed", "task", "data", "model", "train", "sampling", "prm",
-                 "verifier_train", "eval_prm"),
-    "sweep_search": ("seed", "task", "data", "model", "train", "sampling", "prm",
-                     "verifier_train", "search"),
+    "data": ("task", "data", "checkpoint"),
+    "train_policy": _POLICY,
+    "eval_policy": (*_POLICY, "sampling", "eval"),
+    "prm_labels": (*_POLICY, "sampling", "prm"),
+    "train_prm": _PRM,
+    "train_orm": _PRM,
+    "eval_prm": (*_PRM, "eval_prm"),
+    "sweep_search": (*_PRM, "search"),
     "revision_data": (*_POLICY, "sampling", "revision"),
     "train_revision": _REVISION,
     "train_revision_verifier": (*_REVISION, "prm", "verifier_train",
@@ -80,7 +77,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "difficulty": (*_PRM, "difficulty"),
     "select": (*_REVISION, "prm", "verifier_train", "revision_verifier_train", "search",
                "sweep_revisions", "difficulty"),
-    "train_large": ("seed", "task", "data", "large_model", "train"),
+    "train_large": ("seed", "task", "data", "checkpoint", "large_model", "train"),
     "flops_matched": (*_REVISION, "prm", "verifier_train", "revision_verifier_train",
                       "search", "sweep_revisions", "difficulty", "large_model",
                       "flops_matched"),
@@ -187,6 +184,7 @@ def check_stage_names(names) -> list[str]:
 
 def check_config(config) -> None:
   """Raises ValueError naming the first config field with a value no stage takes."""
+  check_checkpoint_config(config.checkpoint)
   aggregations = list(config.eval_prm.aggregations)
   for how in aggregations:
     if how not in select.STEP_AGGREGATIONS:

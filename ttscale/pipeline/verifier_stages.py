@@ -124,7 +124,8 @@ def stage_prm_labels(ctx: Context) -> dict:
                                  p.num_rollouts)
   io_utils.write_jsonl_atomic(ctx.path("prm_labels", "labels.jsonl"), records)
   soft = np.concatenate([r["mc_labels"] for r in records if r["mc_labels"]])
-  exact = np.concatenate([r["exact_labels"] for r in records if r["exact_labels"]])
+  # Tasks without exact step labels (MATH) have none to compare with.
+  exact = [label for r in records for label in r["exact_labels"] or ()]
   # Tokens of all parts, also those of an earlier interrupted run.
   parts_dir = ctx.path("prm_labels", "parts")
   parts = [io_utils.read_json(os.path.join(parts_dir, f)) for f in sorted(os.listdir(parts_dir))]
@@ -137,7 +138,7 @@ def stage_prm_labels(ctx: Context) -> dict:
       "num_rollouts": p.num_rollouts,
       "solution_accuracy": float(np.mean([r["correct"] for r in records])),
       "mean_soft_label": float(soft.mean()),
-      "exact_step_accuracy": float(exact.mean()),
+      "exact_step_accuracy": float(np.mean(exact)) if exact else None,
       "rollout_tokens": total_tokens, "rollout_seconds": round(total_seconds, 1),
       "rollout_tokens_per_second": round(total_tokens / max(total_seconds, 1e-9)),
       "parts_resumed": rollouts["parts_resumed"], "num_parts": rollouts["num_parts"],
@@ -270,7 +271,8 @@ def stage_eval_prm(ctx: Context) -> dict:
   # Step AUC against the exact labels (every step of the pool).
   exact = np.zeros(mask.shape, bool)
   for row, record in enumerate(records):
-    exact[row, :len(record["exact_labels"])] = record["exact_labels"]
+    labels = record["exact_labels"] or ()  # None: the task has no exact labels
+    exact[row, :len(labels)] = labels
   # Undefined (None) when every step has the same label, as with an untrained policy.
   both_classes = 0 < exact[mask].sum() < mask.sum()
   step_auc = {name: verifier_quality.roc_auc(steps[mask], exact[mask]) if both_classes

@@ -149,6 +149,10 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     raise ValueError(
         f"train.checkpoint_every={train_config.checkpoint_every} must be a "
         f"multiple of train.log_every={train_config.log_every}")
+  if mesh is not None and train_config.batch_size % mesh.shape["data"]:
+    raise ValueError(
+        f"{name}: batch_size={train_config.batch_size} must be a multiple of the "
+        f"mesh's data axis ({mesh.shape['data']} devices)")
   optimizer = make_optimizer(train_config)
 
   def train_step(state: TrainState, batch: dict):
@@ -195,6 +199,12 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
                checkpointer, metrics_path, mesh, early_stopping, log):
   """Steps `start`..num_steps: update, log every `log_every`, checkpoint."""
   num_steps = train_config.num_steps
+  if num_steps == 0:
+    # No training (an imported checkpoint used as it is): saved as step 0, so
+    # that later stages load it like any trained policy.
+    if checkpointer.latest_step() is None:
+      checkpointer.save(0, state)
+    return state
   if early_stopping is not None:
     early_stopping.resume(metrics_path, name, start)
     if early_stopping.stopped:

@@ -1,0 +1,124 @@
+"""The study on MATH, with released checkpoints as the policy.
+
+Variants (`--config=configs/math.py:VARIANT`):
+  gemma_2b_v5e  Gemma-2B policy and PRM, Gemma-7B as the larger model, on a
+                TPU v5e slice (e.g. v5litepod-16); budgets as in the paper.
+  gemma_2b_v4   the same on a TPU v4 slice (e.g. v4-32).
+  local_tiny    a tiny Llama-format checkpoint and a small MATH-layout
+                directory, end to end on a CPU in minutes (what the tests run).
+
+Paths come from flags, e.g.
+
+  python -m launch.main --config=configs/math.py:gemma_2b_v5e \\
+      --config.data.manual_dir=gs://BUCKET/MATH \\
+      --config.data.test_ids_file=gs://BUCKET/math_test500_ids.jsonl \\
+      --config.checkpoint.policy=gs://BUCKET/gemma-2b \\
+      --config.checkpoint.large=gs://BUCKET/gemma-7b \\
+      --config.checkpoint.tokenizer=gs://BUCKET/gemma/tokenizer.model \\
+      --workdir=gs://BUCKET/runs/math-2b
+
+The `model` block must describe the checkpoint (the import checks every field
+and every tensor's shape). Every other block is the embedded study's
+(`configs/arith.py`), with the values below changed.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+VARIANTS = ("gemma_2b_v5e", "gemma_2b_v4", "local_tiny")
+
+# Gemma 1 (google-deepmind/gemma): MQA for 2B, MHA for 7B, GeGLU, zero-centred
+# RMSNorm scales, embeddings scaled by sqrt(embed_dim) and tied to the head.
+_GEMMA = dict(activation="gelu", norm_scale_offset=1.0, scale_embeddings=True,
+              tie_embeddings=True, rope_base=10_000.0, norm_eps=1e-6, dropout_rate=0.0)
+GEMMA_2B = dict(num_layers=18, embed_dim=2048, num_heads=8, num_kv_heads=1,
+                head_dim=256, mlp_dim=16384, **_GEMMA)
+GEMMA_7B = dict(num_layers=28, embed_dim=3072, num_heads=16, num_kv_heads=16,
+                head_dim=256, mlp_dim=24576, **_GEMMA)
+
+# FSDP over "data" and tensor parallelism over "model": a parameter's "embed"
+# axis is split over data, its heads/MLP/vocab axes over model. A mesh axis
+# splits at most one dimension of an array, so activations keep "batch" on data.
+_FSDP_TP_RULES = (("batch", "data"), ("embed", "data"), ("mlp", "model"),
+                  ("heads", "model"), ("kv_heads", None), ("vocab", "model"),
+                  ("length", None), ("head_dim", None))
+
+
+def _arith_config(variant: str) -> config_dict.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arith.py")
+  spec = importlib.util.spec_from_file_location("ttscale_configs_arith", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+  variant = arg or "local_tiny"
+  if variant not in VARIANTS:
+    raise ValueError(f"config variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  c = _arith_config("tiny" if variant == "local_tiny" else "default")
+  c.variant = variant
+  c.task = config_dict.ConfigDict(dict(name="math", few_shot_file=""))
+  # `test_split` "test500" (the paper's) needs `test_ids_file`.
+  c.data = config_dict.ConfigDict(dict(
+      manual_dir="", test_ids_file="", test_split="test", seq_len=2048))
+  # The released Gemma embeddings have 256128 rows for 256000 tokenizer pieces:
+  # `trim_vocab` drops the padding rows (never a token's, so no logit of a
+  # real token changes).
+  c.checkpoint = config_dict.ConfigDict(dict(
+      format="gemma", policy="", large="", tokenizer="", trim_vocab=True))
+  if variant == "local_tiny":
+    return _local_tiny(c)
+
+  c.model = config_dict.ConfigDict(GEMMA_2B)
+  c.large_model = config_dict.ConfigDict(GEMMA_7B)
+  c.data.test_split = "test500"
+  # The base policies are used as released, few-shot prompted (train.num_steps
+  # = 0 saves the imported weights as the policy's checkpoint).
+  c.train.update(num_steps=0, batch_size=64, learning_rate=1e-5, warmup_steps=0)
+  c.sampling.update(temperature=1.0, max_new_tokens=512, batch_size=512)
+  c.eval.num_samples = 16
+  # The paper's PRM: 16 rollouts per step, fine-tuned at lr 3e-5, batch 128,
+  # dropout 0.05.
+  c.prm.update(num_questions=12_000, samples_per_question=16, num_rollouts=16,
+               prefixes_per_part=4096)
+  c.verifier_train.update(batch_size=128, num_steps=3_000, learning_rate=3e-5,
+                          warmup_steps=100, checkpoint_every=250, log_every=50)
+  c.eval_prm.update(num_questions=500, pool_size=256)
+  c.search.update(max_budget=256, best_of_n_max_budget=256, num_questions=500,
+                  max_rounds=40, max_step_tokens=128, rows=1024)
+  c.revision.update(num_questions=12_000, samples_per_question=64, seq_len=4096,
+                    questions_per_part=500, verifier_questions=2_000)
+  c.revision_train.update(batch_size=32, num_steps=2_000, learning_rate=1e-5,
+                          checkpoint_every=250, log_every=50)
+  c.revision_verifier_train.update(batch_size=32, num_steps=2_000, learning_rate=3e-5,
+                                   checkpoint_every=250, log_every=50)
+  c.sweep_revisions.update(max_budget=128, num_questions=500, rows=1024)
+  c.difficulty.update(num_questions=500, num_samples=2048, num_bins=5)
+  c.mesh.update(data=-1, model=4 if variant == "gemma_2b_v5e" else 8,
+                rules=_FSDP_TP_RULES)
+  return c
+
+
+def _local_tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """A tiny Llama-format policy (its shape below) on a few MATH-layout files."""
+  c.checkpoint.update(format="llama", trim_vocab=False)
+  c.data.seq_len = 96
+  c.model = config_dict.ConfigDict(dict(
+      num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
+      activation="silu", rope_base=10_000.0, dropout_rate=0.0, tie_embeddings=False))
+  c.train.update(num_steps=3, checkpoint_every=3, log_every=3)
+  c.sampling.update(max_new_tokens=32, batch_size=32)
+  c.prm.update(num_questions=8, samples_per_question=4, num_rollouts=2, prefixes_per_part=64)
+  c.eval_prm.update(num_questions=6, pool_size=4, num_draws=4)
+  c.search.update(num_questions=4, max_step_tokens=12, max_rounds=4, rows=16)
+  c.revision.update(num_questions=8, samples_per_question=2, trajectories_per_question=1,
+                    verifier_questions=4, questions_per_part=8, seq_len=512)
+  # A few packed rows of trajectories: small batches.
+  c.revision_train.batch_size = 2
+  c.revision_verifier_train.batch_size = 2
+  c.sweep_revisions.update(num_questions=4, rows=16)
+  c.difficulty.update(num_questions=4, num_samples=4, num_bins=2)
+  return c

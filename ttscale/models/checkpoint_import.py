@@ -1,0 +1,69 @@
+"""Starting a policy from a released checkpoint: one entry point for every format.
+
+The `checkpoint` config block names the format and the directories:
+
+    checkpoint.format     "llama" (Hugging Face *.safetensors) or "gemma" (orbax)
+    checkpoint.policy     the policy's checkpoint directory ("" = train from scratch)
+    checkpoint.large      the larger policy's, for the FLOPs-matched comparison
+    checkpoint.tokenizer  the models' sentencepiece `tokenizer.model`
+    checkpoint.trim_vocab drop embedding rows past the tokenizer's pieces
+                          (padding: Gemma's 256128 rows for 256000 pieces)
+
+The `model` (and `large_model`) block must describe the checkpoint: every
+field is checked against it, so a config that does not match is an error that
+names the field, never a silently reshaped model.
+"""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from ttscale.models.config import ModelConfig
+
+FORMATS = ("llama", "gemma")
+
+
+def check_checkpoint_config(checkpoint_config) -> None:
+  """Raises ValueError naming the first `checkpoint.*` field that cannot work."""
+  fmt = checkpoint_config.format
+  if fmt and fmt not in FORMATS:
+    raise ValueError(f"checkpoint.format={fmt!r}: expected one of {', '.join(FORMATS)}")
+  named = [name for name in ("policy", "large") if checkpoint_config[name]]
+  if named and not fmt:
+    raise ValueError(f"checkpoint.{named[0]} is set: checkpoint.format must say how "
+                     f"to read it ({', '.join(FORMATS)})")
+  if checkpoint_config.trim_vocab and fmt != "gemma":
+    raise ValueError(f"checkpoint.trim_vocab=True: only the gemma format pads its "
+                     f"vocabulary; got checkpoint.format={fmt!r}")
+  if "policy" in named and not checkpoint_config.tokenizer:
+    raise ValueError("checkpoint.policy is set: checkpoint.tokenizer must name its "
+                     "sentencepiece tokenizer.model")
+
+
+def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
+                          trim_vocab: bool = False) -> nnx.State:
+  """The parameters of a `LanguageModel(config)` read from a checkpoint.
+
+  Args:
+    fmt: one of `FORMATS`.
+    checkpoint_dir: the checkpoint's directory.
+    config: the model to build; `config.vocab_size` is the tokenizer's.
+    trim_vocab: drop the embedding's rows past `config.vocab_size` (gemma only).
+
+  Returns:
+    float32 parameters with exactly the tree `nnx.split(LanguageModel(config))` has.
+
+  Raises:
+    ValueError: the checkpoint does not match `config` or the vocabulary, or
+      is malformed; the message names the file and the field or tensor.
+  """
+  if fmt == "llama":
+    from ttscale.models.llama_import import load_llama
+    _, _, params = load_llama(checkpoint_dir, config, expected_vocab_size=config.vocab_size)
+  elif fmt == "gemma":
+    from ttscale.models.gemma_import import load_gemma
+    _, _, params = load_gemma(checkpoint_dir, config, expected_vocab_size=config.vocab_size,
+                              trim_vocab_to=config.vocab_size if trim_vocab else None)
+  else:
+    raise ValueError(f"checkpoint.format={fmt!r}: expected one of {', '.join(FORMATS)}")
+  return params
