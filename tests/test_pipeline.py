@@ -251,8 +251,9 @@ print(jax.device_count(), sum(float(np.abs(np.asarray(x)).sum())
 def test_a_policy_saved_on_eight_devices_loads_on_one(finished):
   # The session trained on 8 devices; a user may evaluate on one.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env["PYTHONPATH"] = os.path.dirname(CONFIG_PATH) + os.pathsep + os.path.join(
-      os.path.dirname(CONFIG_PATH), os.pardir)
+  # The repository only: configs/ on the path would shadow the stdlib `math`
+  # with configs/math.py.
+  env["PYTHONPATH"] = os.path.join(os.path.dirname(CONFIG_PATH), os.pardir)
   process = subprocess.run(
       [sys.executable, "-c", _LOAD_POLICY_CHECKSUM, CONFIG_PATH, finished.workdir],
       capture_output=True, text=True, env=env, timeout=120, check=False)
