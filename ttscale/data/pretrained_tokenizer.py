@@ -130,11 +130,7 @@ class PretrainedTokenizer:
     Raises:
       ValueError: an id is outside [0, vocab_size).
     """
-    kept_ids = [int(token_id) for token_id in ids]
-    for token_id in kept_ids:
-      if not 0 <= token_id < self.vocab_size:
-        raise ValueError(
-            f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})")
+    kept_ids = own_tokenizer.checked_ids(ids, self.vocab_size)
     return self._processor.decode([i for i in kept_ids if i not in self._special_ids])
 
   def id_to_piece(self, token_id: int) -> str:

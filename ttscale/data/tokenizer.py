@@ -55,6 +55,15 @@ def _to_model_text(text: str) -> str:
   return text.replace("\n", STEP_SYMBOL)
 
 
+def checked_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+  """`ids` as ints; raises ValueError for an id outside [0, vocab_size)."""
+  kept_ids = [int(token_id) for token_id in ids]
+  for token_id in kept_ids:
+    if not 0 <= token_id < vocab_size:
+      raise ValueError(f"token id {token_id} is outside the vocabulary [0, {vocab_size})")
+  return kept_ids
+
+
 class Tokenizer:
   """Encodes text to ids and back; see the module docstring for the format."""
 
@@ -164,12 +173,7 @@ class Tokenizer:
     Raises:
       ValueError: an id is outside [0, vocab_size).
     """
-    kept_ids = [int(token_id) for token_id in ids]
-    for token_id in kept_ids:
-      if not 0 <= token_id < self.vocab_size:
-        raise ValueError(
-          f"token id {token_id} is outside the vocabulary [0, {self.vocab_size})"
-        )
+    kept_ids = checked_ids(ids, self.vocab_size)
     kept_ids = [token_id for token_id in kept_ids if token_id not in self._special_ids]
     return self._processor.decode(kept_ids).replace(STEP_SYMBOL, "\n")
 
