@@ -20,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ttscale import distributed, pipeline, runtime
+from ttscale import distributed, io_utils, pipeline, runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file, optionally with :variant.",
@@ -76,9 +76,10 @@ def main(argv):
   try:
     distributed.initialize(_MULTIHOST.value)  # before anything asks for devices
     # Second runs reuse compiled programs (process-wide, so set here only).
+    # JAX reads and writes a gs:// cache through etils, like the workdir.
     import jax
     jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.abspath(_WORKDIR.value), "jax_cache"))
+                      os.path.join(io_utils.absolute(_WORKDIR.value), "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     pipeline.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
   except ValueError as error:

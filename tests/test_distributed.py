@@ -5,15 +5,26 @@ recorder, the environment of a pod slice or cluster is monkeypatched, and
 process 1 of 2 is played by monkeypatching `jax.process_index`. Placement on
 a mesh the way several processes do it (`jax.make_array_from_callback`) is
 compared with `jax.device_put` on the 8 CPU devices of `tests/conftest.py`.
+`gs://` workdirs are served from a local directory through epath's backend.
+
+One test does start `jax.distributed`: two CPU processes on localhost (gloo
+collectives), sharing a workdir, against one process with as many devices
+(`tests/distributed_worker.py`).
 """
 
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import json
 import os
 import pathlib
+import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_dict
 
-from ttscale import distributed, io_utils, parallel, testing
+from ttscale import distributed, io_utils, outcomes, parallel, pipeline, testing
 
 # Every variable `distributed.several_hosts` reads.
 _CLUSTER_VARIABLES = (
@@ -223,21 +234,33 @@ def fake_bucket(tmp_path, monkeypatch):
   monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
   calls = []
 
+  root = str(tmp_path / "bucket")
+
   def local(path) -> str:
     path = os.fspath(path)
+    if "://" not in path:
+      return path  # local paths (code, temporary files) stay where they are
     assert path.startswith("gs://bucket/"), path
-    return str(tmp_path / "bucket" / path.removeprefix("gs://bucket/"))
+    return os.path.join(root, path.removeprefix("gs://bucket/"))
 
   def redirect(operation):
     def call(original, path, *args, **kwargs):
-      calls.append((operation, os.fspath(path)))
+      if "://" in os.fspath(path):
+        calls.append((operation, os.fspath(path)))
       return original(local(path), *[local(a) if "://" in str(a) else a for a in args],
                       **kwargs)
     return call
 
+  def glob(original, pattern):
+    calls.append(("glob", os.fspath(pattern)))
+    found = original(local(pattern))
+    if "://" not in os.fspath(pattern):
+      return found
+    return ["gs://bucket/" + os.path.relpath(path, root) for path in found]
+
   operations = ("open", "exists", "isdir", "listdir", "makedirs", "mkdir", "remove",
                 "rename", "replace", "stat", "copy")
-  with epath_testing.mock_epath(**{op: redirect(op) for op in operations}):
+  with epath_testing.mock_epath(glob=glob, **{op: redirect(op) for op in operations}):
     yield calls
 
 
@@ -264,6 +287,181 @@ def test_a_local_path_never_goes_through_epath(tmp_path):
   with epath_testing.mock_epath(open=refuse, makedirs=refuse, replace=refuse):
     io_utils.write_json_atomic(pathlib.Path(tmp_path) / "a" / "b.json", [1, 2])
     assert io_utils.read_json(str(tmp_path / "a" / "b.json")) == [1, 2]
+
+
+def _load(path: str, name: str):
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def _tiny_config():
+  return _load(os.path.join(_TESTS, os.pardir, "configs", "arith.py"),
+               "arith_config").get_config("tiny")
+
+
+def test_a_gs_workdir_stays_a_url_and_a_local_one_becomes_absolute(tmp_path, monkeypatch):
+  config = _tiny_config()
+  ctx = pipeline.Context(config, "gs://bucket/study", log=lambda _: None)
+  assert ctx.workdir == "gs://bucket/study"
+  assert ctx.path("stages", "data.json") == "gs://bucket/study/stages/data.json"
+  monkeypatch.chdir(tmp_path)
+  assert pipeline.Context(config, "study").workdir == str(tmp_path / "study")
+  assert io_utils.absolute("gs://bucket/a/../b") == "gs://bucket/a/../b"
+
+
+def test_outcome_rows_are_appended_to_a_gs_table(fake_bucket, tmp_path):
+  meta = {"search": {"max_budget": 4}}
+
+  def row(question: int) -> outcomes.Outcome:
+    return outcomes.Outcome(question_index=question, level=1, method="best_of_n", params="",
+                            budget=1, seed=0, answer="3", correct=True, generations=1,
+                            flops=1.0, seconds=0.1)
+
+  path = "gs://bucket/run/outcomes/search.jsonl"
+  table = outcomes.OutcomeTable(path, meta)
+  assert table.path == path
+  table.append([row(0)])
+  table.append([row(1), row(2)])
+  reopened = outcomes.OutcomeTable(path, meta)
+  assert [r["question_index"] for r in reopened.rows()] == [0, 1, 2]
+  assert len((tmp_path / "bucket" / "run" / "outcomes" / "search.jsonl").read_text()
+             .splitlines()) == 3
+  with pytest.raises(ValueError, match=r"gs://bucket/run/outcomes/search\.jsonl holds "):
+    outcomes.OutcomeTable(path, {"search": {"max_budget": 8}})
+
+
+def test_the_report_stage_runs_on_a_gs_workdir_as_on_a_local_one(fake_bucket, tmp_path,
+                                                                  monkeypatch):
+  """Fails if a stage on a gs:// workdir touches the local file system where
+  the workdir would be (an `os.makedirs("gs://...")` makes `./gs:`), misses a
+  file that is there (`os.path.exists` is False for every URL), or reports
+  otherwise than on a local copy of the same workdir."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  config = _tiny_config()
+  study_report = _load(os.path.join(_TESTS, "report", "test_study_report.py"),
+                       "study_report_workdir")
+  workdir = "gs://bucket/study"
+  study_report._write_workdir(workdir)
+  # Every stage `report` needs, done: `check_prerequisites` reads their markers.
+  for stage in [*pipeline.STAGES][:-1]:
+    io_utils.write_json_atomic(f"{workdir}/stages/{stage}.json",
+                               {"stage": stage, "seconds": 1.0, "inputs": {}})
+  local = shutil.copytree(tmp_path / "bucket" / "study", tmp_path / "local")
+  log = []
+  records = pipeline.run(config, workdir, ["report"], log=log.append)
+  assert "stage report: running" in log
+  assert os.listdir(cwd) == [], "a gs:// path was used as a local one"
+  assert ("glob", f"{workdir}/stages/*.json") in fake_bucket
+  bucket = tmp_path / "bucket" / "study"
+  results = json.loads((bucket / "results.json").read_text())
+  assert set(results["stage_seconds"]) == set(pipeline.STAGES) - {"report"}
+  for figure in results["figures"]:
+    assert (bucket / figure).read_bytes().startswith(b"\x89PNG")
+  assert json.loads((bucket / "stages" / "report.json").read_text())["summary"] == (
+      records["report"]["summary"])
+  # A second run finds the marker in the bucket and skips the stage.
+  log.clear()
+  pipeline.run(config, workdir, ["report"], log=log.append)
+  assert any(line.startswith("stage report: already done") for line in log)
+  pipeline.run(config, str(local), ["report"], log=lambda _: None)
+  assert (bucket / "report.md").read_text() == (local / "report.md").read_text()
+  assert results == json.loads((local / "results.json").read_text())
+
+
+# ------------------------------------------------------ several processes
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def _start_worker(out: pathlib.Path, workdir: pathlib.Path, port: int, process: int,
+                  processes: int, log) -> subprocess.Popen:
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
+             PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(_TESTS),
+                                                      os.environ.get("PYTHONPATH")])))
+  for variable in _CLUSTER_VARIABLES:
+    env.pop(variable, None)
+  return subprocess.Popen(
+      [sys.executable, os.path.join(_TESTS, "distributed_worker.py"), str(out), str(workdir),
+       str(port), str(process), str(processes)],
+      # A file, not a pipe: a worker blocked on a full pipe would stall the other.
+      env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _metric_lines(path: pathlib.Path) -> list[dict]:
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  for record in records:
+    record.pop("tokens_per_second", None)  # wall time
+  return records
+
+
+def test_two_processes_return_what_one_returns_and_write_each_file_once(tmp_path):
+  """Two processes of 2 CPU devices each (one 4-device mesh over both) and
+  one process of 4 devices run the same sampling, scoring, search, outcome
+  table and training with early stopping (`tests/distributed_worker.py`).
+
+  Fails if an output sharded over both processes is read with `np.asarray`
+  (refused), if the search's batches on the other process's devices are
+  lost or differ, if a process returns other results than the single
+  process, if a metric line or outcome row is written once per process, or
+  if process 0 appends to a file before process 1 (a second late) read it.
+  """
+  shared, alone = tmp_path / "shared", tmp_path / "alone"
+  shared.mkdir()
+  alone.mkdir()
+  port = _free_port()
+  names = ["process0", "process1", "alone"]
+  logs = [open(tmp_path / f"{name}.log", "wb") for name in names]
+  workers = [_start_worker(tmp_path / f"process{p}.json", shared, port, p, 2, logs[p])
+             for p in (0, 1)]
+  workers.append(_start_worker(tmp_path / "alone.json", alone, 0, 0, 1, logs[2]))
+  try:
+    # Until all end, or one fails: the others would wait for it at a barrier.
+    deadline = time.monotonic() + 300
+    while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+      if any(w.poll() for w in workers):
+        break
+      time.sleep(0.2)
+  finally:
+    for worker, log in zip(workers, logs, strict=True):
+      worker.kill()
+      worker.wait()
+      log.close()
+  codes = {name: worker.returncode for name, worker in zip(names, workers, strict=True)}
+  # The logs of the workers that failed (not those killed, -9, after them).
+  failed = [name for name, code in codes.items() if code > 0] or [
+      name for name, code in codes.items() if code]
+  assert not failed, f"{codes}\n" + "\n".join(
+      f"--- {name}\n" + (tmp_path / f"{name}.log").read_text()[-3000:] for name in failed)
+  expected = json.loads((tmp_path / "alone.json").read_text())
+  for p in (0, 1):
+    got = json.loads((tmp_path / f"process{p}.json").read_text())
+    assert (got["process_index"], got["local_devices"]) == (p, 2)
+    # Sampling rows, scoring rows and search batches never mix: bit-identical.
+    for key in ("texts", "scores", "search", "table_rows"):
+      assert got[key] == expected[key], key
+    # Gradients are summed over devices in another order: close, not equal.
+    np.testing.assert_allclose(got["trained"], expected["trained"], rtol=1e-5)
+  assert expected["table_rows"] == len(expected["search"]) == 5
+  assert (shared / "outcomes.jsonl").read_text() == (alone / "outcomes.jsonl").read_text()
+  got_metrics, expected_metrics = (_metric_lines(d / "metrics.jsonl") for d in (shared, alone))
+  assert [(m["step"], sorted(m)) for m in got_metrics] == [
+      (m["step"], sorted(m)) for m in expected_metrics]
+  assert len(expected_metrics) == 3  # steps 1 and 2, one validation
+  for got, want in zip(got_metrics, expected_metrics, strict=True):
+    np.testing.assert_allclose([got[k] for k in sorted(got) if k != "stage"],
+                               [want[k] for k in sorted(want) if k != "stage"], rtol=1e-5)
+  assert sorted(os.listdir(shared)) == sorted(os.listdir(alone))
 
 
 # ----------------------------------------------------------- placement

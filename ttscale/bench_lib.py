@@ -77,9 +77,13 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
     # Rows split over every device when they divide evenly (one per core).
     split = batch % jax.device_count() == 0
     with parallel.maybe_sharding(mesh if split else None, (("batch", "data"),)):
+      placed = params
       if split:
         prompts = parallel.shard_batch(prompts, mesh)
-      seconds = _best_seconds(run, params, prompts, jax.random.key(0))
+        # Replicated explicitly (`put_global`): with several processes, the
+        # device_put jit would make of parameters on one device is refused.
+        placed = parallel.replicate(params, mesh)
+      seconds = _best_seconds(run, placed, prompts, jax.random.key(0))
     tokens_per_second = batch * new_tokens / seconds
     bytes_per_token = kv_bytes_per_token + param_bytes / batch
     roofline = 1.0 / max(flops_per_token / flops_rate, bytes_per_token / bandwidth)

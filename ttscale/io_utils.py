@@ -13,7 +13,8 @@ With several processes (`ttscale.distributed`) only process 0 writes; every
 process calls the writer, and all wait at a barrier before the write (so
 that none decides on the file's absence after process 0 made it) and after
 it (so that all read what was written). One process: no barriers, the same
-writes as ever.
+writes as ever. `append_bytes` also writes on process 0 only, but without
+barriers: every process may call it, or the writer alone.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def _is_local(path: str | os.PathLike) -> bool:
   return "://" not in os.fspath(path)
 
 
+def absolute(path: str | os.PathLike) -> str:
+  """`path` made absolute if local; a URL (`gs://...`) as it is, since
+  `os.path.abspath` would turn it into a local path under the working directory."""
+  return os.path.abspath(path) if _is_local(path) else os.fspath(path)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
   """Writes `data` to `path` atomically, from process 0 only.
 
@@ -48,6 +55,31 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
       target.parent.mkdir(parents=True, exist_ok=True)
       target.write_bytes(data)
   distributed.barrier(f"io_utils: wrote {name}")
+
+
+def append_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Appends `data` to `path` (made if missing), from process 0 only.
+
+  No barriers, so the writer may call it alone (metric lines, outcome rows:
+  every process computes them, one writes them). Local: one write, flushed
+  and fsynced, so a kill leaves at most a partial last line. Object stores
+  have no appends: the object is read and written again whole (one atomic
+  upload, a cost that grows with the file: meant for files of lines, not
+  for large data).
+  """
+  if not distributed.is_writer():
+    return
+  name = os.fspath(path)
+  if _is_local(path):
+    with open(name, "ab") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    return
+  target = epath.Path(name)
+  old = target.read_bytes() if target.exists() else b""
+  target.parent.mkdir(parents=True, exist_ok=True)
+  target.write_bytes(old + data)
 
 
 def _write_local(path: str, data: bytes) -> None:

@@ -10,6 +10,11 @@ Appends are whole batches of lines, flushed and fsynced; a kill during an
 append can leave at most one partial last line, which the next `OutcomeTable`
 drops before appending. So a killed sweep loses at most the batch in flight,
 and a re-run skips the rows already present (`has`).
+
+The path may be a URL (`gs://...`), where an append rewrites the object. With
+several processes (`ttscale.distributed`) every one keeps the same rows in
+memory and process 0 alone writes them; every process opens the table
+(`OutcomeTable` holds a barrier).
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import json
 import os
 from collections.abc import Iterable
 
-from ttscale import io_utils
+from etils import epath
+
+from ttscale import distributed, io_utils
 from ttscale.training.checkpoints import first_difference
 
 
@@ -60,14 +67,17 @@ class OutcomeTable:
       ValueError: the table was made with another `meta` (names the first
         differing field), or a line other than the last is damaged.
     """
-    self.path = os.path.abspath(path)
+    self.path = io_utils.absolute(path)
     self.meta_path = self.path + ".meta.json"
     meta = json.loads(json.dumps(meta))
     check_meta(self.path, meta)
-    if not os.path.exists(self.meta_path):
+    if not epath.Path(self.meta_path).exists():
       io_utils.write_json_atomic(self.meta_path, meta)
     self._rows = _read_rows(self.path, repair=True)
     self._keys = {_row_key(row) for row in self._rows}
+    # Several processes: none appends before every one has read the rows
+    # (one that read them after would find its own new rows already there).
+    distributed.barrier(f"outcomes: opened {self.path}")
 
   def has(self, key: tuple) -> bool:
     return key in self._keys
@@ -79,26 +89,24 @@ class OutcomeTable:
     return list(self._rows)
 
   def append(self, outcomes: Iterable[Outcome]) -> None:
-    """Appends rows (one flushed, fsynced write); a row already present is an error."""
+    """Appends rows (one flushed, fsynced write, by process 0); a row already
+    present is an error."""
     rows = [dataclasses.asdict(o) for o in outcomes]
     for row in rows:
       if _row_key(row) in self._keys:
         raise ValueError(f"{self.path}: row {_row_key(row)} is already in the table")
     if not rows:
       return
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write("".join(json.dumps(row) + "\n" for row in rows))
-      f.flush()
-      os.fsync(f.fileno())
+    io_utils.append_bytes(self.path, "".join(json.dumps(row) + "\n" for row in rows).encode())
     self._rows.extend(rows)
     self._keys.update(_row_key(row) for row in rows)
 
 
 def check_meta(path: str, meta: dict) -> None:
   """Raises ValueError if the table at `path` was made with another `meta`."""
-  meta_path = os.path.abspath(path) + ".meta.json"
-  if not os.path.exists(meta_path):
-    if os.path.exists(path):
+  meta_path = io_utils.absolute(path) + ".meta.json"
+  if not epath.Path(meta_path).exists():
+    if epath.Path(path).exists():
       raise ValueError(f"{path} has no {os.path.basename(meta_path)}; the workdir is damaged")
     return
   difference = first_difference(json.loads(json.dumps(meta)), io_utils.read_json(meta_path))
@@ -110,10 +118,9 @@ def check_meta(path: str, meta: dict) -> None:
 def _read_rows(path: str, repair: bool) -> list[dict]:
   """The rows of `path`; a partial last line (a killed append) is dropped,
   and with `repair` also removed from the file."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return []
-  with open(path, encoding="utf-8") as f:
-    text = f.read()
+  text = epath.Path(path).read_text()
   lines = text.split("\n")
   complete, tail = lines[:-1], lines[-1]  # text ends with "\n" unless cut short
   rows = []
@@ -135,6 +142,6 @@ def _read_rows(path: str, repair: bool) -> list[dict]:
 
 def read_table(path: str) -> list[dict]:
   """All rows of a table, without changing the file (analysis reads only)."""
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f"{path} is missing: run the stage that writes it first")
   return _read_rows(path, repair=False)

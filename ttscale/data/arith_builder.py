@@ -31,7 +31,7 @@ import hashlib
 import json
 import os
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -40,6 +40,7 @@ from absl import logging as absl_logging
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from ttscale import distributed
 from ttscale.tasks.arith import ArithTask
 from ttscale.tasks.base import Example
 
@@ -221,6 +222,24 @@ def quiet_tfds() -> Iterator[None]:
     tfds.display_progress_bar(progress_bar_shown)
 
 
+def prepare_and_open(make_builder: Callable[[], tfds.core.DatasetBuilder],
+                     data_dir: str) -> Mapping[str, DataSource]:
+  """Prepares a dataset once and opens it on every process.
+
+  With several processes (`ttscale.distributed`) process 0 prepares it in the
+  shared `data_dir` while the others wait at a barrier; they make their
+  builder after it, since a builder reads what is prepared when it is made.
+
+  Returns:
+    split name -> random-access source (`builder.as_data_source()`).
+  """
+  with quiet_tfds():
+    if distributed.is_writer():
+      make_builder().download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+    distributed.barrier(f"data: prepared in {data_dir}")
+    return make_builder().as_data_source()
+
+
 def _data_field(data_config: Mapping[str, Any], field_name: str) -> int:
   value = dict(data_config.items()).get(field_name)
   minimum = 0 if field_name == "seed" else 1
@@ -258,10 +277,9 @@ def build_arith_data(
     split: _data_field(data_config, f"num_{split}") for split in SPLIT_NAMES
   }
   config = make_config(task, split_sizes, _data_field(data_config, "seed"))
-  with quiet_tfds():
-    builder = ArithChains(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
-    sources = builder.as_data_source()
+  sources = prepare_and_open(
+      lambda: ArithChains(config=config, data_dir=data_dir, file_format="array_record"),
+      os.fspath(data_dir))
   return {split: sources[split] for split in SPLIT_NAMES}
 
 

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ttscale.data.arith_builder import DataSource, quiet_tfds, read_examples
+from ttscale.data.arith_builder import DataSource, prepare_and_open, read_examples
 from ttscale.tasks.base import Example
 from ttscale.tasks.math import MathTask
 
@@ -347,10 +347,9 @@ def build_math_data(
   """
   config = make_config(manual_dir, test_ids_file)
   data_dir = os.fspath(data_dir)
-  with quiet_tfds():
-    builder = MathHendrycks(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
-    sources = builder.as_data_source()
+  sources = prepare_and_open(
+      lambda: MathHendrycks(config=config, data_dir=data_dir, file_format="array_record"),
+      data_dir)
   return {split: sources[split] for split in config.split_names()}
 
 

@@ -33,6 +33,7 @@ import os
 from collections.abc import Iterable
 
 import sentencepiece
+from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
 from ttscale.data import tokenizer as own_tokenizer
@@ -78,8 +79,7 @@ class PretrainedTokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> PretrainedTokenizer:
-    with open(path, "rb") as model_file:
-      return cls(model_file.read(), source=f"tokenizer model {os.fspath(path)!r}")
+    return cls(epath.Path(path).read_bytes(), source=f"tokenizer model {os.fspath(path)!r}")
 
   @property
   def vocab_size(self) -> int:
@@ -151,8 +151,7 @@ def load_tokenizer(path: str | os.PathLike):
     ValueError: the file is missing, unreadable or not a usable model.
   """
   try:
-    with open(path, "rb") as model_file:
-      model_proto = model_file.read()
+    model_proto = epath.Path(path).read_bytes()  # local or gs://
   except OSError as error:
     raise ValueError(
         f"cannot read tokenizer model {os.fspath(path)!r}: {error.strerror}") from None

@@ -32,6 +32,7 @@ import string
 from collections.abc import Iterable
 
 import sentencepiece
+from etils import epath
 
 from ttscale import io_utils
 
@@ -116,8 +117,7 @@ class Tokenizer:
       ValueError: the file is missing, unreadable or not such a model.
     """
     try:
-      with open(path, "rb") as model_file:
-        model_proto = model_file.read()
+      model_proto = epath.Path(path).read_bytes()  # local or gs://
     except OSError as error:
       raise ValueError(
         f"cannot read tokenizer model {os.fspath(path)!r}: {error.strerror}"

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from ttscale import io_utils, parallel
@@ -34,7 +35,7 @@ class Context:
 
   def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
     self.config = config
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = io_utils.absolute(workdir)  # a gs:// workdir stays a URL
     self.log = log
     self.task = get_task(config.task)
 
@@ -68,7 +69,7 @@ class Context:
   def tokenizer(self):
     """The workdir's `Tokenizer`, or a released model's `PretrainedTokenizer`."""
     path = self.path("tokenizer.model")
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'data' stage first")
     return load_tokenizer(path)
 
@@ -110,7 +111,7 @@ class Context:
   def load_policy(self, large: bool = False) -> generate.Policy:
     """The trained policy (or the larger one) from its last checkpoint."""
     stage, directory = ("train_large", "large") if large else ("train_policy", "policy")
-    if not os.path.isdir(self.path(directory)):
+    if not epath.Path(self.path(directory)).is_dir():
       raise ValueError(f"{self.path(directory)} is missing: run the "
                        f"'{stage}' stage first")
     checkpointer = self.policy_checkpointer(large)
@@ -184,7 +185,7 @@ class Context:
                  module, stage_done: bool = True) -> generate.Policy:
     """The parameters in `<kind>/best`, kept there by early stopping."""
     stage = f"train_{kind}"
-    if stage_done and not os.path.exists(self.path("stages", f"{stage}.json")):
+    if stage_done and not epath.Path(self.path("stages", f"{stage}.json")).exists():
       raise ValueError(f"no trained {kind} in {self.workdir}: run the "
                        f"'{stage}' stage first")
     best = Checkpointer(self.path(kind, "best"), spec, max_to_keep=1)
@@ -227,13 +228,13 @@ class Context:
   def revision_trajectories(self) -> list[dict]:
     """The records written by the `revision_data` stage."""
     path = self.path("revision", "trajectories.jsonl")
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'revision_data' stage first")
     return io_utils.read_jsonl(path)
 
   def labelled_solutions(self) -> list[dict]:
     """The records written by the `prm_labels` stage."""
     path = self.path("prm_labels", "labels.jsonl")
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'prm_labels' stage first")
     return io_utils.read_jsonl(path)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from ttscale import io_utils
@@ -26,12 +25,11 @@ def stage_data(ctx: Context) -> dict:
   the imported checkpoint's (`checkpoint.tokenizer`), copied into the workdir."""
   data = ctx.data
   path = ctx.path("tokenizer.model")
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     source = ctx.config.checkpoint.tokenizer
     if source:
       load_tokenizer(source)  # a bad file fails here, before the workdir has it
-      with open(source, "rb") as f:
-        io_utils.write_bytes_atomic(path, f.read())
+      io_utils.write_bytes_atomic(path, epath.Path(source).read_bytes())
     else:
       train = ctx.examples("train")
       texts = (ctx.task.prompt(e.question) + e.solution for e in train)
@@ -64,7 +62,7 @@ def stage_train_large(ctx: Context) -> dict:
 
 def _has_checkpoint(ctx: Context, large: bool) -> bool:
   """Whether the policy (or the larger one) has a checkpoint to resume from."""
-  if not os.path.isdir(ctx.path("large" if large else "policy")):
+  if not epath.Path(ctx.path("large" if large else "policy")).is_dir():
     return False
   checkpointer = ctx.policy_checkpointer(large)
   step = checkpointer.latest_step()

@@ -12,11 +12,11 @@ importable from a notebook:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 
 import jax
+from etils import epath
 
 from ttscale import io_utils, outcomes
 from ttscale.models.checkpoint_import import check_checkpoint_config
@@ -124,7 +124,7 @@ def check_prerequisites(ctx: Context, names: list[str]) -> None:
   """Raises ValueError when a stage needs one neither done nor requested."""
   for name in names:
     for stage in _prerequisites(name):
-      if stage not in names and not os.path.exists(ctx.path("stages", f"{stage}.json")):
+      if stage not in names and not epath.Path(ctx.path("stages", f"{stage}.json")).exists():
         raise ValueError(f"stage {name} needs stage {stage}, which is not done in "
                          f"{ctx.workdir}: run it first or add it to --stages")
 
@@ -146,7 +146,7 @@ def validate_workdir(ctx: Context, names: list[str]) -> None:
   """
   for name in names:
     marker = ctx.path("stages", f"{name}.json")
-    if not os.path.exists(marker):
+    if not epath.Path(marker).exists():
       continue
     recorded = io_utils.read_json(marker).get("inputs")
     if not isinstance(recorded, dict):
@@ -156,13 +156,13 @@ def validate_workdir(ctx: Context, names: list[str]) -> None:
       raise ValueError(
           f"stage {name} in {ctx.workdir} was done with other settings: "
           f"{difference}; use a new --workdir or the settings it was made with")
-  if os.path.exists(ctx.path("tokenizer.model")):
+  if epath.Path(ctx.path("tokenizer.model")).exists():
     check_spec(ctx.path("policy"), ctx.policy_spec())
     check_spec(ctx.path("large"), ctx.policy_spec(large=True))
     for kind in ("prm", "orm"):
       for part in ("state", "best"):
         check_spec(ctx.path(kind, part), ctx.verifier_spec(kind))
-    if os.path.isdir(ctx.path("revision")):
+    if epath.Path(ctx.path("revision")).is_dir():
       for part in ("state", "best"):
         check_spec(ctx.path("revision", part), ctx.revision_spec())
         check_spec(ctx.path("revision_verifier", part), ctx.verifier_spec("revision_verifier"))
@@ -224,7 +224,7 @@ def check_config(config) -> None:
 def run_stage(ctx: Context, name: str) -> dict:
   """Runs one stage unless its marker says it is done; returns the marker."""
   marker = ctx.path("stages", f"{name}.json")
-  if os.path.exists(marker):
+  if epath.Path(marker).exists():
     record = io_utils.read_json(marker)
     ctx.log(f"stage {name}: already done "
             f"({format_seconds(record['seconds'])}), skipped")

@@ -20,12 +20,12 @@
 from __future__ import annotations
 
 import collections
-import glob
 import os
 import zlib
 
 import jax
 import numpy as np
+from etils import epath
 
 from ttscale import io_utils, outcomes, parallel
 from ttscale.data import batching
@@ -62,13 +62,13 @@ def _sampler_config(ctx: Context) -> sampling.SamplerConfig:
 def _in_parts(directory: str, num_items: int, per_part: int, run_part, log, name: str):
   """Runs `run_part(first, last) -> dict` for each missing part and writes it
   atomically to `directory/NNNNN.json`; returns every part, in order."""
-  os.makedirs(directory, exist_ok=True)
+  epath.Path(directory).mkdir(parents=True, exist_ok=True)
   starts = list(range(0, num_items, per_part))
   progress = Progress(name, len(starts), log)
   parts = []
   for number, first in enumerate(starts):
     path = os.path.join(directory, f"{number:05d}.json")
-    if os.path.exists(path):
+    if epath.Path(path).exists():
       part = io_utils.read_json(path)
     else:
       part = run_part(first, min(first + per_part, num_items))
@@ -391,14 +391,14 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   seed = cfg.seed
   ran = 0
   unit_dir = ctx.path("revisions", "sweep")
-  os.makedirs(unit_dir, exist_ok=True)
+  epath.Path(unit_dir).mkdir(parents=True, exist_ok=True)
   for budget, sequential, chains, first, last in units:
     params = {sel: f"s={sequential},p={chains},select={sel}" for sel in SELECTORS}
     missing = [(i, sel) for i in range(first, last) for sel in SELECTORS
                if not table.has((i, "revisions", params[sel], budget, seed))]
     path = os.path.join(unit_dir, f"N{budget:04d}_s{sequential:04d}_q{first:05d}.json")
     if missing:
-      if os.path.exists(path):
+      if epath.Path(path).exists():
         unit = io_utils.read_json(path)
       else:
         key = jax.random.key(_seed(ctx, "sweep_revisions", budget, sequential, first))
@@ -438,7 +438,7 @@ def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
       sequential_vs_parallel.setdefault(sel, {})[budget] = {"sequential": seq, "parallel": par}
   # Correct → incorrect across consecutive attempts of every chain run.
   wrong, right = 0, 0
-  for path in sorted(glob.glob(os.path.join(unit_dir, "*.json"))):
+  for path in sorted(str(p) for p in epath.Path(unit_dir).glob("*.json")):
     w, r = revisions.revised_wrong_rate(np.asarray(io_utils.read_json(path)["correct"], bool))
     wrong, right = wrong + w, right + r
   revision_figure.plot(rows, ctx.path("sweep_revisions.png"))

@@ -12,9 +12,8 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+from etils import epath
 
 from ttscale import io_utils, outcomes
 from ttscale.pipeline.context import Context
@@ -82,7 +81,7 @@ def stage_difficulty(ctx: Context) -> dict:
 
 def read_difficulty(ctx: Context) -> dict:
   path = ctx.path(DIFFICULTY)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f"{path} is missing: run the 'difficulty' stage first")
   return io_utils.read_json(path)
 
@@ -92,7 +91,7 @@ def read_outcome_rows(ctx: Context) -> list[dict]:
   rows = []
   for parts, stage in ((SEARCH_TABLE, "sweep_search"), (REVISION_TABLE, "sweep_revisions")):
     path = ctx.path(*parts)
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the '{stage}' stage first")
     rows.extend(outcomes.read_table(path))
   return rows
@@ -209,7 +208,7 @@ def stage_flops_matched(ctx: Context) -> dict:
 
 def _require(ctx: Context, name: str, stage: str) -> str:
   path = ctx.path(name)
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise ValueError(f"{path} is missing: run the '{stage}' stage first")
   return path
 

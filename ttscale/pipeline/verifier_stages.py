@@ -16,6 +16,7 @@ import os
 
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from ttscale import io_utils, parallel
@@ -74,7 +75,7 @@ def labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
 def sample_pool(ctx: Context, path: str, questions: list[str], num_samples: int,
                  seed: int, name: str) -> dict:
   """Samples solutions once and keeps them in `path` (a re-run reads them)."""
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     return io_utils.read_json(path)
   cfg = ctx.config
   samples = generate.sample_solutions(
@@ -128,7 +129,9 @@ def stage_prm_labels(ctx: Context) -> dict:
   exact = [label for r in records for label in r["exact_labels"] or ()]
   # Tokens of all parts, also those of an earlier interrupted run.
   parts_dir = ctx.path("prm_labels", "parts")
-  parts = [io_utils.read_json(os.path.join(parts_dir, f)) for f in sorted(os.listdir(parts_dir))]
+  # Only finished parts: `NNNNN.json` (a killed write leaves a `.tmp-` file).
+  parts = [io_utils.read_json(os.fspath(path))
+           for path in sorted(epath.Path(parts_dir).glob("[0-9]*.json"))]
   total_tokens = sum(part["generated_tokens"] for part in parts)
   total_seconds = sum(part["seconds"] for part in parts)
   summary = {

@@ -3,17 +3,18 @@
 Reads only files (no model runs): the outcome tables, `difficulty.json` and
 `select.json` (required), and when present `eval_policy.json`,
 `eval_prm.json`, `flops_matched.json`, the revision sweep's units and the
-stage markers. Every number in the report is in `results.json`.
+stage markers. Every number in the report is in `results.json`. The workdir
+may be a URL (`gs://...`).
 """
 
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import os
 
 import numpy as np
+from etils import epath
 
 from ttscale import io_utils, outcomes
 from ttscale.report import revision_figure, search_figure, study_figures
@@ -25,7 +26,12 @@ OPTIONAL = ("eval_policy.json", "eval_prm.json", "flops_matched.json")
 
 def _read_optional(workdir: str, name: str):
   path = os.path.join(workdir, name)
-  return io_utils.read_json(path) if os.path.exists(path) else None
+  return io_utils.read_json(path) if epath.Path(path).exists() else None
+
+
+def _sorted_glob(directory: str, pattern: str) -> list[str]:
+  """`sorted(glob.glob(directory/pattern))`, for local and gs:// directories."""
+  return sorted(str(path) for path in epath.Path(directory).glob(pattern))
 
 
 def _accuracy(rows: list[dict], method: str, params: str, generations: int) -> float | None:
@@ -36,7 +42,7 @@ def _accuracy(rows: list[dict], method: str, params: str, generations: int) -> f
 
 def _revised_wrong(workdir: str) -> dict:
   wrong = right = 0
-  for path in sorted(glob.glob(os.path.join(workdir, "revisions", "sweep", "*.json"))):
+  for path in _sorted_glob(os.path.join(workdir, "revisions", "sweep"), "*.json"):
     correct = np.asarray(io_utils.read_json(path)["correct"], bool)
     wrong += int((correct[..., :-1] & ~correct[..., 1:]).sum())
     right += int(correct[..., :-1].sum())
@@ -154,7 +160,7 @@ def build(workdir: str) -> tuple[str, dict]:
     ValueError: a required file is missing (names it).
   """
   for name in REQUIRED:
-    if not os.path.exists(os.path.join(workdir, name)):
+    if not epath.Path(os.path.join(workdir, name)).exists():
       raise ValueError(f"report: {os.path.join(workdir, name)} is missing; run the study "
                        "stages first (difficulty, sweep_search, sweep_revisions, select)")
   rows = (outcomes.read_table(os.path.join(workdir, REQUIRED[0]))
@@ -177,7 +183,7 @@ def build(workdir: str) -> tuple[str, dict]:
   for name, draw in figures.items():
     draw(os.path.join(workdir, name))
   timings = {}
-  for path in sorted(glob.glob(os.path.join(workdir, "stages", "*.json"))):
+  for path in _sorted_glob(os.path.join(workdir, "stages"), "*.json"):
     record = io_utils.read_json(path)
     timings[record["stage"]] = round(record["seconds"], 1)
   curves = collections.defaultdict(dict)

@@ -143,8 +143,9 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
         place = (parallel.shard_batch if per_batch % mesh.shape["data"] == 0
                  else parallel.replicate)
         inputs, lengths = place((inputs, lengths), mesh)
-      out_tokens, out_lengths, out_ended = jax.tree.map(
-          np.asarray, run(params, inputs, lengths, jax.random.fold_in(key, b)))
+      # Rows may span several processes' devices: every host gathers them all.
+      out_tokens, out_lengths, out_ended = parallel.to_host(
+          run(params, inputs, lengths, jax.random.fold_in(key, b)))
       for row in range(real):
         tokens.append(out_tokens[row, :out_lengths[row]])
         ended.append(bool(out_ended[row]))

@@ -6,16 +6,24 @@ questions of N rows each; one question when N > rows). Every batch of a
 setting has the same shape, so each setting compiles once; the persistent
 compilation cache (set by the launcher) keeps second runs from compiling.
 Batches run whole on one device each, the devices taking them in turn.
+
+Several processes (`ttscale.distributed`) pass the same devices, the mesh's:
+each process runs the batches of its own devices (batch b on device
+b % len(devices), as on one process) and the outputs are exchanged
+(`multihost_utils.process_allgather`), so every process returns every
+batch's results, the same as one process would.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ttscale import parallel
 from ttscale.data.batching import left_pad
@@ -132,35 +140,85 @@ def search_batches(setting: SearchSetting, models: common.SearchModels, policy_p
 
   Args:
     batches: the questions of each batch; rngs: one PRNG key per batch.
-    devices: where batches run, in turn (default: the first device).
+    devices: where batches run, in turn (default: this process's first
+      device). With several processes: the same list on every process (each
+      runs its own devices' batches, then all exchange outputs), or only
+      each process's own devices (each runs every batch).
 
   Returns:
     per batch, one `QuestionResult` per question; `seconds` is the wall time
     of all batches over the number of questions.
   """
   started = time.time()
-  devices = list(devices or jax.devices()[:1])
+  devices = list(devices or jax.local_devices()[:1])
   capacity = questions_per_batch(setting.budget, options.rows)
   run = compiled_search(models, setting, options, tokenizer.step_id, tokenizer.eos_id)
-  params_on = {device: jax.device_put((policy_params, prm_params), device)
-               for device in devices[:len(batches)]}
+  here = jax.process_index()
+  owners = [devices[number % len(devices)].process_index for number in range(len(batches))]
+  mine = [number for number, owner in enumerate(owners) if owner == here]
+  params = _this_process((policy_params, prm_params))
+  used = dict.fromkeys(devices[number % len(devices)] for number in mine)
+  params_on = {device: jax.device_put(params, device) for device in used}
 
-  def run_one(number: int):
+  def inputs(number: int):
     questions = batches[number]
     if not 0 < len(questions) <= capacity:
       raise ValueError(f"{len(questions)} questions for a batch of {capacity}")
     prompts = [[tokenizer.bos_id] + tokenizer.encode(task.prompt(q)) for q in questions]
     prompts += [prompts[-1]] * (capacity - len(prompts))  # pad the last batch
+    return (*left_pad(prompts, width, tokenizer.pad_id), rngs[number])
+
+  def run_one(number: int):
     device = devices[number % len(devices)]
-    inputs = jax.device_put((*left_pad(prompts, width, tokenizer.pad_id), rngs[number]), device)
-    return jax.tree.map(np.asarray, run(*params_on[device], *inputs))
+    return jax.tree.map(np.asarray, run(*params_on[device],
+                                        *jax.device_put(inputs(number), device)))
 
   if len(rngs) != len(batches):
     raise ValueError(f"{len(rngs)} PRNG keys for {len(batches)} batches")
-  outputs = parallel.run_on_devices(run_one, len(batches), len(devices))
+  # This process's batches, item j on its j-th device in turn (as batch
+  # mine[j] is): one thread per device, as `run_on_devices` expects.
+  num_local = sum(device.process_index == here for device in devices)
+  outputs = parallel.run_on_devices(lambda j: run_one(mine[j]), len(mine), max(num_local, 1))
+  if num_local < len(devices):  # other processes ran the other batches
+    like = jax.eval_shape(run, *params, *inputs(0))
+    outputs = _exchange(dict(zip(mine, outputs, strict=True)), owners, like)
   seconds = (time.time() - started) / sum(len(b) for b in batches)
   return [_results(setting.budget, tokenizer, task, len(questions), out, seconds)
           for questions, out in zip(batches, outputs, strict=True)]
+
+
+def _this_process(tree):
+  """`tree` with every array spread over processes replaced by this process's
+  copy: a `device_put` onto one device cannot read other hosts' shards."""
+  def local(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0) if x.is_fully_replicated else parallel.to_host(x)
+    return x
+
+  return jax.tree.map(local, tree)
+
+
+def _exchange(outputs: dict, owners: list[int], like) -> list:
+  """Every batch's output on every process, from `outputs` ({batch: output})
+  of the batches this process ran; batch b was run by process `owners[b]`.
+
+  A collective: every process calls it. Outputs travel stacked, each process
+  padding its stack to the most batches any ran with zeros shaped as `like`.
+  """
+  here = jax.process_index()
+  slots = max(owners.count(process) for process in range(jax.process_count()))
+  padding = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), like)
+  stack = [outputs[number] for number, owner in enumerate(owners) if owner == here]
+  stack += [padding] * (slots - len(stack))
+  # [process, slot, ...] on every process.
+  gathered = multihost_utils.process_allgather(jax.tree.map(lambda *xs: np.stack(xs), *stack))
+  taken = collections.Counter()
+  result = []
+  for owner in owners:
+    result.append(jax.tree.map(lambda x, o=owner, k=taken[owner]: np.asarray(x[o, k]),
+                               gathered))
+    taken[owner] += 1
+  return result
 
 
 def _results(n: int, tokenizer: Tokenizer, task: Task, num_questions: int, out,

@@ -58,7 +58,8 @@ def score_steps(verifier, arrays: dict[str, np.ndarray], batch_size: int,
                for b in batch]
       if mesh is not None:
         batch = parallel.shard_batch(tuple(batch), mesh)
-      scores.append(np.asarray(run(params, *batch))[:real])
+      # Rows may span several processes' devices: every host gathers them all.
+      scores.append(parallel.to_host(run(params, *batch))[:real])
   return np.concatenate(scores) if scores else np.zeros((0, 0), np.float32)
 
 

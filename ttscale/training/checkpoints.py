@@ -5,6 +5,8 @@ tokenizer fingerprint, anything that must match for the checkpoint to mean
 the same thing — written once when the directory is first used. Opening the
 directory with a different spec is an error that names the first field that
 differs, before anything in the directory is touched.
+
+The directory may be a URL (`gs://...`): orbax takes it as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ttscale import io_utils
 
@@ -41,13 +44,13 @@ def check_spec(directory: str, spec: dict) -> None:
   Reads only; a directory without `spec.json` passes.
   """
   spec_path = os.path.join(directory, "spec.json")
-  if not os.path.exists(spec_path):
+  if not epath.Path(spec_path).exists():
     return
   stored = io_utils.read_json(spec_path)
   difference = first_difference(json.loads(json.dumps(spec)), stored)
   if difference:
     raise ValueError(
-        f"{os.path.abspath(directory)} holds a checkpoint of another setup: "
+        f"{io_utils.absolute(directory)} holds a checkpoint of another setup: "
         f"{difference}; use a new --workdir or the settings it was made with")
 
 
@@ -55,13 +58,13 @@ class Checkpointer:
   """Saves and restores pytrees by step in `directory`, checking its spec."""
 
   def __init__(self, directory: str, spec: dict, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    self.directory = io_utils.absolute(directory)
     spec = json.loads(json.dumps(spec))  # normalise tuples, keys.
     spec_path = os.path.join(self.directory, "spec.json")
-    if os.path.exists(spec_path):
+    if epath.Path(spec_path).exists():
       check_spec(self.directory, spec)
     else:
-      os.makedirs(self.directory, exist_ok=True)
+      epath.Path(self.directory).mkdir(parents=True, exist_ok=True)
       io_utils.write_json_atomic(spec_path, spec)
     self._manager = ocp.CheckpointManager(
         self.directory,

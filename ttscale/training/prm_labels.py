@@ -25,6 +25,7 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 from ttscale import io_utils
 from ttscale.data.tokenizer import Tokenizer
@@ -139,7 +140,7 @@ def count_correct_rollouts(policy: generate.Policy, tokenizer: Tokenizer, task: 
   generated, seconds, resumed = 0, 0.0, 0
   for number, part in enumerate(parts):
     path = os.path.join(parts_dir, f"{number:05d}.json")
-    if os.path.exists(path):
+    if epath.Path(path).exists():
       counts = io_utils.read_json(path)["num_correct"]
       if len(counts) != len(part):
         raise ValueError(f"{path}: {len(counts)} counts for a part of {len(part)} "

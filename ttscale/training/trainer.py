@@ -5,12 +5,17 @@ The loop is deterministic in the step number: batch `step` comes from
 killed after the checkpoint at step k and restarted from it takes exactly the
 steps an uninterrupted run would have taken, and ends with the same
 parameters.
+
+Several processes (`ttscale.distributed`) run the same loop in step; the
+metrics file is appended by process 0 alone (`io_utils.append_bytes`), and
+read by all of them at the start of a run, before a barrier that every
+process reaches ahead of the first append.
+The metrics path may be a URL (`gs://...`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,9 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx, struct
 
-from ttscale import io_utils, parallel
+from ttscale import distributed, io_utils, parallel
 from ttscale.progress import format_seconds
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.optimizer import make_optimizer
@@ -66,9 +72,9 @@ class EarlyStopping:
 
   def resume(self, metrics_path: str, name: str, start: int) -> None:
     self.best, self.best_step, self._bad = float("inf"), -1, 0
-    if not os.path.exists(metrics_path):
+    if not epath.Path(metrics_path).exists():
       return
-    with open(metrics_path) as f:
+    with epath.Path(metrics_path).open() as f:
       records = [json.loads(line) for line in f if line.strip()]
     for record in records:
       if (record.get("stage") == name and "validation_loss" in record
@@ -90,8 +96,8 @@ class EarlyStopping:
       if self._best_checkpointer.latest_step() != step:
         self._best_checkpointer.save(step, params)
         self._best_checkpointer.wait()
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps({"stage": name, "step": step, "validation_loss": loss}) + "\n")
+    io_utils.append_bytes(metrics_path, (json.dumps(
+        {"stage": name, "step": step, "validation_loss": loss}) + "\n").encode())
     log(f"{name}: step {step} validation loss {loss:.4f} (best {self.best:.4f} "
         f"at step {self.best_step})")
 
@@ -106,10 +112,12 @@ def _truncate_metrics(path: str, name: str, after_step: int) -> None:
   """Drops `name`'s metric lines past `after_step` (left by a killed run).
 
   The file is shared by every training stage; other stages' lines stay.
+  Every process reads and decides alike; process 0 writes, between barriers
+  that all of them reach (no process writes the file meanwhile).
   """
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     return
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     lines = [line for line in f if line.strip()]
   kept = [line for line in lines
           if (record := json.loads(line)).get("stage") != name
@@ -211,6 +219,9 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
       log(f"{name}: stopped early before; best validation loss "
           f"{early_stopping.best:.4f} at step {early_stopping.best_step}")
       return state
+  # Several processes: every one has read the metrics file (truncated and
+  # resumed from it) before process 0 appends to it.
+  distributed.barrier(f"trainer: {name} read {metrics_path}")
   started = window_start = time.time()
   window: list[dict] = []
   for step in range(start, num_steps):
@@ -226,8 +237,7 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
       window_tokens = float(sum(float(m["tokens"]) for m in window))
       record = {"stage": name, "step": done, **means,
                 "tokens_per_second": window_tokens / max(time.time() - window_start, 1e-9)}
-      with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+      io_utils.append_bytes(metrics_path, (json.dumps(record) + "\n").encode())
       rate = (done - start) / max(time.time() - started, 1e-9)
       log(f"{name}: step {done}/{num_steps} loss {means['loss']:.4f} "
           f"acc {means.get('accuracy', float('nan')):.3f} "
