@@ -37,10 +37,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       num_train=60_000, num_validation=400, num_test=1800, seed=0,
       seq_len=160))
 
-  # Start the policy (or the larger one) from a released checkpoint; see
-  # configs/math.py. Empty: both are trained from scratch, with our tokenizer.
+  # Start the policy (or the larger one, or the PRM's trunk) from a released
+  # checkpoint; see configs/math.py. Empty: all are trained from scratch, with
+  # our tokenizer, and the PRM starts from the trained policy.
   c.checkpoint = config_dict.ConfigDict(dict(
-      format="", policy="", large="", tokenizer="", trim_vocab=False))
+      format="", policy="", large="", prm="", tokenizer="", trim_vocab=False))
 
   c.model = config_dict.ConfigDict(dict(
       num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,

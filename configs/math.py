@@ -67,8 +67,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # The released Gemma embeddings have 256128 rows for 256000 tokenizer pieces:
   # `trim_vocab` drops the padding rows (never a token's, so no logit of a
   # real token changes).
+  # `prm`: the PRM's trunk from another checkpoint of the policy's shape and
+  # tokenizer (empty: from the trained policy, as in the paper).
   c.checkpoint = config_dict.ConfigDict(dict(
-      format="gemma", policy="", large="", tokenizer="", trim_vocab=True))
+      format="gemma", policy="", large="", prm="", tokenizer="", trim_vocab=True))
   if variant == "local_tiny":
     return _local_tiny(c)
 

@@ -21,7 +21,9 @@ from flax import nnx
 
 from ttscale import pipeline, testing, testing_files
 from ttscale.data.pretrained_tokenizer import PretrainedTokenizer, load_tokenizer
+from ttscale.models.checkpoint_import import check_checkpoint_config
 from ttscale.models.config import ModelConfig
+from ttscale.models.gemma_import import GEMMA_ARCHITECTURE, load_gemma
 from ttscale.models.llama_import import load_llama
 from ttscale.tasks.math import MathTask
 
@@ -51,6 +53,7 @@ class MathFiles:
   manual_dir: str
   tokenizer: str
   checkpoint: str
+  prm_checkpoint: str  # the PRM's trunk: another random model of the same shape
   vocab_size: int
 
 
@@ -65,7 +68,10 @@ def _write_files(root: str, checkpoint_vocab: int | None = None) -> MathFiles:
   checkpoint = os.path.join(root, "llama")
   testing_files.write_llama_checkpoint(
       checkpoint, model, favoured={tokenizer.step_id: 4.0, tokenizer.eos_id: 3.5})
-  return MathFiles(os.path.join(root, "MATH"), tokenizer_path, checkpoint, vocab_size)
+  prm_checkpoint = os.path.join(root, "llama_prm")
+  testing_files.write_llama_checkpoint(prm_checkpoint, model, seed=1)
+  return MathFiles(os.path.join(root, "MATH"), tokenizer_path, checkpoint, prm_checkpoint,
+                   vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +82,7 @@ def math_files(tmp_path_factory) -> MathFiles:
 def _flags(files: MathFiles) -> list[str]:
   return [f"--config={CONFIG}:local_tiny", f"--config.data.manual_dir={files.manual_dir}",
           f"--config.checkpoint.policy={files.checkpoint}",
+          f"--config.checkpoint.prm={files.prm_checkpoint}",
           f"--config.checkpoint.tokenizer={files.tokenizer}"]
 
 
@@ -137,6 +144,26 @@ def test_the_math_policy_is_the_imported_checkpoint_fine_tuned(math_files, math_
   assert 0 < max(moved) < 0.05
 
 
+def _largest_difference(params: nnx.State, imported: nnx.State) -> float:
+  """max |a - b| over the trunk (`decoder`) weights of two parameter trees."""
+  imported = dict(nnx.to_flat_state(imported["decoder"]))
+  return max(float(np.abs(np.asarray(v.get_value()) - np.asarray(imported[path].get_value())).max())
+             for path, v in nnx.to_flat_state(params["decoder"]))
+
+
+def test_the_prm_trunk_is_its_own_imported_checkpoint_fine_tuned(math_files, math_study):
+  workdir, process = math_study
+  assert process.returncode == 0, process.stderr[-3000:]
+  assert "train_prm: importing the llama checkpoint" in process.stdout
+  ctx = pipeline.Context(
+      _config(**_overrides(math_files, **{"checkpoint.prm": math_files.prm_checkpoint})),
+      workdir, log=lambda line: None)
+  prm = ctx.load_verifier("prm").params
+  # A few small steps from the PRM's checkpoint; the policy's is another random model.
+  assert _largest_difference(prm, load_llama(math_files.prm_checkpoint)[2]) < 0.05
+  assert _largest_difference(prm, load_llama(math_files.checkpoint)[2]) > 0.5
+
+
 def _run_first_stages(config, workdir):
   return pipeline.run(config, workdir, ["data", "train_policy"], log=lambda line: None)
 
@@ -144,6 +171,26 @@ def _run_first_stages(config, workdir):
 def _overrides(files: MathFiles, **more) -> dict:
   return {"data.manual_dir": files.manual_dir, "checkpoint.policy": files.checkpoint,
           "checkpoint.tokenizer": files.tokenizer, **more}
+
+
+def test_a_gemma_checkpoint_becomes_the_policy_without_its_padding_rows(math_files, tmp_path):
+  config = _config(**_overrides(math_files, **{
+      "checkpoint.format": "gemma", "checkpoint.trim_vocab": True, "train.num_steps": 0}))
+  config.model.update(GEMMA_ARCHITECTURE)
+  model = ModelConfig.from_config(config.model, math_files.vocab_size)
+  checkpoint = str(tmp_path / "gemma")
+  tree = testing_files.write_gemma_checkpoint(checkpoint, model,
+                                              vocab_size=math_files.vocab_size + 8)
+  config.checkpoint.policy = checkpoint
+  workdir = str(tmp_path / "work")
+  _run_first_stages(config, workdir)
+  policy = pipeline.Context(config, workdir, log=lambda line: None).load_policy().params
+  # No training steps: the policy is the import, the released rows' first V.
+  _, _, imported = load_gemma(checkpoint, model, trim_vocab_to=math_files.vocab_size)
+  assert _largest_difference(policy, imported) == 0
+  np.testing.assert_array_equal(
+      np.asarray(policy["decoder"]["embedding"].get_value()),
+      tree["transformer"]["embedder"]["input_embedding"][:math_files.vocab_size])
 
 
 def test_a_checkpoint_of_another_vocabulary_names_the_file_and_leaves_the_workdir(tmp_path):
@@ -206,3 +253,15 @@ def test_checkpoint_settings_that_cannot_work_name_the_field(math_files, tmp_pat
   with pytest.raises(ValueError, match=expected.replace(".", r"\.")):
     pipeline.run(_config(**_overrides(math_files, **{f"checkpoint.{field}": value})),
                  str(tmp_path / "work"), ["data"], log=lambda line: None)
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"format": "", "prm": "/ckpt"}, "checkpoint.prm is set: checkpoint.format"),
+    ({"prm": "/ckpt", "tokenizer": ""}, "checkpoint.prm is set: checkpoint.tokenizer"),
+    ({"format": "llama", "trim_vocab": True}, "checkpoint.trim_vocab"),
+])
+def test_checkpoint_fields_that_cannot_work_together_are_named(fields, expected):
+  block = _config().checkpoint
+  block.update({"tokenizer": "/tok.model", **fields})
+  with pytest.raises(ValueError, match=expected.replace(".", r"\.")):
+    check_checkpoint_config(block)

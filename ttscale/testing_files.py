@@ -11,6 +11,10 @@ are exercised on files made in the same formats:
 - `write_llama_checkpoint(directory, config)`: random weights of a
   `ModelConfig` in the Hugging Face Llama layout (`config.json` and
   `model.safetensors`).
+- `gemma_tree(config)`, `gemma_on_disk(tree, layout)`,
+  `write_gemma_checkpoint(directory, config)`: random weights in the `gemma`
+  library's parameter tree, and an orbax checkpoint of them in the released
+  layout or the nested ones.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import os
 
 import numpy as np
+import orbax.checkpoint as ocp
 import sentencepiece
 from safetensors.numpy import save_file
 
@@ -126,3 +131,80 @@ def write_llama_checkpoint(directory: str | os.PathLike, config: ModelConfig,
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump(hf_config, f, indent=2)
   return tensors
+
+
+def gemma_tree(config: ModelConfig, seed: int = 0, vocab_size: int | None = None,
+               transpose_gating: bool = False) -> dict:
+  """Random float32 weights of `config` in the `gemma` library's nested
+  in-memory layout ({"transformer": {"embedder", "final_norm", "layer_<i>"}}).
+
+  Args:
+    vocab_size: the embedding's rows (default `config.vocab_size`; more is a
+      padded vocabulary, as the released checkpoints have).
+    transpose_gating: the MLP gating stored as [2, mlp, embed] (Gemma 2's
+      layout) instead of [2, embed, mlp].
+  """
+  rng = np.random.default_rng(seed)
+  d, h, k, hd, m = (config.embed_dim, config.num_heads, config.num_kv_heads,
+                    config.head_dim, config.mlp_dim)
+
+  def weight(*shape, fan_in):
+    return (rng.normal(size=shape) * fan_in ** -0.5).astype(np.float32)
+
+  def norm():
+    # Zero-centred (Gemma applies 1 + scale) but not zero, so a misplaced or
+    # un-offset norm shows.
+    return {"scale": (0.3 * rng.normal(size=(d,))).astype(np.float32)}
+
+  tree = {"embedder": {"input_embedding": weight(vocab_size or config.vocab_size, d,
+                                                 fan_in=d)},
+          "final_norm": norm()}
+  for i in range(config.num_layers):
+    if k == h:
+      attn = {"qkv_einsum": {"w": weight(3, h, d, hd, fan_in=d)}}
+    else:
+      attn = {"q_einsum": {"w": weight(h, d, hd, fan_in=d)},
+              "kv_einsum": {"w": weight(2, k, d, hd, fan_in=d)}}
+    attn["attn_vec_einsum"] = {"w": weight(h, hd, d, fan_in=h * hd)}
+    gating_shape = (2, m, d) if transpose_gating else (2, d, m)
+    tree[f"layer_{i}"] = {
+        "pre_attention_norm": norm(), "attn": attn, "pre_ffw_norm": norm(),
+        "mlp": {"gating_einsum": weight(*gating_shape, fan_in=d),
+                "linear": weight(m, d, fan_in=m)}}
+  return {"transformer": tree}
+
+
+def gemma_on_disk(tree: dict, layout: str = "flat") -> dict:
+  """`gemma_tree`'s tree as a checkpoint stores it.
+
+  "flat" is what `gemma.params.flatten_and_remap_params` writes (the released
+  checkpoints): "/"-joined module paths over one last level, MLP weights as
+  {"w": ...}. "nested" is the tree as it is; "rootless" is a `gm` checkpoint:
+  nested, without "transformer".
+  """
+  if layout == "nested":
+    return tree
+  if layout == "rootless":
+    return tree["transformer"]
+  flat = {}
+
+  def visit(prefix, node):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        visit(f"{prefix}/{key}", value)
+      elif key in ("gating_einsum", "linear"):
+        flat[f"{prefix}/{key}"] = {"w": value}
+      else:
+        flat.setdefault(prefix, {})[key] = value
+
+  visit("transformer", tree["transformer"])
+  return flat
+
+
+def write_gemma_checkpoint(directory: str | os.PathLike, config: ModelConfig,
+                           seed: int = 0, vocab_size: int | None = None) -> dict:
+  """An orbax checkpoint of `gemma_tree(config, seed, vocab_size)` in the
+  released (flat) layout at `directory`; returns the nested tree."""
+  tree = gemma_tree(config, seed, vocab_size)
+  ocp.PyTreeCheckpointer().save(os.path.abspath(directory), gemma_on_disk(tree))
+  return tree

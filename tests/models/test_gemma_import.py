@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from ttscale import testing_files
 from ttscale.models import (
   LanguageModel,
   ModelConfig,
@@ -35,6 +36,7 @@ from ttscale.models.gemma_import import (
   load_gemma,
   read_gemma_params,
 )
+from ttscale.testing_files import gemma_on_disk
 
 EMBED, LAYERS, HEADS, HEAD_DIM, MLP, VOCAB = 32, 2, 4, 8, 48, 40
 TOKENS = np.array([[2, 17, 0, 39, 8, 8, 21], [2, 1, 30, 3, 11, 38, 6]], np.int32)
@@ -67,57 +69,8 @@ CAPPED = Case(kv_heads=2, layout="rootless", attn_softcap=1.5, final_softcap=4.0
 
 def _gemma_tree(case: Case, vocab: int = VOCAB, seed: int = 0) -> dict:
   """Random weights in the `gemma` library's nested in-memory layout, float32."""
-  rng = np.random.default_rng(seed)
-
-  def weight(*shape, fan_in):
-    return (rng.normal(size=shape) * fan_in ** -0.5).astype(np.float32)
-
-  def norm():
-    # Zero-centred (Gemma applies 1 + scale) but not zero, so a misplaced or
-    # un-offset norm shows.
-    return {"scale": (0.3 * rng.normal(size=(EMBED,))).astype(np.float32)}
-
-  tree = {"embedder": {"input_embedding": weight(vocab, EMBED, fan_in=EMBED)},
-          "final_norm": norm()}
-  for i in range(LAYERS):
-    if case.kv_heads == HEADS:
-      attn = {"qkv_einsum": {"w": weight(3, HEADS, EMBED, HEAD_DIM, fan_in=EMBED)}}
-    else:
-      attn = {"q_einsum": {"w": weight(HEADS, EMBED, HEAD_DIM, fan_in=EMBED)},
-              "kv_einsum": {"w": weight(2, case.kv_heads, EMBED, HEAD_DIM, fan_in=EMBED)}}
-    attn["attn_vec_einsum"] = {"w": weight(HEADS, HEAD_DIM, EMBED, fan_in=HEADS * HEAD_DIM)}
-    gating_shape = (2, MLP, EMBED) if case.transpose_gating else (2, EMBED, MLP)
-    tree[f"layer_{i}"] = {
-        "pre_attention_norm": norm(), "attn": attn, "pre_ffw_norm": norm(),
-        "mlp": {"gating_einsum": weight(*gating_shape, fan_in=EMBED),
-                "linear": weight(MLP, EMBED, fan_in=MLP)}}
-  return {"transformer": tree}
-
-
-def _on_disk(tree: dict, layout: str) -> dict:
-  """The tree as a checkpoint stores it.
-
-  "flat" is what `gemma.params.flatten_and_remap_params` writes (the released
-  checkpoints): "/"-joined module paths over one last level, MLP weights as
-  {"w": ...}. "rootless" is a `gm` checkpoint: nested, without "transformer".
-  """
-  if layout == "nested":
-    return tree
-  if layout == "rootless":
-    return tree["transformer"]
-  flat = {}
-
-  def visit(prefix, node):
-    for key, value in node.items():
-      if isinstance(value, dict):
-        visit(f"{prefix}/{key}", value)
-      elif key in ("gating_einsum", "linear"):
-        flat[f"{prefix}/{key}"] = {"w": value}
-      else:
-        flat.setdefault(prefix, {})[key] = value
-
-  visit("transformer", tree["transformer"])
-  return flat
+  return testing_files.gemma_tree(case.config(vocab), seed,
+                                  transpose_gating=case.transpose_gating)
 
 
 def _save(directory: Path, tree: dict) -> Path:
@@ -190,7 +143,7 @@ def _model_fns(config: ModelConfig):
 
 def _import(tmp_path: Path, case: Case, **kwargs):
   tree = _gemma_tree(case)
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(tree, case.layout))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(tree, case.layout))
   config, _, params = load_gemma(checkpoint, case.config(), transpose_gating_einsum=(
       case.transpose_gating), **kwargs)
   return tree, config, params
@@ -219,7 +172,7 @@ def test_imported_logits_match_gemma_reference_forward_and_extend(tmp_path, case
 
 def test_bfloat16_jax_arrays_are_restored_as_float32(tmp_path):
   tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), _gemma_tree(MQA))
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(tree, "flat"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(tree, "flat"))
   arrays = read_gemma_params(checkpoint, MQA.config())
   query = arrays[("decoder", "blocks", 1, "attention", "query")]
   assert query.dtype == np.float32
@@ -233,7 +186,7 @@ def test_bfloat16_jax_arrays_are_restored_as_float32(tmp_path):
 
 def test_trim_vocab_to_drops_the_padding_rows_only(tmp_path):
   padded = _gemma_tree(MQA, vocab=VOCAB + 8)
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(padded, "flat"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(padded, "flat"))
   arrays = read_gemma_params(checkpoint, MQA.config(), expected_vocab_size=VOCAB,
                              trim_vocab_to=VOCAB)
   np.testing.assert_array_equal(
@@ -263,42 +216,42 @@ def _load_error(checkpoint: Path, config: ModelConfig | None = None, **kwargs) -
 
 
 def test_shape_other_than_configs_names_parameter_and_both_shapes(tmp_path):
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(_gemma_tree(MQA), "flat"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(_gemma_tree(MQA), "flat"))
   message = _load_error(checkpoint, dataclasses.replace(MQA.config(), mlp_dim=64))
   assert "'transformer/layer_0/mlp/gating_einsum/w'" in message
   assert "(2, 32, 48)" in message and "(2, 32, 64)" in message
 
 
 def test_gating_stored_in_the_other_layout_is_named_with_the_fix(tmp_path):
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(_gemma_tree(CAPPED), "rootless"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(_gemma_tree(CAPPED), "rootless"))
   message = _load_error(checkpoint, CAPPED.config())
   assert "'layer_0/mlp/gating_einsum'" in message
   assert "transpose_gating_einsum=True" in message
 
 
 def test_missing_parameter_is_named(tmp_path):
-  stored = _on_disk(_gemma_tree(MQA), "flat")
+  stored = gemma_on_disk(_gemma_tree(MQA), "flat")
   del stored["transformer/layer_1/pre_ffw_norm"]
   message = _load_error(_save(tmp_path / "ckpt", stored))
   assert "missing parameter 'transformer/layer_1/pre_ffw_norm/scale'" in message
 
 
 def test_unexpected_parameter_such_as_a_gemma2_post_norm_is_named(tmp_path):
-  stored = _on_disk(_gemma_tree(MQA), "flat")
+  stored = gemma_on_disk(_gemma_tree(MQA), "flat")
   stored["transformer/layer_0/post_attention_norm"] = {"scale": np.zeros(EMBED, np.float32)}
   message = _load_error(_save(tmp_path / "ckpt", stored))
   assert "unexpected parameter 'transformer/layer_0/post_attention_norm/scale'" in message
 
 
 def test_vocabulary_other_than_tokenizers_is_rejected(tmp_path):
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(_gemma_tree(MQA, vocab=VOCAB + 8), "flat"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(_gemma_tree(MQA, vocab=VOCAB + 8), "flat"))
   message = _load_error(checkpoint, MQA.config(VOCAB + 8), expected_vocab_size=VOCAB)
   assert "'transformer/embedder/input_embedding'" in message
   assert f"vocab_size={VOCAB + 8}" in message and f"trim_vocab_to={VOCAB}" in message
 
 
 def test_config_without_gemmas_norm_offset_is_rejected(tmp_path):
-  checkpoint = _save(tmp_path / "ckpt", _on_disk(_gemma_tree(MQA), "flat"))
+  checkpoint = _save(tmp_path / "ckpt", gemma_on_disk(_gemma_tree(MQA), "flat"))
   message = _load_error(checkpoint, dataclasses.replace(MQA.config(), norm_scale_offset=0.0))
   assert "model.norm_scale_offset=0.0" in message
 

@@ -28,7 +28,7 @@ def check_checkpoint_config(checkpoint_config) -> None:
   fmt = checkpoint_config.format
   if fmt and fmt not in FORMATS:
     raise ValueError(f"checkpoint.format={fmt!r}: expected one of {', '.join(FORMATS)}")
-  named = [name for name in ("policy", "large") if checkpoint_config[name]]
+  named = [name for name in ("policy", "large", "prm") if checkpoint_config.get(name)]
   if named and not fmt:
     raise ValueError(f"checkpoint.{named[0]} is set: checkpoint.format must say how "
                      f"to read it ({', '.join(FORMATS)})")
@@ -38,6 +38,9 @@ def check_checkpoint_config(checkpoint_config) -> None:
   if "policy" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.policy is set: checkpoint.tokenizer must name its "
                      "sentencepiece tokenizer.model")
+  if "prm" in named and not checkpoint_config.tokenizer:
+    raise ValueError("checkpoint.prm is set: checkpoint.tokenizer must name the "
+                     "sentencepiece tokenizer.model it was trained with")
 
 
 def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,

@@ -93,13 +93,14 @@ class Context:
             "train": without(self.config.train.to_dict(), BOOKKEEPING),
             "data": self.config.data.to_dict(),
             "task": self.config.task.to_dict(),
-            "init": self.init_checkpoint(large)}
+            "init": self.init_checkpoint("large" if large else "policy")}
 
-  def init_checkpoint(self, large: bool = False) -> dict | None:
-    """{"format", "path", "trim_vocab"} of the checkpoint the policy (or the larger one) starts
-    from, or None when it is trained from scratch."""
+  def init_checkpoint(self, model: str = "policy") -> dict | None:
+    """{"format", "path", "trim_vocab"} of the released checkpoint `model`
+    ("policy", "large" or "prm": the `checkpoint.*` field) starts from, or
+    None: the policies are trained from scratch, the PRM from the policy."""
     block = self.config.checkpoint
-    path = block.large if large else block.policy
+    path = block.get(model, "")
     if not path:
       return None
     return {"format": block.format, "path": path, "trim_vocab": block.trim_vocab}
@@ -160,7 +161,8 @@ class Context:
             "model": dataclasses.asdict(self.verifier_config(kind)),
             "verifier_train": without(self.verifier_train_config(kind).to_dict(), BOOKKEEPING),
             "prm": self.config.prm.to_dict(),
-            "policy": self.policy_spec()}
+            "policy": self.policy_spec(),
+            "init": self.init_checkpoint("prm") if kind == "prm" else None}
     if kind == "revision_verifier":
       spec.update(revision=self.revision_spec(), prm=None)
     return spec

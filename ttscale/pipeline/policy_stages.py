@@ -75,7 +75,7 @@ def train_language_model(ctx: Context, large: bool) -> dict:
   random weights or from an imported checkpoint (`checkpoint.policy`/`.large`)."""
   name = "train_large" if large else "train_policy"
   model_config = ctx.policy_config(large)
-  init = ctx.init_checkpoint(large)
+  init = ctx.init_checkpoint("large" if large else "policy")
   if init is None:
     graphdef, params = nnx.split(
         LanguageModel(model_config, rngs=nnx.Rngs(ctx.config.seed)))

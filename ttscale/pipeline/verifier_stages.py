@@ -22,6 +22,7 @@ from flax import nnx
 from ttscale import io_utils, parallel
 from ttscale.data.batching import TrainBatches
 from ttscale.models import ValueModel, policy_forward_fn
+from ttscale.models.checkpoint_import import import_language_model
 from ttscale.models.value import init_from_policy
 from ttscale.pipeline.context import Context
 from ttscale.report import prm_figure
@@ -232,9 +233,26 @@ def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
 
 
 def stage_train_prm(ctx: Context) -> dict:
-  """The PRM: BCE on Monte-Carlo step labels at every step end."""
+  """The PRM: BCE on Monte-Carlo step labels at every step end, its trunk
+  from the trained policy or from a released checkpoint (`checkpoint.prm`)."""
   return train_value_model(ctx, "prm", ctx.labelled_solutions(), "steps",
-                           ctx.load_policy().params)
+                           prm_trunk(ctx))
+
+
+def prm_trunk(ctx: Context) -> nnx.State:
+  """The language model whose trunk the PRM starts from: `checkpoint.prm`
+  imported (the policy's shape and tokenizer, checked), else the trained policy.
+
+  Raises:
+    ValueError: the checkpoint does not match the policy's config or the
+      tokenizer (names the file and field).
+  """
+  init = ctx.init_checkpoint("prm")
+  if init is None:
+    return ctx.load_policy().params
+  ctx.log(f"train_prm: importing the {init['format']} checkpoint {init['path']}")
+  return import_language_model(init["format"], init["path"], ctx.policy_config(),
+                               trim_vocab=init["trim_vocab"])
 
 
 def stage_train_orm(ctx: Context) -> dict:
