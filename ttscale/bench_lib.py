@@ -1,4 +1,4 @@
-"""Measurements behind `launch/bench.py`: the machine's limits and the sampler."""
+"""Measurements behind `launch/bench.py`: the machine's limits, the sampler, the grader."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttscale import parallel
 from ttscale.models import LanguageModel, ModelConfig, init_cache, policy_extend_fn
 from ttscale.search import sampling
+from ttscale.tasks.math import MathTask, normalize_answer
+from ttscale.tasks.math_fuzz import fuzzed_answers
 
 
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
@@ -198,3 +201,35 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
       })
   return {"bench": "search", "rows_per_batch": options.rows, "workdir": workdir,
           "devices": jax.device_count(), "search": rows}
+
+
+def grader_benchmark(count: int, seed: int = 0) -> dict:
+  """The MATH grader on `fuzzed_answers(seed, count)`: each string is
+  extracted from, normalised, and graded against itself and its predecessor.
+
+  Returns:
+    {"strings", "errors" (count of strings that raised), "first_error",
+     "seconds_per_string" (mean), "max_seconds_per_string", "slowest_length"
+     (characters of the slowest string), "longest_length", "seconds"}.
+  """
+  task = MathTask()
+  strings = fuzzed_answers(seed, count)
+  durations, errors, first_error = [], 0, None
+  for index, text in enumerate(strings):
+    started = time.perf_counter()
+    try:
+      answer = task.extract_answer(text)
+      normalize_answer(text)
+      task.grade(answer, text)
+      task.grade(text, strings[index - 1])
+      task.grade(text, text)
+    except Exception as error:  # noqa: BLE001 - counted and reported, not raised
+      errors += 1
+      first_error = first_error or f"{type(error).__name__}: {error} on {text[:60]!r}"
+    durations.append(time.perf_counter() - started)
+  slowest = int(np.argmax(durations))
+  return {"strings": len(strings), "errors": errors, "first_error": first_error,
+          "seconds_per_string": sum(durations) / len(strings),
+          "max_seconds_per_string": durations[slowest],
+          "slowest_length": len(strings[slowest]),
+          "longest_length": max(map(len, strings)), "seconds": sum(durations)}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import builtins
-import random
-import time
 
 import pytest
 
 from ttscale.tasks import get_task
 from ttscale.tasks.math import MathTask, is_equivalent, normalize_answer
+from ttscale.tasks.math_fuzz import fuzzed_answers
 
 TASK = MathTask()
 
@@ -243,35 +242,17 @@ def test_from_config_rejects_unknown_key_and_defaults_to_no_prefix():
   assert get_task({"name": "math", "few_shot_file": ""}) == MathTask()
 
 
-def _fuzz_strings() -> list[str]:
-  rng = random.Random(0)
-  alphabet = list("\\{}^_$%.,/-()[]= 0123456789xA") + [
-    "\\frac", "\\dfrac", "\\boxed", "\\boxed{", "\\fbox{", "\\text{", "\\textbf{",
-    "\\left", "\\right", "\\sqrt", "\\!", "\\%", "\\$", "{,}", "^\\circ", " cm",
-    " units", "The answer is ", ". ", "\n", "1,000", "0.5",
-  ]  # fmt: skip
-  strings = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
-  adversarial = [
-    "{" * 5000, "}" * 5000, "\\frac" * 1000, "1," * 2000, "(" * 3000,
-    "(" * 2500 + ")" * 2500, "\\boxed{" * 700 + "}" * 700, "\\text{" * 700 + "}" * 700,
-    "\\frac{" * 700 + "1}" * 700, "1" + " " * 5000 + "cm", "1.0" + "0" * 5000 + "1",
-    "9" * 5000, "1/" + "9" * 5000, "((1,2)," * 700, "The answer is " * 350,
-    "\\" * 5000, "x=" * 2500, "[1," * 1600 + "2)", "\\sqrt" * 1000,
-  ]  # fmt: skip
-  return strings + adversarial
-
-
+@pytest.mark.timeout(120)  # a hang is the bug; `launch.bench --bench=grader` times it
 def test_fuzzed_answers_never_raise_or_hang_and_never_evaluate(monkeypatch):
-  """Fails when any input makes grading raise, return a non-bool, run eval/exec,
-  or take super-linear time (a hang here is the bug, hence the time bound)."""
+  """Fails when any input makes grading raise, return a non-bool, run
+  eval/exec, or not end (the timeout)."""
 
   def forbidden(*args, **kwargs):
     raise AssertionError("grading must never call eval or exec")
 
   monkeypatch.setattr(builtins, "eval", forbidden)
   monkeypatch.setattr(builtins, "exec", forbidden)
-  strings = _fuzz_strings()
-  start = time.perf_counter()
+  strings = fuzzed_answers()
   for index, text in enumerate(strings):
     answer = TASK.extract_answer(text)
     assert answer is None or isinstance(answer, str)
@@ -279,5 +260,3 @@ def test_fuzzed_answers_never_raise_or_hang_and_never_evaluate(monkeypatch):
     other = strings[index - 1]
     for graded in (TASK.grade(answer, text), TASK.grade(text, other), TASK.grade(text, text)):
       assert isinstance(graded, bool)
-  elapsed = time.perf_counter() - start
-  assert elapsed < 10.0, f"{len(strings)} fuzzed answers took {elapsed:.1f} s"
