@@ -265,3 +265,14 @@ def test_checkpoint_fields_that_cannot_work_together_are_named(fields, expected)
   block.update({"tokenizer": "/tok.model", **fields})
   with pytest.raises(ValueError, match=expected.replace(".", r"\.")):
     check_checkpoint_config(block)
+
+
+@pytest.mark.parametrize("field", ["policy", "prm", "tokenizer"])
+def test_a_checkpoint_path_that_does_not_exist_is_named_before_any_stage(math_files,
+                                                                         tmp_path, field):
+  missing = str(tmp_path / "absent")
+  workdir = str(tmp_path / "work")
+  with pytest.raises(ValueError, match=rf"checkpoint\.{field}='{missing}': no such"):
+    pipeline.run(_config(**_overrides(math_files, **{f"checkpoint.{field}": missing})),
+                 workdir, ["data"], log=lambda line: None)
+  assert not os.path.exists(workdir)

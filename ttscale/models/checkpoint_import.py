@@ -16,6 +16,7 @@ names the field, never a silently reshaped model.
 
 from __future__ import annotations
 
+from etils import epath
 from flax import nnx
 
 from ttscale.models.config import ModelConfig
@@ -41,6 +42,20 @@ def check_checkpoint_config(checkpoint_config) -> None:
   if "prm" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.prm is set: checkpoint.tokenizer must name the "
                      "sentencepiece tokenizer.model it was trained with")
+
+
+def check_checkpoint_paths(checkpoint_config) -> None:
+  """Raises ValueError naming the first `checkpoint.*` path that does not exist
+  (a directory for the models, a file for the tokenizer), so that a typo in
+  `checkpoint.prm` fails at the start, not after the stages before it."""
+  for name in ("policy", "large", "prm", "tokenizer"):
+    path = checkpoint_config.get(name)
+    if not path:
+      continue
+    found = epath.Path(path)
+    if not (found.is_file() if name == "tokenizer" else found.is_dir()):
+      kind = "file" if name == "tokenizer" else "directory"
+      raise ValueError(f"checkpoint.{name}={path!r}: no such {kind}")
 
 
 def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,

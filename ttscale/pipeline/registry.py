@@ -19,7 +19,7 @@ import jax
 from etils import epath
 
 from ttscale import io_utils, outcomes
-from ttscale.models.checkpoint_import import check_checkpoint_config
+from ttscale.models.checkpoint_import import check_checkpoint_config, check_checkpoint_paths
 from ttscale.pipeline import (
   policy_stages,
   revision_stages,
@@ -185,6 +185,7 @@ def check_stage_names(names) -> list[str]:
 def check_config(config) -> None:
   """Raises ValueError naming the first config field with a value no stage takes."""
   check_checkpoint_config(config.checkpoint)
+  check_checkpoint_paths(config.checkpoint)
   aggregations = list(config.eval_prm.aggregations)
   for how in aggregations:
     if how not in select.STEP_AGGREGATIONS:
