@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from launch import tiny_math_files
 from ttscale import pipeline, testing, testing_files
 from ttscale.data.pretrained_tokenizer import PretrainedTokenizer, load_tokenizer
 from ttscale.models.checkpoint_import import check_checkpoint_config
@@ -31,17 +32,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "math.py")
 
 
-def _local_tiny_model(vocab_size: int) -> ModelConfig:
-  return ModelConfig.from_config(_config().model, vocab_size)
-
-
 def _config(**overrides):
   """`local_tiny` with `overrides` {"block.field": value}."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("ttscale_configs_math", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("local_tiny")
+  config = tiny_math_files.local_tiny_config()
   for key, value in overrides.items():
     block, field = key.split(".")
     config[block][field] = value
@@ -58,20 +51,10 @@ class MathFiles:
 
 
 def _write_files(root: str, checkpoint_vocab: int | None = None) -> MathFiles:
-  problems = testing_files.write_math_dir(os.path.join(root, "MATH"))
-  task = MathTask()
-  texts = [task.prompt(p["problem"]) + p["solution"] for p in problems]
-  tokenizer_path = os.path.join(root, "tokenizer.model")
-  vocab_size = testing_files.write_llama_style_tokenizer(tokenizer_path, texts)
-  tokenizer = load_tokenizer(tokenizer_path)
-  model = _local_tiny_model(checkpoint_vocab or vocab_size)
-  checkpoint = os.path.join(root, "llama")
-  testing_files.write_llama_checkpoint(
-      checkpoint, model, favoured={tokenizer.step_id: 4.0, tokenizer.eos_id: 3.5})
-  prm_checkpoint = os.path.join(root, "llama_prm")
-  testing_files.write_llama_checkpoint(prm_checkpoint, model, seed=1)
-  return MathFiles(os.path.join(root, "MATH"), tokenizer_path, checkpoint, prm_checkpoint,
-                   vocab_size)
+  """What `python -m launch.tiny_math_files --out=root` writes."""
+  files = tiny_math_files.write_files(root, checkpoint_vocab)
+  return MathFiles(files["manual_dir"], files["tokenizer"], files["policy"], files["prm"],
+                   files["vocab_size"])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,80 @@
+r"""Writes the small files `configs/math.py:local_tiny` runs on, for a try-out.
+
+  python -m launch.tiny_math_files --out=/tmp/math_files
+
+writes, in the formats the real ones have (see `ttscale.testing_files`):
+
+  OUT/MATH/{train,test}/<subject>/<id>.json   problems in the public MATH layout
+  OUT/tokenizer.model                          a Llama-2-style sentencepiece BPE
+  OUT/llama/                                   a tiny random Llama policy (safetensors)
+  OUT/llama_prm/                               another one, for `checkpoint.prm`
+
+and prints the launcher command that runs the study on them. The models are
+random: the study runs end to end, its accuracies are not meaningful.
+"""
+
+import importlib.util
+import os
+
+from absl import app, flags
+
+from ttscale import testing_files
+from ttscale.data.pretrained_tokenizer import load_tokenizer
+from ttscale.models.config import ModelConfig
+from ttscale.tasks.math import MathTask
+
+_OUT = flags.DEFINE_string("out", None, "Directory to write (made if missing).",
+                           required=True)
+_CONFIG = "configs/math.py:local_tiny"
+_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "configs", "math.py")
+
+
+def local_tiny_config():
+  """`configs/math.py:local_tiny`, loaded from its file (configs/ is no package)."""
+  spec = importlib.util.spec_from_file_location("ttscale_configs_math", _CONFIG_FILE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("local_tiny")
+
+
+def write_files(out: str, checkpoint_vocab: int | None = None) -> dict:
+  """Writes the files into `out`.
+
+  Args:
+    checkpoint_vocab: the checkpoints' vocabulary size (default: the
+      tokenizer's; another size makes checkpoints the import must refuse).
+
+  Returns:
+    {"manual_dir", "tokenizer", "policy", "prm"}: paths; "vocab_size": the tokenizer's.
+  """
+  model_block = local_tiny_config().model
+  problems = testing_files.write_math_dir(os.path.join(out, "MATH"))
+  task = MathTask()
+  paths = {"manual_dir": os.path.join(out, "MATH"),
+           "tokenizer": os.path.join(out, "tokenizer.model"),
+           "policy": os.path.join(out, "llama"), "prm": os.path.join(out, "llama_prm")}
+  vocab_size = testing_files.write_llama_style_tokenizer(
+      paths["tokenizer"], [task.prompt(p["problem"]) + p["solution"] for p in problems])
+  tokenizer = load_tokenizer(paths["tokenizer"])
+  model = ModelConfig.from_config(model_block, checkpoint_vocab or vocab_size)
+  # The policy's head favours the step delimiter and eos, so that its
+  # solutions have steps and end.
+  testing_files.write_llama_checkpoint(
+      paths["policy"], model, favoured={tokenizer.step_id: 4.0, tokenizer.eos_id: 3.5})
+  testing_files.write_llama_checkpoint(paths["prm"], model, seed=1)
+  return {**paths, "vocab_size": vocab_size}
+
+
+def main(argv):
+  del argv
+  paths = write_files(_OUT.value)
+  print(f"python -m launch.main --config={_CONFIG} --workdir=/tmp/math \\\n"
+        f"    --config.data.manual_dir={paths['manual_dir']} \\\n"
+        f"    --config.checkpoint.policy={paths['policy']} \\\n"
+        f"    --config.checkpoint.prm={paths['prm']} \\\n"
+        f"    --config.checkpoint.tokenizer={paths['tokenizer']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
