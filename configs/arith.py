@@ -76,8 +76,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # 0.9/0.95; our small model, trained from scratch at 3e-3, fine-tunes at
   # 1e-3 (rows are whole solutions). Validation loss on the held-out
   # questions at every checkpoint; stop after `patience` without improvement.
+  # `trunk`: the verifiers (PRM, ORM) start from the trained policy
+  # ("policy", as in the paper) or from the larger policy of the FLOPs-matched
+  # comparison ("large": a verifier stronger than the policy, as open
+  # reproductions pair a 1B policy with an 8B PRM; `train_large` then runs
+  # before `train_prm`, and the PRM's FLOPs are the larger model's).
   c.verifier_train = config_dict.ConfigDict(dict(
-      batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=30,
+      trunk="policy", batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=30,
       end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
       grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
       max_checkpoints=2, patience=3))
@@ -85,9 +90,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # eval_prm: a pool of `pool_size` samples for each of the first
   # `num_questions` test questions; accuracy at N = 1, 2, 4, ..., pool_size
   # averaged over `num_draws` subsets per question.
+  # Sibling checks: right vs wrong next steps after one prefix (sibling AUC),
+  # and the top-scored of `sibling_width` sampled siblings (a beam round's M).
   c.eval_prm = config_dict.ConfigDict(dict(
       num_questions=600, pool_size=32, num_draws=64,
-      aggregations=("last", "min", "prod"), calibration_bins=10))
+      aggregations=("last", "min", "prod"), calibration_bins=10, sibling_width=4))
 
   # sweep_search: every configuration of the paper's Fig. 3 (best-of-N
   # weighted; beam M=4 and M=sqrt(N); lookahead k=3 with M=4 and M=sqrt(N),
@@ -102,10 +109,18 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # `best_of_n_max_budget`, so that the budget it needs to match a search
   # method can be read off (the efficiency ratio). On this CPU each doubling
   # of max_budget roughly doubles the sweep (lookahead dominates).
+  # `distinct_beams`: token-identical prefixes count once when beams are kept
+  # (copies only fill slots that distinct prefixes cannot); False keeps the
+  # plain top-N/M, copies and all (rows then say `distinct=0`).
+  # `verifiers`: "prm" (the learned PRM) and, for tasks with exact step
+  # labels, "exact" (a perfect verifier: the engine's own check, budgets up
+  # to `exact_max_budget`; its rows say `verifier=exact` and stay out of
+  # compute-optimal selection unless `select_exact` is set).
   c.search = config_dict.ConfigDict(dict(
       max_budget=16, best_of_n_max_budget=64, num_questions=200, max_rounds=40,
-      max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead"),
-      extra_settings=()))
+      max_step_tokens=16, rows=256, methods=("best_of_n", "beam", "lookahead", "dvts"),
+      distinct_beams=True, verifiers=("prm", "exact"), exact_max_budget=16,
+      select_exact=False, extra_settings=()))
 
   # revision_data: `samples_per_question` policy samples (paper: 64) for each
   # of the first `num_questions` training questions, sampled in parts of

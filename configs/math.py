@@ -71,6 +71,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # tokenizer (empty: from the trained policy, as in the paper).
   c.checkpoint = config_dict.ConfigDict(dict(
       format="gemma", policy="", large="", prm="", tokenizer="", trim_vocab=True))
+  # MATH has no exact step labels: the learned PRM is the only verifier.
+  c.search.verifiers = ("prm",)
   if variant == "local_tiny":
     return _local_tiny(c)
 

@@ -44,6 +44,9 @@ class Outcome:
   generations: int         # generations used (paper's count)
   flops: float             # FLOPs used, counted exactly from what ran
   seconds: float           # wall time of the question's share of its batch
+  # Tree search (beam, lookahead, DVTS): the mean over rounds of the distinct
+  # prefixes the question's live rows held after selection; None otherwise.
+  distinct_prefixes: float | None = None
 
   @property
   def key(self) -> tuple:

@@ -186,3 +186,57 @@ def test_bad_budgets_methods_and_pools_raise_with_the_culprit_named():
   with pytest.raises(ValueError, match="orm"):
     SamplePool(answer_ids=[[0, 1]], valid=[[True, True]], correct=[[True, False]],
                scores={"orm": [[0.5]]})
+
+
+# ------------------------------------------------------------- sibling steps
+
+def _pool() -> list:
+  """Two questions. Question 0: after the empty prefix, siblings "a" (right,
+  0.9), "b" (wrong, 0.2), "a" again; after "a", "c" (right, 0.6) and "d"
+  (wrong, 0.7). Question 1: one solution, all right (no wrong sibling)."""
+  S = vq.ScoredSolution
+  return [S(0, ["a", "c"], [True, True], [0.9, 0.6]),
+          S(0, ["b", "x"], [False, False], [0.2, 0.99]),  # "x" follows a wrong prefix
+          S(0, ["a", "d"], [True, False], [0.9, 0.7]),
+          S(1, ["a"], [True], [0.1])]
+
+
+def test_sibling_groups_follow_right_prefixes_only():
+  groups = {(tuple(g.texts)): g for g in vq.sibling_groups(_pool())}
+  assert set(groups) == {("a", "b", "a"), ("c", "d"), ("a",)}
+  np.testing.assert_array_equal(groups[("a", "b", "a")].right, [True, False, True])
+
+
+def test_sibling_auc_on_a_hand_made_pool():
+  # Pairs of distinct texts: ("a" 0.9 vs "b" 0.2) right wins; ("c" 0.6 vs "d"
+  # 0.7) wrong wins; question 1 has no wrong sibling. AUC = 1/2.
+  result = vq.sibling_auc(vq.sibling_groups(_pool()))
+  assert result == {"auc": 0.5, "num_pairs": 2, "num_groups": 2}
+  tie = [vq.ScoredSolution(0, ["a"], [True], [0.5]),
+         vq.ScoredSolution(0, ["b"], [False], [0.5])]
+  assert vq.sibling_auc(vq.sibling_groups(tie))["auc"] == 0.5
+
+
+def test_top_of_m_against_a_random_sibling():
+  groups = vq.sibling_groups(_pool())
+  result = vq.top_of_m(groups, m=2, num_draws=200, seed=0)
+  # Groups with >= 2 siblings: {"a","b","a"} (top always right; random 2/3 on
+  # average) and {"c","d"} (top "d": wrong; random 1/2).
+  assert result["num_groups"] == 2
+  assert result["top"] == pytest.approx(0.5)
+  assert result["random"] == pytest.approx((2 / 3 + 1 / 2) / 2, abs=0.03)
+  # Mixed draws only: every draw of {c, d} (top wrong); of {a, b, a} the 2 in
+  # 3 with "b" (top right): 2/3 / (1 + 2/3) = 0.4.
+  assert result["top_mixed"] == pytest.approx(0.4, abs=0.05)
+  assert result["random_mixed"] == pytest.approx(0.5)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_questions():
+  rng = np.random.default_rng(0)
+  few = rng.random(20) < 0.5
+  many = rng.random(2000) < 0.5
+  low, high = vq.bootstrap_interval(few, seed=1)
+  assert low < few.mean() < high
+  low_many, high_many = vq.bootstrap_interval(many, seed=1)
+  assert high_many - low_many < (high - low) / 5
+  assert vq.bootstrap_interval(np.ones(5)) == (1.0, 1.0)

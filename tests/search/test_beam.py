@@ -58,12 +58,13 @@ ZERO_PRM = (0.0, 0.0, 0.0)
 
 
 @functools.cache
-def _beam(prm_values, beam_width: int, lookahead: int, max_rounds: int, seed: int = 1):
+def _beam(prm_values, beam_width: int, lookahead: int, max_rounds: int, seed: int = 1,
+          distinct: bool = False, group_size: int = 0):
   models, policy_params, prm_params = _models(prm_values)
   config = beam.BeamConfig(
       budget=N, beam_width=beam_width, lookahead=lookahead, max_rounds=max_rounds,
       max_new_tokens=12, max_step_tokens=4, rule=sampling.SamplingRule(1.0),
-      step_id=STEP, eos_id=EOS)
+      step_id=STEP, eos_id=EOS, distinct=distinct, group_size=group_size)
   prompts = jnp.asarray([PROMPT], jnp.int32)
   run = jax.jit(functools.partial(beam.beam_search, models, config=config))
   out = run(policy_params, prm_params, prompts, jnp.asarray([len(PROMPT)]), _key(seed))
@@ -99,6 +100,36 @@ def test_keep_top_beams_breaks_ties_by_row_and_offsets_questions():
   np.testing.assert_array_equal(source, [0, 0, 0, 0, 7, 7, 7, 7])
   nothing_live = beam.keep_top_beams(scores, jnp.zeros(8, bool), 4, 2)
   np.testing.assert_array_equal(nothing_live, np.arange(8))
+
+
+def test_keep_top_beams_counts_token_identical_prefixes_once():
+  # Rows 0 and 1 are copies of one prefix (same score); rows 2, 3 differ.
+  tokens = jnp.array([[A, STEP], [A, STEP], [B, STEP], [Z, STEP]])
+  scores, live = jnp.array([0.9, 0.9, 0.5, 0.1]), jnp.ones(4, bool)
+  plain = beam.keep_top_beams(scores, live, 4, 2)
+  np.testing.assert_array_equal(plain, [0, 1, 0, 1])  # both kept beams are one prefix
+  distinct = beam.keep_top_beams(scores, live, 4, 2, tokens, jnp.full(4, 2))
+  np.testing.assert_array_equal(distinct, [0, 2, 0, 2])
+
+
+def test_copies_fill_kept_slots_only_when_distinct_prefixes_run_out():
+  tokens = jnp.array([[A, STEP], [A, STEP], [A, STEP], [B, STEP]])
+  scores = jnp.array([0.9, 0.9, 0.9, 0.2])
+  # M = 1 keeps all four: the two distinct prefixes first, then the copies.
+  source = beam.keep_top_beams(scores, jnp.ones(4, bool), 4, 1, tokens, jnp.full(4, 2))
+  np.testing.assert_array_equal(source, [0, 3, 1, 2])
+  # A prefix is its tokens up to its length: "a" is not "a\n".
+  short = beam.keep_top_beams(scores, jnp.ones(4, bool), 4, 2, tokens,
+                              jnp.array([2, 1, 2, 2]))
+  np.testing.assert_array_equal(short, [0, 1, 0, 1])
+
+
+def test_distinct_prefixes_are_compared_within_a_group_only():
+  tokens = jnp.array([[A, STEP]] * 4 + [[B, STEP]] * 4)
+  scores = jnp.array([0.9, 0.8, 0.7, 0.6] * 2)
+  source = beam.keep_top_beams(scores, jnp.ones(8, bool), 4, 2, tokens, jnp.full(8, 2))
+  # Each group has one distinct prefix: its best row, then its best copy.
+  np.testing.assert_array_equal(source, [0, 1, 0, 1, 4, 5, 4, 5])
 
 
 # ------------------------------------------------------------- programs
@@ -145,6 +176,63 @@ def test_finished_candidates_survive_later_rounds():
     assert all(t in (A, B) for t in steps[:-1]) and row[-1] in (STEP, EOS)
 
 
+def _expected_distinct_sources(draws, scores, live, beam_width):
+  """keep_top_beams with distinct prefixes, by hand: rank live rows by score
+  (ties by row), the first of each prefix before any copy, then cycle."""
+  ranked = sorted((r for r in range(N) if live[r]), key=lambda r: (-scores[r], r))
+  seen, firsts, copies = set(), [], []
+  for r in ranked:
+    (copies if draws[r] in seen else firsts).append(r)
+    seen.add(draws[r])
+  order = firsts + copies
+  kept = order[:max(-(-len(ranked) // beam_width), 1)]
+  slots = iter(range(N * N))
+  return [kept[next(slots) % len(kept)] if live[r] else r for r in range(N)]
+
+
+def test_one_round_of_distinct_beam_search_keeps_every_distinct_prefix_first():
+  draws = _rows(_beam(ZERO_PRM, beam_width=1, lookahead=0, max_rounds=1))
+  live = [d[-1] != EOS for d in draws]
+  scores = [_score(d[0]) for d in draws]
+  live_prefixes = {d for d, alive in zip(draws, live, strict=True) if alive}
+  assert len(live_prefixes) == 2 and sum(d == (A, STEP) for d in draws) >= 2, \
+      "this seed must draw 'a' at least twice and 'b' at least once"
+  # M = 4: two of the live rows are kept.
+  out = _beam(REAL_PRM, beam_width=4, lookahead=0, max_rounds=1, distinct=True)
+  source = _expected_distinct_sources(draws, scores, live, 4)
+  assert _rows(out) == [draws[s] for s in source]
+  # Kept: "a" and "b". Without distinct beams: "a" twice.
+  assert float(out.distinct_prefixes[0]) == 2.0
+  plain = _beam(REAL_PRM, beam_width=4, lookahead=0, max_rounds=1, distinct=False)
+  assert float(plain.distinct_prefixes[0]) == 1.0
+  assert {row for row, alive in zip(_rows(plain), live, strict=True) if alive} == {(A, STEP)}
+
+
+def test_distinct_beams_keep_more_prefixes_over_many_rounds():
+  distinct = _beam(REAL_PRM, beam_width=4, lookahead=0, max_rounds=4, distinct=True)
+  plain = _beam(REAL_PRM, beam_width=4, lookahead=0, max_rounds=4, distinct=False)
+  assert float(distinct.distinct_prefixes[0]) > float(plain.distinct_prefixes[0])
+  assert float(distinct.distinct_prefixes[0]) <= N / 2  # never more than the kept beams
+
+
+def test_dvts_subtrees_never_exchange_rows():
+  """Fails if a DVTS subtree takes a row of another: every final row of a
+  subtree descends from a first step drawn in that subtree."""
+  width = 2
+  draws = _rows(_beam(ZERO_PRM, beam_width=1, lookahead=0, max_rounds=1))
+  drawn = [{d[0] for d in draws[g * width:(g + 1) * width]} for g in range(N // width)]
+  without_a = [g for g, firsts in enumerate(drawn) if A not in firsts]
+  assert without_a and any(A in firsts for firsts in drawn), \
+      "this seed must leave some subtree without an 'a' that another has"
+  dvts = _rows(_beam(REAL_PRM, beam_width=width, lookahead=0, max_rounds=3,
+                     group_size=width))
+  for g, firsts in enumerate(drawn):
+    assert {row[0] for row in dvts[g * width:(g + 1) * width]} <= firsts
+  # Beam search over the question's N rows moves the best "a" rows into them.
+  shared = _rows(_beam(REAL_PRM, beam_width=width, lookahead=0, max_rounds=3))
+  assert any(shared[r][0] == A for g in without_a for r in range(g * width, (g + 1) * width))
+
+
 def test_best_of_n_counts_flops_token_by_token():
   models, policy_params, prm_params = _models(REAL_PRM)
   sampler_config = sampling.SamplerConfig(
@@ -189,7 +277,15 @@ def test_paper_settings_and_generation_counts():
   names = {(s.method, s.budget, s.params) for s in settings}
   assert ("beam", 16, "M=4,k=0") in names and ("lookahead", 16, "M=4,k=1") in names
   assert ("beam", 8, "M=4,k=0") in names and ("beam", 8, "M=2,k=0") not in names
-  assert sum(1 for s in settings if s.budget == 16) == 4  # √16 = 4: not twice
+  # Best-of-N, beam, lookahead k=3 and k=1 (√16 = 4: not twice), DVTS M=4.
+  assert sum(1 for s in settings if s.budget == 16) == 5
+  assert ("dvts", 16, "M=4,k=0") in names and ("dvts", 4, "M=2,k=0") in names
+  assert SearchSetting("dvts", 16, beam_width=4).group_size == 4
+  assert SearchSetting("beam", 16, beam_width=4).group_size == 16
+  exact = paper_settings(budget_grid(4), distinct=False, verifier="exact")
+  assert {s.params for s in exact} == {"verifier=exact"} | {
+      f"{p},distinct=0,verifier=exact" for p in ("M=4,k=0", "M=4,k=3", "M=2,k=0", "M=2,k=3",
+                                                 "M=2,k=1")}
   assert SearchSetting("lookahead", 16, beam_width=4, lookahead=3).generations == 64
   assert SearchSetting("beam", 16, beam_width=4).generations == 16
 
@@ -216,6 +312,8 @@ def test_a_setting_parses_from_its_text():
   assert parse_setting("lookahead:N=8,M=2,k=2", grid) == SearchSetting(
       "lookahead", 8, beam_width=2, lookahead=2)
   assert parse_setting("best_of_n:N=4", grid) == SearchSetting("best_of_n", 4)
+  assert parse_setting("dvts:N=16,M=4,distinct=0,verifier=exact", grid) == SearchSetting(
+      "dvts", 16, beam_width=4, distinct=False, verifier="exact")
 
 
 @pytest.mark.parametrize("text, message", [
@@ -225,6 +323,8 @@ def test_a_setting_parses_from_its_text():
     ("beam:M=2", "has no budget N="),
     ("beam:N=16,W=2", "expected METHOD:N=<int>"),
     ("beam:N=sixteen", "expected METHOD:N=<int>"),
+    ("beam:N=16,M=4,verifier=oracle", "expected METHOD:N=<int>"),
+    ("dvts:N=16,M=4,k=1", "dvts has lookahead k=0"),
 ])
 def test_a_bad_setting_text_is_a_one_line_error_naming_the_field(text, message):
   with pytest.raises(ValueError, match="search.extra_settings: ") as error:

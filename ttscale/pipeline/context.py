@@ -143,10 +143,18 @@ class Context:
       return self.config.revision_verifier_train
     return self.config.verifier_train
 
+  def verifier_trunk_is_large(self, kind: str = "prm") -> bool:
+    """Whether a verifier of `kind` starts from the larger policy
+    (`verifier_train.trunk="large"`; the PRM and ORM only: the revision
+    verifier starts from the revision model)."""
+    return kind in ("prm", "orm") and self.config.verifier_train.trunk == "large"
+
   def verifier_config(self, kind: str = "prm") -> ModelConfig:
-    """A verifier's network: the policy's shape, its own dropout."""
+    """A verifier's network: its trunk's shape (the policy's, or the larger
+    policy's), its own dropout."""
     return dataclasses.replace(
-        self.policy_config(), dropout_rate=self.verifier_train_config(kind).dropout_rate)
+        self.policy_config(large=self.verifier_trunk_is_large(kind)),
+        dropout_rate=self.verifier_train_config(kind).dropout_rate)
 
   def verifier_spec(self, kind: str) -> dict:
     """What a verifier checkpoint must have been trained with to be reused.
@@ -162,6 +170,8 @@ class Context:
             "verifier_train": without(self.verifier_train_config(kind).to_dict(), BOOKKEEPING),
             "prm": self.config.prm.to_dict(),
             "policy": self.policy_spec(),
+            # The trunk's own training, when it is not the policy's.
+            "trunk": self.policy_spec(large=True) if self.verifier_trunk_is_large(kind) else None,
             "init": self.init_checkpoint("prm") if kind == "prm" else None}
     if kind == "revision_verifier":
       spec.update(revision=self.revision_spec(), prm=None)

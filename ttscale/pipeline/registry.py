@@ -37,6 +37,8 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "data": policy_stages.stage_data,
     "train_policy": policy_stages.stage_train_policy,
     "eval_policy": policy_stages.stage_eval_policy,
+    # Before the verifiers: it may be their trunk (`verifier_train.trunk`).
+    "train_large": policy_stages.stage_train_large,
     "prm_labels": verifier_stages.stage_prm_labels,
     "train_prm": verifier_stages.stage_train_prm,
     "train_orm": verifier_stages.stage_train_orm,
@@ -48,7 +50,6 @@ STAGES: dict[str, Callable[[Context], dict]] = {
     "sweep_revisions": revision_stages.stage_sweep_revisions,
     "difficulty": study_stages.stage_difficulty,
     "select": study_stages.stage_select,
-    "train_large": policy_stages.stage_train_large,
     "flops_matched": study_stages.stage_flops_matched,
     "report": study_stages.stage_report,
 }
@@ -86,6 +87,9 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where the PRM and ORM start from (`verifier_train.trunk`).
+VERIFIER_TRUNKS = ("policy", "large")
+
 # The stages whose outputs a stage reads (each with its own prerequisites).
 STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
     "data": (),
@@ -109,29 +113,46 @@ STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _prerequisites(name: str) -> list[str]:
+def _requires(config, name: str) -> tuple[str, ...]:
+  """The stages `name` reads directly; the verifiers also read the larger
+  policy when it is their trunk."""
+  if name in ("train_prm", "train_orm") and config.verifier_train.trunk == "large":
+    return (*STAGE_REQUIRES[name], "train_large")
+  return STAGE_REQUIRES[name]
+
+
+def _prerequisites(config, name: str) -> list[str]:
   """Every stage `name` needs, directly or not, in pipeline order."""
-  needed, pending = set(), list(STAGE_REQUIRES[name])
+  needed, pending = set(), list(_requires(config, name))
   while pending:
     stage = pending.pop()
     if stage not in needed:
       needed.add(stage)
-      pending.extend(STAGE_REQUIRES[stage])
+      pending.extend(_requires(config, stage))
   return [stage for stage in STAGES if stage in needed]
 
 
 def check_prerequisites(ctx: Context, names: list[str]) -> None:
   """Raises ValueError when a stage needs one neither done nor requested."""
   for name in names:
-    for stage in _prerequisites(name):
+    for stage in _prerequisites(ctx.config, name):
       if stage not in names and not epath.Path(ctx.path("stages", f"{stage}.json")).exists():
         raise ValueError(f"stage {name} needs stage {stage}, which is not done in "
                          f"{ctx.workdir}: run it first or add it to --stages")
 
 
+def _stage_input_keys(config, name: str) -> tuple[str, ...]:
+  """STAGE_INPUTS, with the larger policy's blocks for stages that depend on
+  a verifier whose trunk it is."""
+  keys = STAGE_INPUTS[name]
+  if "verifier_train" in keys and config.verifier_train.trunk == "large":
+    keys = (*keys, *(k for k in STAGE_INPUTS["train_large"] if k not in keys))
+  return keys
+
+
 def _stage_inputs(config, name: str) -> dict:
   values = {}
-  for key in STAGE_INPUTS[name]:
+  for key in _stage_input_keys(config, name):
     value = config[key]
     value = value.to_dict() if hasattr(value, "to_dict") else value
     values[key] = without(value, BOOKKEEPING) if key.endswith("train") else value
@@ -194,6 +215,12 @@ def check_config(config) -> None:
   if "last" not in aggregations:
     raise ValueError("eval_prm.aggregations: must include 'last' (the PRM best-of-N "
                      "baseline reads it)")
+  if config.verifier_train.trunk not in VERIFIER_TRUNKS:
+    raise ValueError(f"verifier_train.trunk={config.verifier_train.trunk!r}: expected one of "
+                     f"{', '.join(VERIFIER_TRUNKS)}")
+  if config.verifier_train.trunk == "large" and config.checkpoint.prm:
+    raise ValueError("checkpoint.prm gives the PRM its trunk: set verifier_train.trunk="
+                     "'policy' with it, or leave checkpoint.prm empty")
   if not 0 < config.prm.holdout_fraction < 1:
     raise ValueError(f"prm.holdout_fraction={config.prm.holdout_fraction}: expected "
                      "a fraction in (0, 1)")

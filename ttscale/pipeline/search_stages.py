@@ -20,7 +20,14 @@ from ttscale.pipeline.context import Context
 from ttscale.progress import Progress
 from ttscale.report import search_figure
 from ttscale.search import common, runner, sampling
-from ttscale.search.budget import SearchSetting, budget_grid, paper_settings, parse_setting
+from ttscale.search.budget import (
+  VERIFIERS,
+  SearchSetting,
+  budget_grid,
+  paper_settings,
+  parse_setting,
+)
+from ttscale.search.exact_verifier import ExactVerifier
 
 SEARCH_TABLE = ("outcomes", "search.jsonl")
 
@@ -36,21 +43,33 @@ def search_options(ctx: Context) -> runner.SearchOptions:
 
 def search_table_meta(ctx: Context) -> dict:
   """What the search rows depend on: a table made otherwise is not appended to."""
-  # Which settings run (methods, budget caps) decides which rows exist, not
-  # what they hold: a table can be extended with more of them.
+  # Which settings run (methods, verifiers, budget caps, distinct beams: each
+  # is named in its rows' params) decides which rows exist, not what they
+  # hold: a table can be extended with more of them.
   search = {k: v for k, v in ctx.config.search.to_dict().items()
-            if k not in ("methods", "max_budget", "best_of_n_max_budget", "extra_settings")}
+            if k not in ("methods", "max_budget", "best_of_n_max_budget", "extra_settings",
+                         "verifiers", "exact_max_budget", "distinct_beams")}
   return {"policy": ctx.policy_spec(), "prm": ctx.verifier_spec("prm"),
           "sampling": ctx.config.sampling.to_dict(), "search": search,
           "seed": ctx.config.seed}
 
 
 def sweep_settings(search_config) -> list[SearchSetting]:
-  """The paper's settings of `search.methods`, then `search.extra_settings`
-  (texts for `budget.parse_setting`), each once."""
+  """The paper's settings of `search.methods` for each of `search.verifiers`
+  (the exact verifier's up to `search.exact_max_budget`), then
+  `search.extra_settings` (texts for `budget.parse_setting`), each once."""
   grid = budget_grid(search_config.max_budget)
-  settings = [s for s in paper_settings(grid, budget_grid(search_config.best_of_n_max_budget))
-              if s.method in search_config.methods]
+  best_of_n_grid = budget_grid(search_config.best_of_n_max_budget)
+  settings = []
+  for verifier in search_config.verifiers:
+    if verifier not in VERIFIERS:
+      raise ValueError(f"search.verifiers: unknown verifier {verifier!r}; expected some of "
+                       f"{', '.join(VERIFIERS)}")
+    cap = search_config.exact_max_budget if verifier == "exact" else None
+    settings += [s for s in paper_settings(
+                     grid, best_of_n_grid, distinct=search_config.distinct_beams,
+                     verifier=verifier)
+                 if s.method in search_config.methods and (cap is None or s.budget <= cap)]
   for text in search_config.extra_settings:
     setting = parse_setting(text, grid)
     if setting not in settings:
@@ -62,13 +81,18 @@ def sweep_programs(settings: list[SearchSetting]
                    ) -> list[tuple[SearchSetting, list[SearchSetting]]]:
   """(the program that runs, the settings whose rows it gives), in sweep order.
 
-  Best-of-N at every budget comes from one pool: a program at the largest
-  best-of-N budget, whose first n samples give best-of-n
+  Best-of-N at every budget comes from one pool per verifier: a program at
+  the largest best-of-N budget, whose first n samples give best-of-n
   (`runner.prefix_results`), which halves best-of-N's cost over the grid.
   Every other setting is its own program.
   """
-  best_of_n = sorted((s for s in settings if s.method == "best_of_n"), key=lambda s: s.budget)
-  programs = [(best_of_n[-1], best_of_n)] if best_of_n else []
+  programs = []
+  for verifier in dict.fromkeys(s.verifier for s in settings):
+    best_of_n = sorted((s for s in settings
+                        if s.method == "best_of_n" and s.verifier == verifier),
+                       key=lambda s: s.budget)
+    if best_of_n:
+      programs.append((best_of_n[-1], best_of_n))
   return programs + [(s, [s]) for s in settings if s.method != "best_of_n"]
 
 
@@ -84,10 +108,13 @@ def stage_sweep_search(ctx: Context) -> dict:
   questions = [e.question for e in test]
   table = outcomes.OutcomeTable(ctx.path(*SEARCH_TABLE), search_table_meta(ctx))
   policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
-  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
+  settings = sweep_settings(cfg.search)
+  exact = (ExactVerifier(ctx.tokenizer, ctx.task, questions)
+           if any(s.verifier == "exact" for s in settings) else None)
+  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config,
+                               exact_verifier=exact)
   options = search_options(ctx)
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
-  settings = sweep_settings(cfg.search)
   seed = cfg.seed
   devices = list(ctx.mesh.devices.flat)
   # Work units: `window` batches of one program, one per device in turn; the
@@ -126,7 +153,8 @@ def stage_sweep_search(ctx: Context) -> dict:
               budget=s.budget, seed=seed, answer=by_budget[s.budget].answer,
               correct=ctx.task.grade(by_budget[s.budget].answer, test[i].answer),
               generations=s.generations, flops=by_budget[s.budget].flops,
-              seconds=by_budget[s.budget].seconds) for s in wanted]
+              seconds=by_budget[s.budget].seconds,
+              distinct_prefixes=by_budget[s.budget].distinct_prefixes) for s in wanted]
       # Batches go by prompt length; the table goes by budget, then question.
       table.append(sorted(new_rows, key=lambda row: (row.budget, row.question_index)))
       ran += len(todo)
@@ -141,5 +169,21 @@ def stage_sweep_search(ctx: Context) -> dict:
     curves[f"{m} {p}".strip()][n] = round(float(np.mean(values)), 4)
   for name, curve in curves.items():
     ctx.log(f"sweep_search: {name:24s} " + " ".join(f"N={n}:{a:.3f}" for n, a in curve.items()))
+  diversity = distinct_prefixes_by_setting(rows)
   return {"num_rows": len(rows), "num_settings": len(settings), "batches_run": ran,
-          "num_questions": len(test), "accuracy": curves}
+          "num_questions": len(test), "accuracy": curves,
+          "distinct_prefixes_per_round": diversity}
+
+
+def distinct_prefixes_by_setting(rows: list[dict]) -> dict[str, dict[int, float]]:
+  """{setting: {N: mean over questions of distinct live prefixes per round}}
+  for the tree-search rows of the table."""
+  values = collections.defaultdict(list)
+  for row in rows:
+    if row["distinct_prefixes"] is not None:
+      values[(f"{row['method']} {row['params']}", row["budget"])].append(
+          row["distinct_prefixes"])
+  result = collections.defaultdict(dict)
+  for (name, budget), per_question in sorted(values.items(), key=lambda kv: kv[0][1]):
+    result[name][budget] = round(float(np.mean(per_question)), 3)
+  return dict(result)

@@ -24,7 +24,7 @@ from ttscale.report import study_report
 from ttscale.scaling import compute_optimal, flops_matched
 from ttscale.scaling.difficulty import quantile_bins
 from ttscale.search import generate, sampling, scoring
-from ttscale.search.budget import FlopsRate, budget_grid
+from ttscale.search.budget import FlopsRate, budget_grid, uses_exact_verifier
 
 DIFFICULTY = "difficulty.json"
 SELECT = "select.json"
@@ -116,6 +116,8 @@ def stage_select(ctx: Context) -> dict:
   cfg = ctx.config
   difficulty = read_difficulty(ctx)
   rows = read_outcome_rows(ctx)
+  if not cfg.search.select_exact:  # the exact verifier checks the engine; it is no strategy
+    rows = [row for row in rows if not uses_exact_verifier(row["params"])]
   questions = difficulty["questions"]
   check_budgets(rows, questions, {
       "best_of_n": budget_grid(cfg.search.best_of_n_max_budget),
@@ -165,8 +167,8 @@ def stage_flops_matched(ctx: Context) -> dict:
                                for p, n in zip(prompts, lengths, strict=True)]))
   small_params, large_params = ctx.policy_config().num_params(), large.config.num_params()
   rows = read_outcome_rows(ctx)
-  bon_one = [r["flops"] for r in rows if r["method"] == "best_of_n" and r["budget"] == 1
-             and r["question_index"] in set(questions)]
+  bon_one = [r["flops"] for r in rows if r["method"] == "best_of_n" and r["params"] == ""
+             and r["budget"] == 1 and r["question_index"] in set(questions)]
   small_per_generation = float(np.mean(bon_one))
   bins = np.asarray(difficulty["oracle_bins"])
   budgets = choice["oracle"]["both"]["budgets"]

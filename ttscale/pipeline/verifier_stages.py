@@ -241,7 +241,8 @@ def stage_train_prm(ctx: Context) -> dict:
 
 def prm_trunk(ctx: Context) -> nnx.State:
   """The language model whose trunk the PRM starts from: `checkpoint.prm`
-  imported (the policy's shape and tokenizer, checked), else the trained policy.
+  imported (the policy's shape and tokenizer, checked), else the trained
+  policy or larger policy (`verifier_trunk`).
 
   Raises:
     ValueError: the checkpoint does not match the policy's config or the
@@ -249,7 +250,7 @@ def prm_trunk(ctx: Context) -> nnx.State:
   """
   init = ctx.init_checkpoint("prm")
   if init is None:
-    return ctx.load_policy().params
+    return verifier_trunk(ctx, "prm")
   ctx.log(f"train_prm: importing the {init['format']} checkpoint {init['path']}")
   return import_language_model(init["format"], init["path"], ctx.policy_config(),
                                trim_vocab=init["trim_vocab"])
@@ -258,7 +259,13 @@ def prm_trunk(ctx: Context) -> nnx.State:
 def stage_train_orm(ctx: Context) -> dict:
   """The ORM baseline: BCE on the outcome at the end of whole solutions."""
   return train_value_model(ctx, "orm", ctx.labelled_solutions(), "outcome",
-                           ctx.load_policy().params)
+                           verifier_trunk(ctx, "orm"))
+
+
+def verifier_trunk(ctx: Context, kind: str) -> nnx.State:
+  """The trained language model a verifier of `kind` starts from: the policy,
+  or the larger policy (`verifier_train.trunk="large"`)."""
+  return ctx.load_policy(large=ctx.verifier_trunk_is_large(kind)).params
 
 
 def _methods(aggregations) -> list[verifier_quality.Method]:
@@ -325,9 +332,14 @@ def stage_eval_prm(ctx: Context) -> dict:
   budgets = [2 ** i for i in range(int(np.log2(e.pool_size)) + 1)]
   curves = verifier_quality.accuracy_vs_n(samples, _methods(e.aggregations), budgets,
                                           e.num_draws, cfg.seed + 7)
+  # What search needs: right vs wrong sibling steps after one prefix.
+  siblings = ({name: sibling_quality(records, steps, e.sibling_width, e.num_draws,
+                                     cfg.seed + 8)
+               for name, steps in (("prm", prm_steps), ("orm", orm_steps))}
+              if both_classes else None)
   result = {
       "num_questions": len(test), "pool_size": e.pool_size, "num_draws": e.num_draws,
-      "step_auc_vs_exact": step_auc,
+      "step_auc_vs_exact": step_auc, "siblings": siblings,
       "num_steps_scored": int(mask.sum()),
       "calibration": {"ece": ece, "num_steps": int(holdout_mask.sum()),
                       "reliability": reliability},
@@ -337,4 +349,35 @@ def stage_eval_prm(ctx: Context) -> dict:
   prm_figure.plot(result, ctx.path("eval_prm.png"))
   ctx.log(f"eval_prm: step AUC vs exact labels: PRM {step_auc['prm']}, "
           f"ORM {step_auc['orm']}; PRM ECE {ece:.3f}")
-  return {"step_auc_vs_exact": step_auc, "ece": ece}
+  if siblings:
+    for name, quality in siblings.items():
+      top = quality["top_of_m"]
+      ctx.log(f"eval_prm: {name.upper()} sibling AUC {quality['auc']} over "
+              f"{quality['num_pairs']} pairs; top of {top['m']} siblings right "
+              f"{top['top']:.3f} vs a random one {top['random']:.3f} (mixed draws: "
+              f"{top['top_mixed']} vs {top['random_mixed']})")
+  return {"step_auc_vs_exact": step_auc, "ece": ece,
+          "sibling_auc": {k: v["auc"] for k, v in (siblings or {}).items()}}
+
+
+def sibling_quality(records: list[dict], step_scores: np.ndarray, width: int,
+                    num_draws: int, seed: int) -> dict:
+  """Sibling AUC and top-of-M accuracy of one verifier's step scores.
+
+  Args:
+    records: labelled solutions (`labelled_records`) with exact labels.
+    step_scores: float [len(records), S], the verifier's score at each step end.
+    width: M, the siblings one beam-search round chooses among.
+  """
+  solutions = []
+  for row, record in enumerate(records):
+    ends = record["step_ends"]
+    starts = [0] + [end + 1 for end in ends[:-1]]
+    steps = [tuple(record["tokens"][a:b + 1]) for a, b in zip(starts, ends, strict=True)]
+    labels = list(record["exact_labels"] or ())[:len(steps)]
+    solutions.append(verifier_quality.ScoredSolution(
+        record["question_index"], steps[:len(labels)], labels,
+        step_scores[row, :len(labels)].tolist()))
+  groups = verifier_quality.sibling_groups(solutions)
+  return {**verifier_quality.sibling_auc(groups),
+          "top_of_m": verifier_quality.top_of_m(groups, width, num_draws, seed)}

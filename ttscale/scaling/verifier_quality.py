@@ -291,3 +291,148 @@ def accuracy_vs_n(pool: SamplePool, methods: Sequence[Method], budgets: Sequence
                 if num_questions > 1 else math.nan)
       results[method.name][budget] = Accuracy(float(per_question.mean()), stderr)
   return results
+
+
+# ------------------------------------------------------------- sibling steps
+#
+# What search needs from a verifier is not the pooled step AUC (which mostly
+# ranks easy questions above hard ones) but, after one prefix, telling a
+# right next step from a wrong sibling: beam search keeps the best of M
+# sampled siblings at every round.
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredSolution:
+  """One sampled solution with the exact label and a score at every step.
+
+  Attributes:
+    question: an id of its question (solutions of one question share it).
+    steps: the step texts, in order.
+    labels: exact correctness of each step (prefix property: once wrong,
+      every later step is wrong).
+    scores: a verifier's score at each step end.
+  """
+
+  question: int
+  steps: Sequence[str]
+  labels: Sequence[bool]
+  scores: Sequence[float]
+
+
+class SiblingGroup(NamedTuple):
+  """The sampled next steps after one right prefix of one question.
+
+  Attributes:
+    right, scores: bool / float [samples], one entry per solution that has
+      a step after the prefix (repeats kept: they are the policy's
+      distribution of next steps).
+    texts: the step texts, in the same order.
+  """
+
+  right: np.ndarray
+  scores: np.ndarray
+  texts: tuple[str, ...]
+
+
+def sibling_groups(solutions: Sequence[ScoredSolution]) -> list[SiblingGroup]:
+  """Groups next steps by (question, right prefix): siblings after one prefix.
+
+  A prefix with a wrong step has only wrong continuations, so only prefixes
+  whose steps are all right (the empty one included) form groups.
+  """
+  groups: dict[tuple, list[tuple[bool, float, str]]] = {}
+  for solution in solutions:
+    steps = list(solution.steps)
+    if not len(steps) == len(solution.labels) == len(solution.scores):
+      raise ValueError(f"question {solution.question}: {len(steps)} steps, "
+                       f"{len(solution.labels)} labels, {len(solution.scores)} scores")
+    for k, (text, label, score) in enumerate(zip(steps, solution.labels, solution.scores,
+                                                 strict=True)):
+      groups.setdefault((solution.question, tuple(steps[:k])), []).append(
+          (bool(label), float(score), text))
+      if not label:
+        break  # later steps follow a wrong prefix
+  return [SiblingGroup(np.array([r for r, _, _ in members]),
+                       np.array([s for _, s, _ in members], np.float64),
+                       tuple(t for _, _, t in members))
+          for members in groups.values()]
+
+
+def sibling_auc(groups: Sequence[SiblingGroup]) -> dict:
+  """P(a right step scores above a wrong sibling of the same prefix), ties 1/2.
+
+  Pairs are of distinct step texts (a repeated step is one candidate), pooled
+  over all groups that have both a right and a wrong sibling.
+
+  Returns:
+    {"auc": float or None (no mixed group), "num_pairs": int, "num_groups": int}.
+  """
+  wins, pairs, mixed = 0.0, 0, 0
+  for group in groups:
+    distinct = {}
+    for right, score, text in zip(group.right, group.scores, group.texts, strict=True):
+      distinct.setdefault(text, (bool(right), float(score)))
+    right = np.array([s for r, s in distinct.values() if r])
+    wrong = np.array([s for r, s in distinct.values() if not r])
+    if right.size and wrong.size:
+      mixed += 1
+      pairs += right.size * wrong.size
+      difference = right[:, None] - wrong[None, :]
+      wins += float((difference > 0).sum() + 0.5 * (difference == 0).sum())
+  return {"auc": wins / pairs if pairs else None, "num_pairs": pairs, "num_groups": mixed}
+
+
+def top_of_m(groups: Sequence[SiblingGroup], m: int, num_draws: int, seed: int) -> dict:
+  """How often the top-scored of M sampled siblings is right, against a random one.
+
+  What one round of beam search with width M faces: from each group with at
+  least M sampled next steps, draw M of them (without replacement), `num_draws`
+  times; ties for the top go to the first drawn.
+
+  Returns:
+    {"top": accuracy of the top-scored, "random": of a random sibling (the
+    right fraction of the draw), "top_mixed"/"random_mixed": the same over
+    draws holding both a right and a wrong step (None without any),
+    "num_groups", "num_mixed_draws"}.
+  """
+  if m < 1 or num_draws < 1:
+    raise ValueError(f"top_of_m: expected m >= 1 and num_draws >= 1, got {m}, {num_draws}")
+  rng = np.random.default_rng(seed)
+  top, random_pick, mixed_top, mixed_random, used = [], [], [], [], 0
+  for group in groups:
+    if group.right.size < m:
+      continue
+    used += 1
+    for _ in range(num_draws):
+      drawn = rng.choice(group.right.size, size=m, replace=False)
+      right, scores = group.right[drawn], group.scores[drawn]
+      hit, chance = float(right[np.argmax(scores)]), float(right.mean())
+      top.append(hit)
+      random_pick.append(chance)
+      if 0 < right.sum() < m:
+        mixed_top.append(hit)
+        mixed_random.append(chance)
+  mean = lambda values: float(np.mean(values)) if values else None
+  return {"m": m, "top": mean(top), "random": mean(random_pick),
+          "top_mixed": mean(mixed_top), "random_mixed": mean(mixed_random),
+          "num_groups": used, "num_mixed_draws": len(mixed_top)}
+
+
+def bootstrap_interval(per_question: np.ndarray, num_resamples: int = 1000,
+                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+  """A percentile bootstrap interval of a mean over questions.
+
+  Args:
+    per_question: float [Q] (or [Q, ...]: the mean is over axis 0, then all).
+
+  Returns:
+    (low, high) at `level` (e.g. 0.95: the 2.5th and 97.5th percentiles).
+  """
+  values = np.asarray(per_question, np.float64)
+  if values.shape[0] == 0:
+    raise ValueError("bootstrap_interval: no questions")
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, values.shape[0], size=(num_resamples, values.shape[0]))
+  means = values[picks].reshape(num_resamples, -1).mean(axis=1)
+  tail = (1 - level) / 2 * 100
+  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))

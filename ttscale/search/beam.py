@@ -1,17 +1,26 @@
-"""PRM beam search and lookahead search: one implementation, one compiled loop.
+"""Verifier-guided tree search: beam search, lookahead and DVTS, one compiled loop.
 
 Budget N, beam width M, lookahead depth k (k = 0 is plain beam search). A
 question owns N rows of the batch. Each round of one `lax.while_loop`:
 
 1. every live row samples one step (stopping at the step delimiter);
-2. the step is appended to the row's PRM cache and scored there; with k > 0
-   the score is instead read at the end of a greedy rollout of up to k more
+2. the step is appended to the row's PRM cache and scored there (or, with
+   the exact verifier, scored by the task's exact labels); with k > 0 the
+   score is instead read at the end of a greedy rollout of up to k more
    steps, from copies of both caches that are then dropped, so rollout tokens
    never reach the returned solutions;
-3. per question, the live rows are ranked by score; the best ceil(L/M) of the
-   L live rows are kept and copied into the L live slots (each about M times),
-   caches and all. In the first round L = N: the top N/M are kept, each
-   expanded M ways, as in the paper.
+3. per group of rows, the live rows are ranked by score; the best ceil(L/M)
+   of the L live rows are kept and copied into the L live slots (each about
+   M times), caches and all. In the first round L = N: the top N/M are kept,
+   each expanded M ways, as in the paper.
+
+A group is a question's N rows (beam search, lookahead) or one of its N/M
+DVTS subtrees of M rows (diverse verifier tree search: each subtree a greedy
+beam that keeps its best row and expands it M ways; subtrees never exchange
+rows). With distinct beams (the default) token-identical prefixes of a group
+count once when rows are kept: copies of one prefix, which on short,
+deterministic steps are common and score identically, fill slots only when
+fewer distinct prefixes exist than rows to keep.
 
 A row finishes when it ends its solution, runs out of tokens or cache, or its
 step does not end within `max_step_tokens`. Finished rows are kept as they are
@@ -44,6 +53,14 @@ class BeamConfig:
   rule: sampling.SamplingRule  # how steps are sampled
   step_id: int
   eos_id: int
+  # Rows that compete for the kept beams: N (beam, lookahead) or M (DVTS:
+  # N/M subtrees of M rows that never exchange rows).
+  group_size: int = 0          # 0: the budget N
+  distinct: bool = True        # token-identical prefixes count once when kept
+
+  @property
+  def group(self) -> int:
+    return self.group_size or self.budget
 
   def step_sampler(self, rule=None) -> sampling.SamplerConfig:
     return sampling.SamplerConfig(rule=rule or self.rule, stop_at=sampling.StopAt.STEP,
@@ -60,34 +77,81 @@ class BeamState:
   tokens: jax.Array         # int32 [B, T]: the solution so far
   lengths: jax.Array        # int32 [B]: its length
   finished: jax.Array       # bool [B]: the row samples no more
-  scores: jax.Array         # float32 [B]: PRM score of the row's last step
+  scores: jax.Array         # float32 [B]: verifier score of the row's last step
   flops: jax.Array          # float32 [Q]: FLOPs used per question
   policy_tokens: jax.Array  # int32 [Q]: tokens the policy decoded per question
+  distinct_kept: jax.Array  # int32 [Q]: distinct live prefixes after selection, summed over rounds
+  searching_rounds: jax.Array  # int32 [Q]: rounds that left the question live rows
   rng: jax.Array            # PRNG key
 
 
-def keep_top_beams(scores: jax.Array, live: jax.Array, budget: int,
-                   beam_width: int) -> jax.Array:
-  """Where each row's next content comes from, per question.
+@struct.dataclass
+class _Rows:
+  """What a row carries from one round to the next (gathered by `source`)."""
+  policy_cache: KVCache
+  pending: jax.Array        # int32 [B]
+  prm_cache: KVCache
+  tokens: jax.Array         # int32 [B, T]
+  lengths: jax.Array        # int32 [B]
+  finished: jax.Array       # bool [B]
+  scores: jax.Array         # float32 [B]
+
+
+def first_copies(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.Array:
+  """Which live rows are the first (lowest index) of their token-identical prefix.
 
   Args:
-    scores: float [Q·N]; live: bool [Q·N] (rows still searching).
+    tokens: int32 [G, n, T] (0 past each row's length); lengths: int32 [G, n];
+    live: bool [G, n]; rows are compared within their group only.
 
   Returns:
-    int32 [Q·N] source rows: a finished row keeps itself; the L live rows of
-    a question are filled with its best ceil(L/M) live rows (ties: lower
-    index), in rank order, cycling, so each kept row gets about M slots.
+    bool [G, n]: live and no live row before it in its group is identical.
   """
-  scores = scores.reshape(-1, budget)
-  live = live.reshape(-1, budget)
+  same = ((lengths[:, :, None] == lengths[:, None, :])
+          & jnp.all(tokens[:, :, None, :] == tokens[:, None, :, :], axis=-1))  # [G, i, j]
+  index = jnp.arange(tokens.shape[1])
+  earlier = index[None, :] < index[:, None]                                     # j < i
+  duplicate = jnp.any(same & earlier[None] & live[:, None, :], axis=2)
+  return live & ~duplicate
+
+
+def keep_top_beams(scores: jax.Array, live: jax.Array, group_size: int, beam_width: int,
+                   tokens: jax.Array | None = None,
+                   lengths: jax.Array | None = None) -> jax.Array:
+  """Where each row's next content comes from, per group of rows.
+
+  Args:
+    scores: float [B]; live: bool [B] (rows still searching); B = groups ·
+      `group_size` (a group is a question's N rows, or a DVTS subtree).
+    tokens, lengths: int32 [B, T] and [B], each row's prefix. Given, rows with
+      token-identical prefixes count once: distinct prefixes are kept first,
+      copies only fill slots that distinct prefixes cannot.
+
+  Returns:
+    int32 [B] source rows: a finished row keeps itself; the L live rows of a
+    group are filled with its best ceil(L/M) live rows (ties: lower index),
+    in rank order, cycling, so each kept row gets about M slots.
+  """
+  scores = scores.reshape(-1, group_size)
+  live = live.reshape(-1, group_size)
   # Live rows first, best first (stable: ties keep row order).
   order = jnp.argsort(jnp.where(live, -scores, jnp.inf), axis=1, stable=True)
+  if tokens is not None:
+    # Within rank order, the first copy of each prefix is the best-ranked one;
+    # then (stable) distinct live rows, copies, finished rows.
+    ranked_tokens = jnp.take_along_axis(
+        tokens.reshape(*live.shape, -1), order[:, :, None], axis=1)
+    ranked_live = jnp.take_along_axis(live, order, axis=1)
+    distinct = first_copies(ranked_tokens, jnp.take_along_axis(
+        lengths.reshape(live.shape), order, axis=1), ranked_live)
+    tier = jnp.where(distinct, 0, jnp.where(ranked_live, 1, 2))
+    order = jnp.take_along_axis(order, jnp.argsort(tier, axis=1, stable=True), axis=1)
   num_live = live.sum(axis=1, keepdims=True)
   num_kept = jnp.maximum((num_live + beam_width - 1) // beam_width, 1)
   live_rank = jnp.cumsum(live, axis=1) - 1
   source = jnp.take_along_axis(order, live_rank % num_kept, axis=1)
-  within = jnp.where(live, source, jnp.arange(budget)[None, :])
-  offsets = jnp.arange(scores.shape[0])[:, None] * budget
+  within = jnp.where(live, source, jnp.arange(group_size)[None, :])
+  offsets = jnp.arange(scores.shape[0])[:, None] * group_size
   return (within + offsets).reshape(-1)
 
 
@@ -108,7 +172,7 @@ def _forget_appends(after: KVCache, before: KVCache) -> KVCache:
 
 
 def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, step,
-                      prm_cache, scores, live, rng):
+                      prm_cache, scores, live, rng, verify_exact):
   """Scores at the end of greedy rollouts of up to k steps.
 
   One sampler call rolls every row out by k steps (each row stops on its own,
@@ -117,6 +181,10 @@ def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, ste
   into both caches in place and are then forgotten (`_forget_appends`), which
   saves copying both caches every round. Rows that ended their solution (or
   roll out nothing) keep `scores`.
+
+  Args:
+    verify_exact: with the exact verifier, `(rollout tokens, counts) -> scores`
+      of each row's prefix followed by its rollout; None with the PRM.
 
   Returns:
     (scores [B], FLOPs [B], rollout tokens [B], policy cache, PRM cache): the
@@ -130,17 +198,28 @@ def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, ste
   out = sampling.sample(models.policy_extend, policy_params, step.cache, step.pending,
                         rolling, rng, rollout)
   counts = jnp.where(rolling, out.lengths, 0)
-  new_scores, rolled_prm_cache, prm_flops = common.append_and_score(
-      models, prm_params, prm_cache, out.tokens, counts)
+  if verify_exact is not None:
+    new_scores, rolled_prm_cache, prm_flops = verify_exact(out.tokens, counts), prm_cache, 0.0
+  else:
+    new_scores, rolled_prm_cache, prm_flops = common.append_and_score(
+        models, prm_params, prm_cache, out.tokens, counts)
   scores = jnp.where(counts > 0, new_scores, scores)
   flops = models.policy_rate.decode(context, counts) + prm_flops
   return (scores, flops, counts, _forget_appends(out.cache, step.cache),
           _forget_appends(rolled_prm_cache, prm_cache))
 
 
+def _distinct_live_prefixes(tokens, lengths, finished, budget: int) -> jax.Array:
+  """int32 [Q]: distinct prefixes among each question's live rows."""
+  live = ~finished.reshape(-1, budget)
+  return first_copies(tokens.reshape(*live.shape, -1), lengths.reshape(live.shape),
+                      live).sum(axis=1)
+
+
 def beam_search(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
                 rng, *, config: BeamConfig) -> Candidates:
-  """N candidates per question by PRM-guided beam (k = 0) or lookahead search.
+  """N candidates per question by verifier-guided tree search: beam (k = 0),
+  lookahead (k > 0), or DVTS (`config.group_size` = M).
 
   Args:
     prompts: int32 [Q, P] left-padded; lengths: int32 [Q]; rng: PRNG key.
@@ -159,6 +238,7 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
                          slots=slots, prm_slots=slots + widest_append)
   rows = started.pending.shape[0]
   budget_tokens = config.max_new_tokens
+  exact = models.exact_verifier
 
   def cond(state: BeamState):
     return (state.round < config.max_rounds) & ~jnp.all(state.finished)
@@ -170,34 +250,50 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
     step = sampling.sample(models.policy_extend, policy_params, state.policy_cache,
                            state.pending, live, step_rng, config.step_sampler())
     counts = jnp.where(live, step.lengths, 0)
+    tokens = _append_rows(state.tokens, state.lengths, step.tokens, counts)
+    new_lengths = state.lengths + counts
     flops = models.policy_rate.decode(context, counts)
-    step_scores, prm_cache, prm_flops = common.append_and_score(
-        models, prm_params, state.prm_cache, step.tokens, counts)
-    flops += prm_flops
+    verify_exact = None
+    if exact is not None:
+      def verify_exact(appended, appended_counts):
+        # The prefix and what follows it, in a buffer wide enough for both.
+        wide = jnp.pad(tokens, ((0, 0), (0, appended.shape[1])))
+        return exact.scores(prompts, lengths, _append_rows(wide, new_lengths, appended,
+                                                           appended_counts),
+                            new_lengths + appended_counts)
+      step_scores, prm_cache = exact.scores(prompts, lengths, tokens, new_lengths), state.prm_cache
+    else:
+      step_scores, prm_cache, prm_flops = common.append_and_score(
+          models, prm_params, state.prm_cache, step.tokens, counts)
+      flops += prm_flops
     decoded = counts
     policy_cache = step.cache
     if config.lookahead:
       step_scores, rollout_flops, rollout_tokens, policy_cache, prm_cache = _lookahead_scores(
           models, config, policy_params, prm_params, step, prm_cache, step_scores,
-          live, rollout_rng)
+          live, rollout_rng, verify_exact)
       flops += rollout_flops
       decoded = decoded + rollout_tokens
     scores = jnp.where(live, step_scores, state.scores)
-    tokens = _append_rows(state.tokens, state.lengths, step.tokens, counts)
-    new_lengths = state.lengths + counts
     # Out of the solution's token budget or of cache: no more steps.
     out_of_room = new_lengths >= budget_tokens
     finished = state.finished | (live & (step.ended_solution | step.truncated | out_of_room))
-    lengths = jnp.minimum(new_lengths, budget_tokens)
-    source = keep_top_beams(scores, ~finished, n, config.beam_width)
-    gathered = sampling.gather_rows(
-        (policy_cache, step.pending, prm_cache, tokens, lengths, finished, scores), source)
+    lengths_now = jnp.minimum(new_lengths, budget_tokens)
+    prefixes = (tokens, lengths_now) if config.distinct else (None, None)
+    source = keep_top_beams(scores, ~finished, config.group, config.beam_width, *prefixes)
+    kept = sampling.gather_rows(_Rows(
+        policy_cache=policy_cache, pending=step.pending, prm_cache=prm_cache, tokens=tokens,
+        lengths=lengths_now, finished=finished, scores=scores), source)
+    searching = ~kept.finished.reshape(-1, n).all(axis=1)
     return BeamState(
         round=state.round + 1,
-        policy_cache=gathered[0], pending=gathered[1], prm_cache=gathered[2],
-        tokens=gathered[3], lengths=gathered[4], finished=gathered[5], scores=gathered[6],
+        policy_cache=kept.policy_cache, pending=kept.pending, prm_cache=kept.prm_cache,
+        tokens=kept.tokens, lengths=kept.lengths, finished=kept.finished, scores=kept.scores,
         flops=state.flops + common.per_question(flops, n),
         policy_tokens=state.policy_tokens + common.per_question(decoded, n),
+        distinct_kept=state.distinct_kept + _distinct_live_prefixes(
+            kept.tokens, kept.lengths, kept.finished, n),
+        searching_rounds=state.searching_rounds + searching.astype(jnp.int32),
         rng=rng)
 
   initial = BeamState(
@@ -209,7 +305,10 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
       finished=jnp.zeros((rows,), bool),
       scores=jnp.zeros((rows,), jnp.float32),
       flops=started.flops, policy_tokens=jnp.zeros_like(started.flops, jnp.int32),
+      distinct_kept=jnp.zeros_like(started.flops, jnp.int32),
+      searching_rounds=jnp.zeros_like(started.flops, jnp.int32),
       rng=rng)
   final = jax.lax.while_loop(cond, body, initial)
   return Candidates(tokens=final.tokens, lengths=final.lengths, scores=final.scores,
-                    flops=final.flops, policy_tokens=final.policy_tokens)
+                    flops=final.flops, policy_tokens=final.policy_tokens,
+                    distinct_prefixes=final.distinct_kept / jnp.maximum(final.searching_rounds, 1))

@@ -21,13 +21,17 @@ class Candidates:
   """N finished candidates per question, the output of every search program."""
   tokens: jax.Array     # int32 [Q·N, T] solution tokens, 0 after `lengths`
   lengths: jax.Array    # int32 [Q·N] tokens per solution (its end token included)
-  scores: jax.Array     # float32 [Q·N] PRM score at the last step end (0: no step)
+  scores: jax.Array     # float32 [Q·N] verifier score at the last step end (0: no step)
   flops: jax.Array      # float32 [Q] FLOPs used per question
   policy_tokens: jax.Array  # int32 [Q] tokens the policy decoded per question (rollouts included)
   # Best-of-N only (None for beam search): float32 [Q, N], FLOPs the question
   # would have used with only its first n + 1 samples (prompt prefills
   # included), so one pool of N samples also gives best-of-n for every n < N.
   prefix_flops: jax.Array | None = None
+  # Tree search only (None for best-of-N): float32 [Q], the mean over rounds
+  # of the number of distinct prefixes the question's live rows held after
+  # selection (its search's diversity; N/M at most for beam search).
+  distinct_prefixes: jax.Array | None = None
 
 
 def last_step_scores(tokens: jax.Array, lengths: jax.Array, token_scores: jax.Array,
@@ -71,11 +75,15 @@ def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, l
   out = sampling.sample(models.policy_extend, policy_params, started.policy_cache,
                         started.pending, jnp.ones((rows,), bool), rng, sampler_config)
   policy_flops = models.policy_rate.decode(context, out.lengths)
-  # The whole solution into the PRM at once; a score at every token.
-  token_scores, _, prm_flops = common.append_and_score(
-      models, prm_params, started.prm_cache, out.tokens, out.lengths, all_scores=True)
-  scores = last_step_scores(out.tokens, out.lengths, token_scores,
-                            sampler_config.step_id, sampler_config.eos_id)
+  if models.exact_verifier is not None:
+    scores = models.exact_verifier.scores(prompts, lengths, out.tokens, out.lengths)
+    prm_flops = jnp.zeros_like(policy_flops)
+  else:
+    # The whole solution into the PRM at once; a score at every token.
+    token_scores, _, prm_flops = common.append_to_prm(
+        models, prm_params, started.prm_cache, out.tokens, out.lengths)
+    scores = last_step_scores(out.tokens, out.lengths, token_scores,
+                              sampler_config.step_id, sampler_config.eos_id)
   row_flops = (policy_flops + prm_flops).reshape(-1, num_samples)
   prefix_flops = started.flops[:, None] + jnp.cumsum(row_flops, axis=1)
   return Candidates(tokens=out.tokens, lengths=out.lengths, scores=scores,

@@ -24,6 +24,7 @@ from ttscale.models.config import ModelConfig
 from ttscale.models.kv_cache import KVCache
 from ttscale.search import sampling
 from ttscale.search.budget import FlopsRate
+from ttscale.search.exact_verifier import ExactVerifier
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,13 @@ class SearchModels:
   prm_config: ModelConfig
   # False skips every PRM call (scores 0): only for timing the PRM's share.
   with_prm: bool = True
+  # Set: steps are scored by the task's exact labels instead of the PRM
+  # (`exact_verifier.ExactVerifier`), and the PRM never runs.
+  exact_verifier: ExactVerifier | None = None
+
+  @property
+  def runs_prm(self) -> bool:
+    return self.with_prm and self.exact_verifier is None
 
   @property
   def policy_extend(self):
@@ -79,10 +87,11 @@ def start(models: SearchModels, policy_params, prm_params, prompts: jax.Array,
   columns = jnp.arange(width)
   prompt_valid = columns[None, :] >= width - lengths[:, None]
   prm_cache = init_cache(models.prm_config, num_questions, prm_slots)
-  if models.with_prm:
+  flops = models.policy_rate.decode(0, lengths - 1)
+  if models.runs_prm:
     _, prm_cache = models.prm_extend(prm_params, prompts, prompt_valid, prm_cache)
-  flops = (models.policy_rate.decode(0, lengths - 1)
-           + models.prm_rate.decode(0, lengths))
+  if models.exact_verifier is None:  # the exact verifier costs nothing
+    flops += models.prm_rate.decode(0, lengths)
   rows = jnp.repeat(jnp.arange(num_questions), copies)
   return Started(policy_cache=sampling.gather_rows(policy_cache, rows),
                  pending=pending[rows],
@@ -90,35 +99,41 @@ def start(models: SearchModels, policy_params, prm_params, prompts: jax.Array,
                  flops=flops)
 
 
-def append_and_score(models: SearchModels, prm_params, prm_cache: KVCache,
-                     tokens: jax.Array, counts: jax.Array, all_scores: bool = False
-                     ) -> tuple[jax.Array, KVCache, jax.Array]:
-  """Appends each row's first `counts` tokens to the PRM's cache and scores them.
+def append_to_prm(models: SearchModels, prm_params, prm_cache: KVCache, tokens: jax.Array,
+                  counts: jax.Array) -> tuple[jax.Array, KVCache, jax.Array]:
+  """Appends each row's first `counts` tokens to the PRM's cache, scoring each.
 
   Args:
     tokens: int32 [B, S]; counts: int32 [B] real tokens per row (0: nothing).
     prm_cache: needs S free slots (the tail past the longest count is taken
       back afterwards).
 
-    all_scores: return the score at every appended token, [B, S].
-
   Returns:
-    (scores float32 [B]: sigmoid of the PRM at each row's last appended token,
-    meaningless where counts == 0; the cache; FLOPs float32 [B]).
+    (token_scores float32 [B, S]: sigmoid of the PRM at every appended token,
+    meaningless past `counts`; the cache; FLOPs float32 [B]).
   """
+  if not models.runs_prm:
+    return jnp.zeros(tokens.shape), prm_cache, jnp.zeros(counts.shape)
   valid = jnp.arange(tokens.shape[1])[None, :] < counts[:, None]
   start_context = prm_cache.next_position
   write_index = prm_cache.write_index
-  if not models.with_prm:
-    return jnp.zeros(tokens.shape if all_scores else counts.shape), prm_cache, \
-        jnp.zeros(counts.shape)
   logits, prm_cache = models.prm_extend(prm_params, tokens, valid, prm_cache)
   prm_cache = prm_cache.replace(write_index=write_index + jnp.max(counts))
-  if all_scores:
-    return jax.nn.sigmoid(logits), prm_cache, models.prm_rate.decode(start_context, counts)
+  return jax.nn.sigmoid(logits), prm_cache, models.prm_rate.decode(start_context, counts)
+
+
+def append_and_score(models: SearchModels, prm_params, prm_cache: KVCache,
+                     tokens: jax.Array, counts: jax.Array
+                     ) -> tuple[jax.Array, KVCache, jax.Array]:
+  """`append_to_prm`, keeping the score at each row's last appended token.
+
+  Returns:
+    (scores float32 [B], meaningless where counts == 0; the cache; FLOPs float32 [B]).
+  """
+  token_scores, prm_cache, flops = append_to_prm(models, prm_params, prm_cache, tokens,
+                                                 counts)
   last = jnp.maximum(counts - 1, 0)
-  scores = jax.nn.sigmoid(jnp.take_along_axis(logits, last[:, None], axis=1)[:, 0])
-  return scores, prm_cache, models.prm_rate.decode(start_context, counts)
+  return jnp.take_along_axis(token_scores, last[:, None], axis=1)[:, 0], prm_cache, flops
 
 
 def per_question(values: jax.Array, copies: int) -> jax.Array:

@@ -52,6 +52,7 @@ class QuestionResult:
   policy_tokens: int         # tokens the policy decoded (rollouts included)
   seconds: float             # the question's share of its batch's wall time
   prefix_flops: np.ndarray | None = None  # float [N] best-of-N: FLOPs of the first n + 1
+  distinct_prefixes: float | None = None  # tree search: mean distinct live prefixes per round
 
 
 def prefix_results(result: QuestionResult, task: Task, budgets: list[int]
@@ -103,7 +104,7 @@ def compiled_search(models: common.SearchModels, setting: SearchSetting,
         budget=setting.budget, beam_width=setting.beam_width, lookahead=setting.lookahead,
         max_rounds=options.max_rounds, max_new_tokens=options.max_new_tokens,
         max_step_tokens=options.max_step_tokens, rule=options.rule, step_id=step_id,
-        eos_id=eos_id)
+        eos_id=eos_id, group_size=setting.group_size, distinct=setting.distinct)
     program = functools.partial(beam.beam_search, models, config=config)
   return jax.jit(program)
 
@@ -150,6 +151,11 @@ def search_batches(setting: SearchSetting, models: common.SearchModels, policy_p
     of all batches over the number of questions.
   """
   started = time.time()
+  if setting.verifier == "exact" and models.exact_verifier is None:
+    raise ValueError(f"{setting.method} {setting.params}: the exact verifier was not given "
+                     "(SearchModels.exact_verifier)")
+  if setting.verifier != "exact":
+    models = dataclasses.replace(models, exact_verifier=None)
   devices = list(devices or jax.local_devices()[:1])
   capacity = questions_per_batch(setting.budget, options.rows)
   run = compiled_search(models, setting, options, tokenizer.step_id, tokenizer.eos_id)
@@ -235,7 +241,9 @@ def _results(n: int, tokenizer: Tokenizer, task: Task, num_questions: int, out,
       answer=answers[q][chosen[q]] if chosen[q] >= 0 else None, candidates=texts[q],
       scores=scores[q], flops=float(out.flops[q]), policy_tokens=int(out.policy_tokens[q]),
       seconds=seconds,
-      prefix_flops=None if out.prefix_flops is None else out.prefix_flops[q])
+      prefix_flops=None if out.prefix_flops is None else out.prefix_flops[q],
+      distinct_prefixes=None if out.distinct_prefixes is None
+      else float(out.distinct_prefixes[q]))
       for q in range(num_questions)]
 
 
