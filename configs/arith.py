@@ -81,8 +81,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # comparison ("large": a verifier stronger than the policy, as open
   # reproductions pair a 1B policy with an 8B PRM; `train_large` then runs
   # before `train_prm`, and the PRM's FLOPs are the larger model's).
+  # `step_labels`: the PRM's targets, "soft" (the fraction of rollouts that
+  # end correct, the paper's) or "hard" (1 when any rollout ends correct,
+  # Math-Shepherd's hard estimate).
   c.verifier_train = config_dict.ConfigDict(dict(
-      trunk="policy", batch_size=64, num_steps=600, learning_rate=1e-3, warmup_steps=30,
+      trunk="policy", step_labels="soft", batch_size=64, num_steps=600, learning_rate=1e-3,
+      warmup_steps=30,
       end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
       grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
       max_checkpoints=2, patience=3))

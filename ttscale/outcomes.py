@@ -56,6 +56,12 @@ class Outcome:
 FIELDS = tuple(f.name for f in dataclasses.fields(Outcome))
 
 
+def uses_exact_verifier(params: str) -> bool:
+  """Whether a row's `params` name the exact verifier (`verifier=exact`): an
+  engine check, not a strategy of the study."""
+  return "verifier=exact" in params.split(",")
+
+
 def _row_key(row: dict) -> tuple:
   return (row["question_index"], row["method"], row["params"], row["budget"], row["seed"])
 

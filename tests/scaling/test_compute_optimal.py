@@ -246,3 +246,33 @@ def test_strategy_name_strips_empty_params():
   assert co.strategy_name("best_of_n", "") == "best_of_n"
   assert co.strategy_name("beam", "M=4,k=0") == BEAM
   assert co.strategy_name(*co.BASELINE) == "best_of_n"
+
+
+def test_bootstrap_intervals_bracket_the_estimates_and_widen_with_fewer_questions():
+  rng = np.random.default_rng(0)
+
+  def intervals(num_questions):
+    chosen = rng.random(num_questions) < 0.7
+    best_of_n = {1: rng.random(num_questions) < 0.4, 2: rng.random(num_questions) < 0.6,
+                 4: rng.random(num_questions) < 0.8}
+    return chosen, best_of_n, co.bootstrap_intervals(chosen, best_of_n, 2, seed=3)[0]
+
+  chosen, best_of_n, few = intervals(40)
+  low, high = few["accuracy_interval"]
+  assert low <= chosen.mean() <= high
+  low, high = few["best_of_n_interval"]
+  assert low <= best_of_n[2].mean() <= high
+  ratio = co.matching_budget(chosen.mean(), {g: c.mean() for g, c in best_of_n.items()}) / 2
+  low, high = few["efficiency_ratio_interval"]
+  assert low <= ratio and (high is None or ratio <= high)
+  *_, many = intervals(4000)
+  width = lambda i: i["accuracy_interval"][1] - i["accuracy_interval"][0]
+  assert width(many) < width(few) / 4
+
+
+def test_bootstrap_ratio_bound_above_the_grid_is_none():
+  chosen = np.ones(30, bool)  # compute-optimal always right; best-of-N never
+  result, ratios = co.bootstrap_intervals(
+      chosen, {1: np.zeros(30, bool), 2: np.zeros(30, bool)}, 1, seed=0)
+  assert np.all(np.isinf(ratios))
+  assert result["efficiency_ratio_interval"] == [None, None]

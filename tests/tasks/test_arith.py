@@ -245,3 +245,17 @@ def test_invalid_knobs_are_rejected_naming_field(knobs, field):
 def test_non_integer_knob_is_rejected():
   with pytest.raises(TypeError, match="task.max_ops"):
     ArithTask(max_ops=4.5)
+
+
+@pytest.mark.parametrize("solution, kind", [
+    ("37+48=85\n85*3=255\n255-19=236\nAnswer: 236", None),
+    ("37+48=85\n85*3=245\n245-19=226\nAnswer: 226", "slip"),
+    ("37+48=85\n85*2=170\n170-19=151\nAnswer: 151", "operands"),
+    ("37+48=85\n85*3=255\nAnswer: 255", "early_answer"),
+    ("37+48=85\n85*3=255\n255-19=236\nAnswer: 235", "wrong_answer"),
+    ("37+48=85\n85*3=255\n255-19=236\n236+1=237", "extra_step"),
+    ("37+48=85\n85*3=255\n255-19=236", "no_answer"),
+    ("", "no_answer"),
+])
+def test_first_error_names_the_kind_of_the_first_wrong_step(solution, kind):
+  assert ArithTask().first_error("37+48*3-19", solution) == kind

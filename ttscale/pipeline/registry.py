@@ -89,6 +89,8 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 
 # Where the PRM and ORM start from (`verifier_train.trunk`).
 VERIFIER_TRUNKS = ("policy", "large")
+# The PRM's targets (`verifier_train.step_labels`).
+STEP_LABELS = ("soft", "hard")
 
 # The stages whose outputs a stage reads (each with its own prerequisites).
 STAGE_REQUIRES: dict[str, tuple[str, ...]] = {
@@ -218,6 +220,9 @@ def check_config(config) -> None:
   if config.verifier_train.trunk not in VERIFIER_TRUNKS:
     raise ValueError(f"verifier_train.trunk={config.verifier_train.trunk!r}: expected one of "
                      f"{', '.join(VERIFIER_TRUNKS)}")
+  if config.verifier_train.step_labels not in STEP_LABELS:
+    raise ValueError(f"verifier_train.step_labels={config.verifier_train.step_labels!r}: "
+                     f"expected one of {', '.join(STEP_LABELS)}")
   if config.verifier_train.trunk == "large" and config.checkpoint.prm:
     raise ValueError("checkpoint.prm gives the PRM its trunk: set verifier_train.trunk="
                      "'policy' with it, or leave checkpoint.prm empty")

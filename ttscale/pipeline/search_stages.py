@@ -19,6 +19,7 @@ from ttscale import outcomes
 from ttscale.pipeline.context import Context
 from ttscale.progress import Progress
 from ttscale.report import search_figure
+from ttscale.scaling import search_checks
 from ttscale.search import common, runner, sampling
 from ttscale.search.budget import (
   VERIFIERS,
@@ -169,21 +170,8 @@ def stage_sweep_search(ctx: Context) -> dict:
     curves[f"{m} {p}".strip()][n] = round(float(np.mean(values)), 4)
   for name, curve in curves.items():
     ctx.log(f"sweep_search: {name:24s} " + " ".join(f"N={n}:{a:.3f}" for n, a in curve.items()))
-  diversity = distinct_prefixes_by_setting(rows)
+  diversity = search_checks.distinct_prefixes(rows)
   return {"num_rows": len(rows), "num_settings": len(settings), "batches_run": ran,
           "num_questions": len(test), "accuracy": curves,
           "distinct_prefixes_per_round": diversity}
 
-
-def distinct_prefixes_by_setting(rows: list[dict]) -> dict[str, dict[int, float]]:
-  """{setting: {N: mean over questions of distinct live prefixes per round}}
-  for the tree-search rows of the table."""
-  values = collections.defaultdict(list)
-  for row in rows:
-    if row["distinct_prefixes"] is not None:
-      values[(f"{row['method']} {row['params']}", row["budget"])].append(
-          row["distinct_prefixes"])
-  result = collections.defaultdict(dict)
-  for (name, budget), per_question in sorted(values.items(), key=lambda kv: kv[0][1]):
-    result[name][budget] = round(float(np.mean(per_question)), 3)
-  return dict(result)

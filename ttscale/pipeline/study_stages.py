@@ -24,7 +24,7 @@ from ttscale.report import study_report
 from ttscale.scaling import compute_optimal, flops_matched
 from ttscale.scaling.difficulty import quantile_bins
 from ttscale.search import generate, sampling, scoring
-from ttscale.search.budget import FlopsRate, budget_grid, uses_exact_verifier
+from ttscale.search.budget import FlopsRate, budget_grid
 
 DIFFICULTY = "difficulty.json"
 SELECT = "select.json"
@@ -117,7 +117,7 @@ def stage_select(ctx: Context) -> dict:
   difficulty = read_difficulty(ctx)
   rows = read_outcome_rows(ctx)
   if not cfg.search.select_exact:  # the exact verifier checks the engine; it is no strategy
-    rows = [row for row in rows if not uses_exact_verifier(row["params"])]
+    rows = [row for row in rows if not outcomes.uses_exact_verifier(row["params"])]
   questions = difficulty["questions"]
   check_budgets(rows, questions, {
       "best_of_n": budget_grid(cfg.search.best_of_n_max_budget),

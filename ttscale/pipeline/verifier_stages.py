@@ -192,7 +192,8 @@ def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
 
   Args:
     kind: where it is kept (`<kind>/state`, `<kind>/best`), e.g. "prm".
-    target: "steps" (Monte-Carlo step labels) or "outcome".
+    target: "steps" (Monte-Carlo step labels), "hard_steps" (any rollout
+      correct) or "outcome".
     init_params: the language model whose trunk the verifier starts from.
   """
   cfg, vt = ctx.config, ctx.verifier_train_config(kind)
@@ -235,8 +236,8 @@ def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
 def stage_train_prm(ctx: Context) -> dict:
   """The PRM: BCE on Monte-Carlo step labels at every step end, its trunk
   from the trained policy or from a released checkpoint (`checkpoint.prm`)."""
-  return train_value_model(ctx, "prm", ctx.labelled_solutions(), "steps",
-                           prm_trunk(ctx))
+  target = {"soft": "steps", "hard": "hard_steps"}[ctx.config.verifier_train.step_labels]
+  return train_value_model(ctx, "prm", ctx.labelled_solutions(), target, prm_trunk(ctx))
 
 
 def prm_trunk(ctx: Context) -> nnx.State:

@@ -17,7 +17,9 @@ import numpy as np
 from etils import epath
 
 from ttscale import io_utils, outcomes
-from ttscale.report import revision_figure, search_figure, study_figures
+from ttscale.report import revision_figure, search_checks_section, search_figure, study_figures
+from ttscale.report.search_checks_section import interval_text
+from ttscale.scaling.compute_optimal import percentile_interval
 
 REQUIRED = ("outcomes/search.jsonl", "outcomes/revisions.jsonl", "difficulty.json",
             "select.json")
@@ -60,9 +62,26 @@ def _fmt(value, digits: int = 3) -> str:
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _findings(rows, select, revised, flops) -> list[dict]:
+def _interval(values) -> list[float | None]:
+  """A 95% bootstrap interval of the mean of `values` (one per question)."""
+  values = np.asarray(values, np.float64)
+  picks = np.random.default_rng(0).integers(0, len(values), (1000, len(values)))
+  return percentile_interval(values[picks].mean(axis=1))
+
+
+def _findings(rows, select, revised, flops, checks) -> list[dict]:
   """The paper's findings beside ours (`holds` None when ours cannot say)."""
   findings = []
+  learned = checks["engine"].get("prm", {})
+  beam_hard = learned.get("beam M=4,k=0")
+  if beam_hard and beam_hard.get("gap_to_best_of_n"):
+    gap = beam_hard["gap_to_best_of_n"]
+    findings.append({
+        "finding": f"beam search (M=4) beats best-of-N on the hardest questions at a small "
+                   f"budget (N={checks['engine']['budget']}, bins {checks['engine']['bins']})",
+        "paper": "beam > best-of-N on harder questions at low budgets",
+        "ours": "beam − best-of-N " + interval_text(gap["gap"], gap["interval"]),
+        "holds": gap["interval"][0] > 0 if gap["interval"][0] is not None else None})
   search_n = max((r["budget"] for r in rows if r["method"] == "beam"), default=None)
   if search_n:
     beam = _accuracy(rows, "beam", "M=4,k=0", search_n)
@@ -80,13 +99,16 @@ def _findings(rows, select, revised, flops) -> list[dict]:
         "ours": f"16 generations: lookahead {_fmt(look)} vs beam {_fmt(beam16)}",
         "holds": None if look is None or beam16 is None else look < beam16})
   for family, paper in (("search", "about 4x"), ("revisions", "about 4x")):
-    ratios = {g: v["efficiency_ratio"] for g, v in _by_budget(select["oracle"][family]["budgets"])}
+    by = select["oracle"][family]
+    ratios = {g: v["efficiency_ratio"] for g, v in _by_budget(by["budgets"])}
+    median = by.get("median_efficiency_ratio_interval")
     findings.append({
         "finding": f"compute-optimal {family} needs fewer generations than best-of-N "
                    "for the same accuracy",
         "paper": f"{paper} fewer generations",
-        "ours": "best-of-N budget / budget: " + ", ".join(
-            f"N={g}: {_fmt(r, 2)}" for g, r in ratios.items()),
+        "ours": ("median " + interval_text(by.get("median_efficiency_ratio"), median, 2)
+                 + "; best-of-N budget / budget: " + ", ".join(
+                     f"N={g}: {_fmt(r, 2)}" for g, r in ratios.items())),
         "holds": efficiency_holds(list(ratios.values()))})
   revision_top = max((r["budget"] for r in rows if r["method"] == "revisions"), default=None)
   if revision_top:
@@ -171,10 +193,13 @@ def build(workdir: str) -> tuple[str, dict]:
   flops = extra["flops_matched.json"]
   revised = _revised_wrong(workdir)
   bins = dict(zip(difficulty["questions"], difficulty["oracle_bins"], strict=True))
-  search_rows = [r for r in rows if r["method"] != "revisions"]
+  # The exact verifier's rows check the engine; the figures show the study's.
+  search_rows = [r for r in rows if r["method"] != "revisions"
+                 and not outcomes.uses_exact_verifier(r["params"])]
   revision_rows = [r for r in rows if r["method"] == "revisions"]
   figures = {"fig3_search.png": lambda p: search_figure.plot(search_rows, p),
-             "fig3_search_by_bin.png": lambda p: study_figures.search_by_bin(rows, bins, p),
+             "fig3_search_by_bin.png":
+                 lambda p: study_figures.search_by_bin(search_rows + revision_rows, bins, p),
              "fig4_8_compute_optimal.png":
                  lambda p: study_figures.compute_optimal_vs_best_of_n(select, p),
              "fig6_7_revisions.png": lambda p: revision_figure.plot(revision_rows, p)}
@@ -192,15 +217,20 @@ def build(workdir: str) -> tuple[str, dict]:
     curves[f"{row['method']} {row['params']}".strip()][row["generations"]].append(row["correct"])
   accuracy = {name: {g: float(np.mean(v)) for g, v in sorted(by_g.items())}
               for name, by_g in curves.items()}
-  findings = _findings(rows, select, revised, flops)
+  accuracy_intervals = {name: {g: _interval(v) for g, v in sorted(by_g.items())}
+                        for name, by_g in curves.items()}
   eval_prm = extra["eval_prm.json"] or {}
+  checks = search_checks_section.results(rows, bins, extra["eval_prm.json"])
+  findings = _findings(rows, select, revised, flops, checks)
   context = {  # measured facts that explain the findings
       "prm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("prm"),
       "orm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("orm"),
       "policy_one_sample_accuracy": _accuracy(rows, "best_of_n", "", 1),
       "revision_first_attempt_accuracy": _accuracy(
           rows, "revisions", "s=1,p=1,select=majority", 1)}
-  results = {"accuracy_by_generations": accuracy, "select": select, "context": context,
+  results = {"accuracy_by_generations": accuracy,
+             "accuracy_by_generations_interval": accuracy_intervals,
+             "search_checks": checks, "select": select, "context": context,
              "difficulty": {k: difficulty[k] for k in ("num_samples", "num_bins",
                                                        "bin_agreement", "prediction_cost")},
              "revised_wrong": revised, "flops_matched": flops,
@@ -224,11 +254,15 @@ def _markdown(results: dict, num_questions: int) -> str:
             f"{_fmt(c['policy_one_sample_accuracy'])} of the questions, the revision model's "
             f"first attempt on {_fmt(c['revision_first_attempt_accuracy'])}: revisions start "
             "from what the fine-tuning left of the policy."]
+  lines += [""] + search_checks_section.markdown(results["search_checks"])
   lines += ["", "## Search (Fig. 3)", "", "![](fig3_search.png)", "",
             "![](fig3_search_by_bin.png)", "",
-            "| configuration | accuracy at each generation count |", "|---|---|"]
+            "| configuration | accuracy [95% interval] at each generation count |",
+            "|---|---|"]
   for name, by_g in results["accuracy_by_generations"].items():
-    lines.append(f"| {name} | " + ", ".join(f"{g}: {a:.3f}" for g, a in by_g.items()) + " |")
+    intervals = results["accuracy_by_generations_interval"][name]
+    lines.append(f"| {name} | " + ", ".join(
+        f"{g}: {interval_text(a, intervals[g])}" for g, a in by_g.items()) + " |")
   lines += ["", "## Compute-optimal vs best-of-N (Figs. 4 and 8)", "",
             "![](fig4_8_compute_optimal.png)", "",
             "Efficiency ratio: the budget best-of-N needs to match compute-optimal's "
@@ -241,7 +275,8 @@ def _markdown(results: dict, num_questions: int) -> str:
   for kind in ("oracle", "predicted"):
     for family, by in results["select"][kind].items():
       lines.append(f"| {kind} | {family} | " + " | ".join(
-          _fmt(v["efficiency_ratio"], 2) for _, v in _by_budget(by["budgets"])) + " |")
+          interval_text(v["efficiency_ratio"], v.get("efficiency_ratio_interval"), 2)
+          for _, v in _by_budget(by["budgets"])) + " |")
   cost = results["difficulty"]["prediction_cost"]
   lines += ["", f"Predicted bins agree with the oracle's on "
             f"{results['difficulty']['bin_agreement']:.2f} of the questions; predicting "

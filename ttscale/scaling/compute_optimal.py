@@ -29,6 +29,9 @@ BASELINE = ("best_of_n", "")
 class Choice:
   accuracy: float            # cross-validated accuracy over the questions given
   chosen: tuple[str, ...]    # the strategy chosen on each fold (names)
+  # bool [questions]: each question's correctness under the strategy chosen
+  # on the other fold (its mean is `accuracy`).
+  correct: np.ndarray | None = None
 
 
 def strategy_name(method: str, params: str) -> str:
@@ -73,15 +76,15 @@ def two_fold_choice(correct: dict[str, np.ndarray], folds: np.ndarray,
   names = sorted(correct, key=lambda name: (name != prefer, name))
   matrix = np.stack([correct[n] for n in names]).astype(np.float64)  # [S, Q]
   folds = np.asarray(folds)
-  total, chosen = 0.0, []
+  chosen, scored = [], np.zeros(matrix.shape[1], bool)
   for fold in (0, 1):
     pick = folds == fold
     if not pick.any() or pick.all():
       raise ValueError("two-fold cross-validation needs questions in both folds")
     best = int(np.argmax(matrix[:, pick].mean(axis=1)))
     chosen.append(names[best])
-    total += matrix[best, ~pick].sum()
-  return Choice(accuracy=total / matrix.shape[1], chosen=tuple(chosen))
+    scored[~pick] = matrix[best, ~pick] > 0
+  return Choice(accuracy=float(scored.mean()), chosen=tuple(chosen), correct=scored)
 
 
 def balanced_folds(bins: np.ndarray, seed: int) -> np.ndarray:
@@ -137,16 +140,16 @@ def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, se
   bon_curve = {g: float(table[g][baseline].mean()) for g in bon_budgets}
   bins = np.asarray(bins)
   folds = balanced_folds(bins, seed)
-  result = {}
+  result, ratio_samples = {}, {}
   for generations in bon_budgets:
     family = {n: c for n, c in table[generations].items()
               if strategies is None or strategies(n) or n == baseline}
-    per_bin, correct_total = {}, 0.0
+    per_bin, correct = {}, np.zeros(len(questions), bool)
     for b in sorted(np.unique(bins).tolist()):
       members = bins == b
       if members.sum() < 2:
         choice = Choice(accuracy=float(family[baseline][members].mean()),
-                        chosen=(baseline,))
+                        chosen=(baseline,), correct=family[baseline][members])
       else:
         # Ties go to best-of-N: on small folds strategies often tie (all right
         # on easy bins, all wrong on hard ones), and a tie is no evidence
@@ -155,12 +158,68 @@ def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, se
                                  prefer=baseline)
       per_bin[int(b)] = {"accuracy": choice.accuracy, "chosen": list(choice.chosen),
                          "best_of_n": float(family[baseline][members].mean())}
-      correct_total += choice.accuracy * members.sum()
-    accuracy = correct_total / len(questions)
+      correct[members] = choice.correct
+    accuracy = float(correct.mean())
     matched = matching_budget(accuracy, bon_curve)
     result[generations] = {
         "accuracy": accuracy, "best_of_n": bon_curve[generations], "per_bin": per_bin,
         "num_strategies": len(family),
         "best_of_n_budget_to_match": matched,
         "efficiency_ratio": None if matched is None else matched / generations}
-  return {"budgets": result, "best_of_n_curve": bon_curve}
+    intervals, ratio_samples[generations] = bootstrap_intervals(
+        correct, {g: table[g][baseline] for g in bon_budgets}, generations, seed)
+    result[generations].update(intervals)
+  ratios = [math.inf if v["efficiency_ratio"] is None else v["efficiency_ratio"]
+            for v in result.values()]
+  # The same resamples at every budget: the median over budgets per resample.
+  medians = np.median(np.stack(list(ratio_samples.values())), axis=0)
+  return {"budgets": result, "best_of_n_curve": bon_curve,
+          "median_efficiency_ratio": _finite(float(np.median(ratios))),
+          "median_efficiency_ratio_interval": percentile_interval(medians)}
+
+
+def bootstrap_intervals(chosen_correct: np.ndarray, best_of_n: dict[int, np.ndarray],
+                        generations: int, seed: int, num_resamples: int = 1000
+                        ) -> tuple[dict, np.ndarray]:
+  """Percentile-bootstrap intervals (95%) over questions at one budget.
+
+  The questions are resampled with replacement; the cross-validated choices
+  are held fixed (re-choosing on a resample would put copies of a question in
+  both folds), so the intervals measure how much the questions studied move
+  the accuracies and the efficiency ratio, given the choices made. The
+  resamples depend on `seed` and the number of questions only, so every
+  budget sees the same ones.
+
+  Args:
+    chosen_correct: bool [Q], each question's correctness under compute-optimal.
+    best_of_n: {budget: bool [Q]} best-of-N's correctness on the grid.
+
+  Returns:
+    ({"accuracy_interval", "best_of_n_interval", "efficiency_ratio_interval"}:
+    [low, high] each, a ratio bound None where best-of-N never matches on the
+    grid; the efficiency ratio of every resample, float [num_resamples], inf
+    where it never matches).
+  """
+  rng = np.random.default_rng(seed)
+  picks = rng.integers(0, len(chosen_correct), (num_resamples, len(chosen_correct)))
+  accuracy = chosen_correct[picks].mean(axis=1)
+  curves = {g: c[picks].mean(axis=1) for g, c in sorted(best_of_n.items())}
+  ratios = np.empty(num_resamples)
+  for i in range(num_resamples):
+    matched = matching_budget(accuracy[i], {g: c[i] for g, c in curves.items()})
+    ratios[i] = math.inf if matched is None else matched / generations
+  return ({"accuracy_interval": percentile_interval(accuracy),
+           "best_of_n_interval": percentile_interval(curves[generations]),
+           "efficiency_ratio_interval": percentile_interval(ratios)}, ratios)
+
+
+def _finite(value: float) -> float | None:
+  return None if math.isinf(value) else value
+
+
+def percentile_interval(values, level: float = 0.95) -> list[float | None]:
+  """[low, high] percentiles of bootstrap `values` (inf: None, above the grid)."""
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(np.asarray(values, np.float64), [tail, 100 - tail],
+                            method="lower")
+  return [_finite(float(low)), _finite(float(high))]

@@ -89,11 +89,6 @@ class SearchSetting:
     return self.budget * (self.lookahead + 1)
 
 
-def uses_exact_verifier(params: str) -> bool:
-  """Whether an outcome row's `params` name the exact verifier."""
-  return "verifier=exact" in params.split(",")
-
-
 def budget_grid(max_budget: int, field: str = "search.max_budget") -> list[int]:
   """1, 2, 4, ..., max_budget (a power of 2, the config's `field`)."""
   if max_budget < 1 or max_budget & (max_budget - 1):

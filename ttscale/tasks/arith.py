@@ -57,6 +57,7 @@ from ttscale.tasks import base
 
 OPERATIONS = ("+", "-", "*")
 ANSWER_PREFIX = "Answer: "
+ERROR_KINDS = ("slip", "operands", "early_answer", "wrong_answer", "extra_step", "no_answer")
 
 # Numbers are written without leading zeros so every question has exactly one
 # spelling, and canonical steps can quote its operands verbatim.
@@ -251,6 +252,32 @@ class ArithTask:
       on_track = on_track and correct
       labels.append(on_track)
     return labels
+
+  def first_error(self, question: str, solution: str) -> str | None:
+    """The kind of the first wrong step of `solution`, or None when it is right.
+
+    Kinds (`ERROR_KINDS`): "slip" (the right operation on the right values,
+    a wrong result), "operands" (an operation step that does not apply the
+    next operation to the running value), "early_answer" (the answer line
+    before every operation is done), "wrong_answer" (every operation right,
+    the answer line wrong), "extra_step" (a step where the answer line
+    belongs), "no_answer" (every step right, the answer line missing).
+    """
+    reference = canonical_steps(question)
+    steps = self.split_steps(solution)
+    labels = self.step_labels(question, solution)
+    if steps and all(labels) and len(steps) == len(reference):
+      return None
+    index = labels.index(False) if False in labels else len(steps)
+    if index == len(steps):
+      return "no_answer"
+    step, num_operations = steps[index], len(reference) - 1
+    if index == num_operations:
+      return "wrong_answer" if _ANSWER_LINE.fullmatch(step) else "extra_step"
+    if _ANSWER_LINE.fullmatch(step) or index > num_operations:
+      return "early_answer" if index < num_operations else "extra_step"
+    expected_left = reference[index].split("=")[0]
+    return "slip" if step.split("=")[0] == expected_left else "operands"
 
   def evaluate(self, question: str) -> int:
     """Returns the value of the question, evaluated left to right."""

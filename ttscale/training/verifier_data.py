@@ -4,7 +4,10 @@ One solution per row: its prompt and solution tokens from column 0, padding
 after them (causal attention keeps padding out of the real tokens' view), and
 per step the position of its last token with a target there:
 
-- `target="steps"` (PRM): every step, with its Monte-Carlo label;
+- `target="steps"` (PRM): every step, with its Monte-Carlo label (the
+  fraction of rollouts that ended correct);
+- `target="hard_steps"` (PRM): every step, 1 when any rollout ended correct
+  (Math-Shepherd's hard estimate), else 0;
 - `target="outcome"` (ORM): the last step of each finished solution, with
   whether the solution is correct. Unfinished (truncated) solutions are left
   out: they have no outcome.
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-TARGETS = ("steps", "outcome")
+TARGETS = ("steps", "hard_steps", "outcome")
 
 
 def verifier_arrays(records: Sequence[dict], target: str | None,
@@ -29,7 +32,7 @@ def verifier_arrays(records: Sequence[dict], target: str | None,
   Args:
     records: dicts with `prompt` and `tokens` (lists of ids), `step_ends`
       (indices into `tokens`), `mc_labels` (one per step), `ended`, `correct`.
-    target: "steps", "outcome" or None (see the module docstring).
+    target: "steps", "hard_steps", "outcome" or None (see the module docstring).
     width, max_steps: array sizes (default: the longest row, the most steps).
 
   Returns:
@@ -43,7 +46,7 @@ def verifier_arrays(records: Sequence[dict], target: str | None,
     raise ValueError(f"verifier target {target!r}: expected one of {TARGETS}")
   if target == "outcome":
     records = [r for r in records if r["ended"] and r["step_ends"]]
-  elif target == "steps":
+  elif target in ("steps", "hard_steps"):
     records = [r for r in records if r["step_ends"]]
   lengths = [len(r["prompt"]) + len(r["tokens"]) for r in records]
   width = width or max(lengths)
@@ -74,6 +77,8 @@ def verifier_arrays(records: Sequence[dict], target: str | None,
       arrays["step_mask"][row, :len(ends)] = 1.0
       if target == "steps":
         arrays["targets"][row, :len(ends)] = record["mc_labels"]
+      elif target == "hard_steps":
+        arrays["targets"][row, :len(ends)] = np.asarray(record["mc_labels"]) > 0
     else:
       arrays["step_ends"][row, 0] = ends[-1]
       arrays["step_mask"][row, 0] = 1.0
