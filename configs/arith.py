@@ -202,8 +202,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
                             checkpoint_every=3, log_every=3, patience=2)
     c.eval_prm.update(num_questions=16, pool_size=4, num_draws=8)
+    # The exact verifier on best-of-N only (N <= 2): one program more to compile.
     c.search.update(max_budget=4, best_of_n_max_budget=4, num_questions=6,
-                    max_step_tokens=16, max_rounds=8, rows=16)
+                    max_step_tokens=16, max_rounds=8, rows=16, exact_max_budget=2)
     c.revision.update(num_questions=24, samples_per_question=4, trajectories_per_question=2,
                       with_reference_solution=True,
                       verifier_questions=12, verifier_sequential=2, verifier_parallel=2,

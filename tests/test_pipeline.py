@@ -22,8 +22,7 @@ from conftest import tiny_config as _tiny_config
 from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
-from ttscale.pipeline import revision_stages
-from ttscale.search.budget import budget_grid, paper_settings
+from ttscale.pipeline import revision_stages, search_stages
 from ttscale.tasks import get_task
 from ttscale.testing import tree_digest
 
@@ -554,14 +553,15 @@ def test_finished_workdir_eval_prm_has_every_curve_at_every_budget(finished):
 
 SEARCH_TABLE = os.path.join("outcomes", "search.jsonl")
 
-# paper_settings(budget_grid(4)), the tiny sweep, as (method, params, N):
-# best-of-N at every N; at N=4, beam and lookahead k=3 with M=√N=2 and M=4,
-# and lookahead k=1 with M=√N.
+# The tiny sweep, as (method, params, N): best-of-N at every N; at N=4, beam
+# and lookahead k=3 with M=√N=2 and M=4, lookahead k=1 with M=√N, DVTS with
+# M=2; then best-of-N with the exact verifier up to N=2.
 TINY_SEARCH_SETTINGS = (
     ("best_of_n", "", 1), ("best_of_n", "", 2), ("best_of_n", "", 4),
     ("beam", "M=2,k=0", 4), ("lookahead", "M=2,k=3", 4),
     ("beam", "M=4,k=0", 4), ("lookahead", "M=4,k=3", 4),
-    ("lookahead", "M=2,k=1", 4))
+    ("lookahead", "M=2,k=1", 4), ("dvts", "M=2,k=0", 4),
+    ("best_of_n", "verifier=exact", 1), ("best_of_n", "verifier=exact", 2))
 
 
 def _search_config(*methods: str):
@@ -600,12 +600,11 @@ def _generations(method: str, params: str, budget: int) -> int:
 
 
 def test_tiny_sweep_settings_are_the_papers_at_budgets_up_to_four():
-  """Fails if the tiny config's sweep is not the eight settings the search
-  tests below expect (so their counts would test another sweep)."""
+  """Fails if the tiny config's sweep is not the settings the search tests
+  below expect (so their counts would test another sweep)."""
   search = _tiny_config().search
   assert (search.max_budget, search.best_of_n_max_budget) == (4, 4)
-  settings = paper_settings(budget_grid(search.max_budget),
-                            budget_grid(search.best_of_n_max_budget))
+  settings = search_stages.sweep_settings(search)
   assert tuple((s.method, s.params, s.budget) for s in settings) == TINY_SEARCH_SETTINGS
 
 
@@ -658,7 +657,8 @@ def test_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, tmp_path)
   log = _run(_search_config(*methods), workdir, ["sweep_search"])
   assert any(line.startswith("stage sweep_search: done") for line in log), log
   original = _of_methods(_search_rows(finished.workdir), methods)
-  assert len(original) == 5 * _tiny_config().search.num_questions
+  per_question = sum(method in methods for method, _, _ in TINY_SEARCH_SETTINGS)
+  assert len(original) == per_question * _tiny_config().search.num_questions
   assert _without_seconds(_search_rows(workdir)) == _without_seconds(original)
   accuracy = _marker(workdir, "sweep_search")["summary"]["accuracy"]
   original_accuracy = _marker(finished.workdir, "sweep_search")["summary"]["accuracy"]
