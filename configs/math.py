@@ -71,8 +71,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # tokenizer (empty: from the trained policy, as in the paper).
   c.checkpoint = config_dict.ConfigDict(dict(
       format="gemma", policy="", large="", prm="", tokenizer="", trim_vocab=True))
-  # MATH has no exact step labels: the learned PRM is the only verifier.
+  # MATH has no exact step labels: the learned PRM is the only verifier. The
+  # PRM is the paper's: fine-tuned from the policy (or `checkpoint.prm`),
+  # reading only its own value head, its last step's score kept.
   c.search.verifiers = ("prm",)
+  c.search.step_aggregation = "last"
+  c.verifier_train.update(trunk="policy", step_likelihood=False)
   if variant == "local_tiny":
     return _local_tiny(c)
 

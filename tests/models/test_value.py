@@ -71,3 +71,54 @@ def test_step_end_scores_read_each_step_end_and_zero_the_padding():
   scores = step_end_scores(logits, jnp.array([[1, 3, 0]]), jnp.array([[True, True, False]]))
   np.testing.assert_allclose(scores, [[jax.nn.sigmoid(2.0), jax.nn.sigmoid(3.0), 0.0]],
                              rtol=1e-6)
+
+
+STEP, EOS = 4, 3
+
+
+@pytest.fixture(scope="module")
+def likelihood_model(models):
+  """A verifier reading its trunk's step likelihood, the trunk a random LM's."""
+  _, _, policy_params = models
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: ValueModel(CONFIG, rngs=nnx.Rngs(0), step_likelihood=(STEP, EOS))))
+  params = init_from_policy(_random_like(abstract, 6), policy_params)
+  return nnx.merge(graphdef, params), nnx.merge(
+      nnx.split(nnx.eval_shape(lambda: LanguageModel(CONFIG, rngs=nnx.Rngs(0))))[0],
+      policy_params)
+
+
+def test_step_likelihood_features_are_the_steps_token_log_probs(likelihood_model):
+  """Fails if the features are not the sum and min of the policy's log-probs
+  of each step's tokens after its first, restarting at every step end."""
+  model, policy = likelihood_model
+  tokens = jnp.asarray([[2, 7, STEP, 9, 10, 11, STEP, 12, 13, EOS]], jnp.int32)
+  positions = jnp.arange(tokens.shape[1])[None]
+  features = model._step_likelihood(model.decoder.forward(tokens, positions), tokens,
+                                    jnp.ones(tokens.shape, bool))
+  logprobs = jax.nn.log_softmax(policy(tokens, positions)[0])
+  token_logprob = [float(logprobs[t - 1, tokens[0, t]]) for t in range(1, 10)]
+  # Steps: [9, 10, 11, STEP] (positions 3..6) and [12, 13, EOS] (7..9); the
+  # first token of each (9, 12) is not counted.
+  first = token_logprob[3:6]   # tokens at positions 4, 5, 6
+  second = token_logprob[7:9]  # positions 8, 9
+  np.testing.assert_allclose(features[0, 6], [sum(first), min(first)], rtol=1e-5)
+  np.testing.assert_allclose(features[0, 9], [sum(second), min(second)], rtol=1e-5)
+  np.testing.assert_allclose(features[0, 7], [0.0, 0.0], atol=1e-6)  # a step's first token
+
+
+def test_a_step_appended_scores_like_the_whole_prefix_with_step_likelihood(likelihood_model):
+  model, _ = likelihood_model
+  graphdef, params = nnx.split(model)
+  params_dict = nnx.to_pure_dict(params)
+  params_dict["likelihood_weights"] = jnp.asarray([0.3, -0.7])  # nonzero: the features count
+  nnx.replace_by_pure_dict(params, params_dict)
+  model = nnx.merge(graphdef, params)
+  tokens = jnp.asarray([[2, 7, STEP, 9, 10, 11, STEP, 12, 13, EOS]], jnp.int32)
+  full = model(tokens, jnp.arange(10)[None])
+  cache = init_cache(CONFIG, 1, 16)
+  _, cache = model.extend(tokens[:, :3], jnp.ones((1, 3), bool), cache)
+  step, cache = model.extend(tokens[:, 3:7], jnp.ones((1, 4), bool), cache)
+  last, _ = model.extend(tokens[:, 7:], jnp.ones((1, 3), bool), cache)
+  np.testing.assert_allclose(step[0, -1], full[0, 6], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(last[0, -1], full[0, 9], rtol=1e-5, atol=1e-5)

@@ -19,32 +19,89 @@ from flax import nnx
 
 from ttscale.models.config import ModelConfig
 from ttscale.models.kv_cache import KVCache
-from ttscale.models.transformer import Decoder
+from ttscale.models.transformer import Decoder, soft_cap
+
+
+def _segmented_scan(values: jax.Array, starts: jax.Array, combine) -> jax.Array:
+  """Running `combine` of `values` [B, T] along T, restarting where `starts`."""
+  def op(a, b):
+    (a_value, a_start), (b_value, b_start) = a, b
+    return jnp.where(b_start, b_value, combine(a_value, b_value)), a_start | b_start
+
+  return jax.lax.associative_scan(op, (values, starts), axis=1)[0]
 
 
 class ValueModel(nnx.Module):
-  """Decoder trunk + a linear scalar head: one logit per position."""
+  """Decoder trunk + a linear scalar head: one logit per position.
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  With `step_likelihood` (the ids of the tokens that end a step), the head also
+  reads how likely the trunk's own LM head found the current step: at every
+  position, the sum and the minimum of the log-probabilities of the step's
+  tokens so far, each with a learned weight (zero at the start). A value head
+  read at a step's last token of a shallow trunk cannot see what the trunk
+  computed at the step's other tokens, where a slip shows as a token the
+  trunk did not expect; these two numbers carry it there. A step's first
+  token is not counted (its prediction sits before the step, where an append
+  of the step does not reach), so whole sequences and appended steps read the
+  same features. The trunk is then not trained (only the head and the two
+  weights are).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs,
+               step_likelihood: tuple[int, ...] = ()):
     self.config = config
     self.decoder = Decoder(config, rngs)
     # Zero-initialised: every prefix starts at probability 0.5.
     self.head = nnx.Param(jnp.zeros((config.embed_dim,)), logical_axes=("embed",))
     self.head_bias = nnx.Param(jnp.zeros(()), logical_axes=())
+    self.step_end_ids = tuple(step_likelihood)
+    if self.step_end_ids:
+      if not config.tie_embeddings:
+        self.lm_head = nnx.Param(jnp.zeros((config.embed_dim, config.vocab_size)),
+                                 logical_axes=("embed", "vocab"))
+      self.likelihood_weights = nnx.Param(jnp.zeros((2,)), logical_axes=(None,))
 
-  def _logits(self, hidden: jax.Array) -> jax.Array:
-    return hidden @ self.head[...] + self.head_bias[...]
+  def _step_likelihood(self, hidden: jax.Array, tokens: jax.Array,
+                       token_valid: jax.Array) -> jax.Array:
+    """float [B, T, 2]: sum and min of the current step's token log-probs."""
+    table = (self.decoder.embedding[...].T if self.config.tie_embeddings
+             else self.lm_head[...])
+    logits = soft_cap(hidden @ table, self.config.final_logit_softcap).astype(jnp.float32)
+    # Token t's log-prob was predicted at t - 1; the trunk's verdict, not trained here.
+    predicted = jax.nn.log_softmax(jax.lax.stop_gradient(logits[:, :-1]))
+    token_logprob = jnp.take_along_axis(predicted, tokens[:, 1:, None], axis=-1)[..., 0]
+    is_end = jnp.isin(tokens, jnp.asarray(self.step_end_ids))
+    # A step starts after a step end (or at the first token given).
+    starts = jnp.pad(is_end[:, :-1], ((0, 0), (1, 0)), constant_values=True)
+    counted = ~starts[:, 1:] & token_valid[:, 1:] & token_valid[:, :-1]
+    logprob = jnp.pad(jnp.where(counted, token_logprob, 0.0), ((0, 0), (1, 0)))
+    total = _segmented_scan(logprob, starts, jnp.add)
+    lowest = _segmented_scan(logprob, starts, jnp.minimum)
+    return jnp.stack([total, lowest], axis=-1)
+
+  def _logits(self, hidden: jax.Array, tokens: jax.Array,
+              token_valid: jax.Array) -> jax.Array:
+    if self.step_end_ids:
+      # The trunk stays the language model it was: training it for value
+      # would wreck the predictions the features read (measured: step
+      # log-probs of right steps fell to about -10).
+      hidden = jax.lax.stop_gradient(hidden)
+    logits = hidden @ self.head[...] + self.head_bias[...]
+    if self.step_end_ids:
+      logits += self._step_likelihood(hidden, tokens, token_valid) @ self.likelihood_weights[...]
+    return logits
 
   def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
     """Value logits of whole sequences, float [batch, T]."""
-    return self._logits(self.decoder.forward(tokens, positions, segment_ids,
-                                             dropout_rng))
+    hidden = self.decoder.forward(tokens, positions, segment_ids, dropout_rng)
+    valid = jnp.ones(tokens.shape, bool) if segment_ids is None else segment_ids > 0
+    return self._logits(hidden, tokens, valid)
 
   def extend(self, tokens: jax.Array, token_valid: jax.Array,
              cache: KVCache) -> tuple[jax.Array, KVCache]:
     """Value logits [batch, T] of appended tokens, and the extended cache."""
     hidden, cache = self.decoder.extend(tokens, token_valid, cache)
-    return self._logits(hidden), cache
+    return self._logits(hidden, tokens, token_valid), cache
 
 
 def init_from_policy(value_params: nnx.State, policy_params: nnx.State) -> nnx.State:
@@ -62,6 +119,8 @@ def init_from_policy(value_params: nnx.State, policy_params: nnx.State) -> nnx.S
                      "build the verifier from the policy's model config")
   params = nnx.to_pure_dict(value_params)
   params["decoder"] = policy_trunk
+  if "lm_head" in params:  # an untied head for the step-likelihood features
+    params["lm_head"] = nnx.to_pure_dict(policy_params)["lm_head"]
   state = jax.tree.map(lambda x: x, value_params)  # a copy to fill
   nnx.replace_by_pure_dict(state, params)
   return state

@@ -156,6 +156,13 @@ class Context:
         self.policy_config(large=self.verifier_trunk_is_large(kind)),
         dropout_rate=self.verifier_train_config(kind).dropout_rate)
 
+  def verifier_module(self, kind: str = "prm") -> Callable[..., ValueModel]:
+    """`(config, rngs=...) -> ValueModel` of `kind`: with the trunk's step
+    likelihood as input (`step_likelihood` of its training block) or not."""
+    reads_likelihood = self.verifier_train_config(kind).get("step_likelihood", False)
+    ends = (self.tokenizer.step_id, self.tokenizer.eos_id) if reads_likelihood else ()
+    return functools.partial(ValueModel, step_likelihood=ends)
+
   def verifier_spec(self, kind: str) -> dict:
     """What a verifier checkpoint must have been trained with to be reused.
 
@@ -191,7 +198,7 @@ class Context:
     that stage itself, after training).
     """
     return self._load_best(kind, self.verifier_spec(kind), self.verifier_config(kind),
-                           ValueModel, stage_done)
+                           self.verifier_module(kind), stage_done)
 
   def _load_best(self, kind: str, spec: dict, model_config: ModelConfig,
                  module, stage_done: bool = True) -> generate.Policy:

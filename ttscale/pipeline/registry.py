@@ -30,6 +30,7 @@ from ttscale.pipeline import (
 from ttscale.pipeline.context import BOOKKEEPING, Context, without
 from ttscale.progress import format_seconds
 from ttscale.search import select
+from ttscale.search.best_of_n import SEARCH_AGGREGATIONS
 from ttscale.search.budget import METHODS, budget_grid
 from ttscale.training.checkpoints import check_spec, first_difference
 
@@ -217,6 +218,9 @@ def check_config(config) -> None:
   if "last" not in aggregations:
     raise ValueError("eval_prm.aggregations: must include 'last' (the PRM best-of-N "
                      "baseline reads it)")
+  if config.search.step_aggregation not in SEARCH_AGGREGATIONS:
+    raise ValueError(f"search.step_aggregation={config.search.step_aggregation!r}: expected "
+                     f"one of {', '.join(SEARCH_AGGREGATIONS)}")
   if config.verifier_train.trunk not in VERIFIER_TRUNKS:
     raise ValueError(f"verifier_train.trunk={config.verifier_train.trunk!r}: expected one of "
                      f"{', '.join(VERIFIER_TRUNKS)}")

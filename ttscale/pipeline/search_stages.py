@@ -39,7 +39,7 @@ def search_options(ctx: Context) -> runner.SearchOptions:
       rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
       max_new_tokens=cfg.sampling.max_new_tokens,
       max_step_tokens=cfg.search.max_step_tokens, max_rounds=cfg.search.max_rounds,
-      rows=cfg.search.rows)
+      rows=cfg.search.rows, aggregation=cfg.search.step_aggregation)
 
 
 def search_table_meta(ctx: Context) -> dict:

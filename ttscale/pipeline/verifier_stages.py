@@ -21,7 +21,7 @@ from flax import nnx
 
 from ttscale import io_utils, parallel
 from ttscale.data.batching import TrainBatches
-from ttscale.models import ValueModel, policy_forward_fn
+from ttscale.models import policy_forward_fn
 from ttscale.models.checkpoint_import import import_language_model
 from ttscale.models.value import init_from_policy
 from ttscale.pipeline.context import Context
@@ -201,7 +201,7 @@ def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
   train_arrays = verifier_arrays([r for r in records if not r["holdout"]], target, width)
   holdout_arrays = verifier_arrays([r for r in records if r["holdout"]], target, width)
   model_config = ctx.verifier_config(kind)
-  graphdef, params = nnx.split(ValueModel(model_config, rngs=nnx.Rngs(cfg.seed)))
+  graphdef, params = nnx.split(ctx.verifier_module(kind)(model_config, rngs=nnx.Rngs(cfg.seed)))
   params = init_from_policy(params, init_params)
   forward = policy_forward_fn(graphdef)
 
@@ -269,12 +269,13 @@ def verifier_trunk(ctx: Context, kind: str) -> nnx.State:
   return ctx.load_policy(large=ctx.verifier_trunk_is_large(kind)).params
 
 
-def _methods(aggregations) -> list[verifier_quality.Method]:
+def _methods(aggregations, search_aggregation: str) -> list[verifier_quality.Method]:
   methods = [verifier_quality.Method(f"PRM weighted best-of-N ({how})",
                                      "weighted_best_of_n", f"prm_{how}")
              for how in aggregations]
   return methods + [
-      verifier_quality.Method("PRM best-of-N (last)", "best_of_n", "prm_last"),
+      verifier_quality.Method(f"PRM best-of-N ({search_aggregation})", "best_of_n",
+                              f"prm_{search_aggregation}"),
       verifier_quality.Method("ORM weighted best-of-N", "weighted_best_of_n", "orm"),
       verifier_quality.Method("ORM best-of-N", "best_of_n", "orm"),
       verifier_quality.Method("majority vote", "majority", None),
@@ -331,8 +332,9 @@ def stage_eval_prm(ctx: Context) -> dict:
   samples = verifier_quality.SamplePool(answer_ids=ids, valid=valid, correct=correct,
                                         scores=scores)
   budgets = [2 ** i for i in range(int(np.log2(e.pool_size)) + 1)]
-  curves = verifier_quality.accuracy_vs_n(samples, _methods(e.aggregations), budgets,
-                                          e.num_draws, cfg.seed + 7)
+  curves = verifier_quality.accuracy_vs_n(
+      samples, _methods(e.aggregations, cfg.search.step_aggregation), budgets, e.num_draws,
+      cfg.seed + 7)
   # What search needs: right vs wrong sibling steps after one prefix.
   siblings = ({name: sibling_quality(records, steps, e.sibling_width, e.num_draws,
                                      cfg.seed + 8)
@@ -341,6 +343,7 @@ def stage_eval_prm(ctx: Context) -> dict:
   result = {
       "num_questions": len(test), "pool_size": e.pool_size, "num_draws": e.num_draws,
       "step_auc_vs_exact": step_auc, "siblings": siblings,
+      "search_aggregation": cfg.search.step_aggregation,
       "num_steps_scored": int(mask.sum()),
       "calibration": {"ece": ece, "num_steps": int(holdout_mask.sum()),
                       "reliability": reliability},

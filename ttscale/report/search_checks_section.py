@@ -27,13 +27,15 @@ def results(rows: list[dict], bins: dict[int, int], eval_prm: dict | None,
   """The section's numbers from the outcome rows, the oracle bins
   ({question: bin}) and `eval_prm.json` (None when not run)."""
   curves = (eval_prm or {}).get("accuracy_vs_n", {})
-  best_of_n = curves.get("PRM best-of-N (last)", {})
+  aggregation = (eval_prm or {}).get("search_aggregation", "last")
+  best_of_n = curves.get(f"PRM best-of-N ({aggregation})", {})
   budgets = sorted(best_of_n, key=int)
   return {
       "engine": search_checks.engine_check(rows, bins, budget=4, seed=seed),
       "siblings": (eval_prm or {}).get("siblings"),
       "prm_best_of_n": ({"n_1": best_of_n[budgets[0]][0], "n_max": best_of_n[budgets[-1]][0],
-                         "max_budget": int(budgets[-1])} if budgets else None),
+                         "max_budget": int(budgets[-1]), "aggregation": aggregation}
+                        if budgets else None),
       "distinct_prefixes": search_checks.distinct_prefixes(rows),
   }
 
@@ -70,7 +72,8 @@ def markdown(checks: dict) -> list[str]:
                    f"{_fmt(top['top_mixed'])} | {_fmt(top['random_mixed'])} |")
   bon = checks["prm_best_of_n"]
   if bon:
-    lines += ["", f"PRM best-of-N (the single top-scored sample): {_fmt(bon['n_1'])} at N=1, "
+    lines += ["", f"PRM best-of-N (the single top-scored sample, step scores by "
+              f"{bon['aggregation']}): {_fmt(bon['n_1'])} at N=1, "
               f"{_fmt(bon['n_max'])} at N={bon['max_budget']}."]
   diversity = checks["distinct_prefixes"]
   if diversity:

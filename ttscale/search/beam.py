@@ -38,7 +38,7 @@ from flax import struct
 
 from ttscale.models.kv_cache import KVCache
 from ttscale.search import common, sampling
-from ttscale.search.best_of_n import Candidates
+from ttscale.search.best_of_n import Candidates, solution_scores
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,9 @@ class BeamConfig:
   # N/M subtrees of M rows that never exchange rows).
   group_size: int = 0          # 0: the budget N
   distinct: bool = True        # token-identical prefixes count once when kept
+  # A row's score: its newest step's ("last", the paper's) or its lowest
+  # step's so far ("min"; with lookahead, the lower of that and the rollout's).
+  aggregation: str = "last"
 
   @property
   def group(self) -> int:
@@ -77,7 +80,8 @@ class BeamState:
   tokens: jax.Array         # int32 [B, T]: the solution so far
   lengths: jax.Array        # int32 [B]: its length
   finished: jax.Array       # bool [B]: the row samples no more
-  scores: jax.Array         # float32 [B]: verifier score of the row's last step
+  scores: jax.Array         # float32 [B]: the row's score, by which rows are kept
+  lowest: jax.Array         # float32 [B]: the lowest score of the row's own steps
   flops: jax.Array          # float32 [Q]: FLOPs used per question
   policy_tokens: jax.Array  # int32 [Q]: tokens the policy decoded per question
   distinct_kept: jax.Array  # int32 [Q]: distinct live prefixes after selection, summed over rounds
@@ -95,6 +99,7 @@ class _Rows:
   lengths: jax.Array        # int32 [B]
   finished: jax.Array       # bool [B]
   scores: jax.Array         # float32 [B]
+  lowest: jax.Array         # float32 [B]
 
 
 def first_copies(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.Array:
@@ -200,6 +205,12 @@ def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, ste
   counts = jnp.where(rolling, out.lengths, 0)
   if verify_exact is not None:
     new_scores, rolled_prm_cache, prm_flops = verify_exact(out.tokens, counts), prm_cache, 0.0
+  elif config.aggregation == "min":  # the rollout's lowest step
+    token_scores, rolled_prm_cache, prm_flops = common.append_to_prm(
+        models, prm_params, prm_cache, out.tokens, counts)
+    # (0 for a rollout that ends no step within its k·S tokens.)
+    new_scores = solution_scores(out.tokens, counts, token_scores, config.step_id,
+                                 config.eos_id, "min")
   else:
     new_scores, rolled_prm_cache, prm_flops = common.append_and_score(
         models, prm_params, prm_cache, out.tokens, counts)
@@ -268,12 +279,17 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
       flops += prm_flops
     decoded = counts
     policy_cache = step.cache
+    lowest = jnp.where(live, jnp.minimum(state.lowest, step_scores), state.lowest)
+    if config.aggregation == "min":
+      step_scores = lowest
     if config.lookahead:
       step_scores, rollout_flops, rollout_tokens, policy_cache, prm_cache = _lookahead_scores(
           models, config, policy_params, prm_params, step, prm_cache, step_scores,
           live, rollout_rng, verify_exact)
       flops += rollout_flops
       decoded = decoded + rollout_tokens
+    if config.lookahead and config.aggregation == "min":
+      step_scores = jnp.minimum(step_scores, lowest)
     scores = jnp.where(live, step_scores, state.scores)
     # Out of the solution's token budget or of cache: no more steps.
     out_of_room = new_lengths >= budget_tokens
@@ -283,12 +299,13 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
     source = keep_top_beams(scores, ~finished, config.group, config.beam_width, *prefixes)
     kept = sampling.gather_rows(_Rows(
         policy_cache=policy_cache, pending=step.pending, prm_cache=prm_cache, tokens=tokens,
-        lengths=lengths_now, finished=finished, scores=scores), source)
+        lengths=lengths_now, finished=finished, scores=scores, lowest=lowest), source)
     searching = ~kept.finished.reshape(-1, n).all(axis=1)
     return BeamState(
         round=state.round + 1,
         policy_cache=kept.policy_cache, pending=kept.pending, prm_cache=kept.prm_cache,
         tokens=kept.tokens, lengths=kept.lengths, finished=kept.finished, scores=kept.scores,
+        lowest=kept.lowest,
         flops=state.flops + common.per_question(flops, n),
         policy_tokens=state.policy_tokens + common.per_question(decoded, n),
         distinct_kept=state.distinct_kept + _distinct_live_prefixes(
@@ -304,11 +321,14 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
       lengths=jnp.zeros((rows,), jnp.int32),
       finished=jnp.zeros((rows,), bool),
       scores=jnp.zeros((rows,), jnp.float32),
+      lowest=jnp.ones((rows,), jnp.float32),  # scores are probabilities: 1 is neutral
       flops=started.flops, policy_tokens=jnp.zeros_like(started.flops, jnp.int32),
       distinct_kept=jnp.zeros_like(started.flops, jnp.int32),
       searching_rounds=jnp.zeros_like(started.flops, jnp.int32),
       rng=rng)
   final = jax.lax.while_loop(cond, body, initial)
-  return Candidates(tokens=final.tokens, lengths=final.lengths, scores=final.scores,
+  # A candidate's score is its own steps' (never a discarded rollout's) under "min".
+  scores = final.lowest if config.aggregation == "min" else final.scores
+  return Candidates(tokens=final.tokens, lengths=final.lengths, scores=scores,
                     flops=final.flops, policy_tokens=final.policy_tokens,
                     distinct_prefixes=final.distinct_kept / jnp.maximum(final.searching_rounds, 1))

@@ -3,7 +3,8 @@
 The N samples of a question are rows of the batch; each prompt is prefilled
 once and copied. Whole solutions are sampled, then appended to the PRM's
 cache in one call; a solution's score is the PRM's score at its last step end
-(`last` aggregation, the paper's best). The answer is chosen on the host
+(`last` aggregation, the paper's best; or the lowest of its step scores,
+`min`). The answer is chosen on the host
 (`select.weighted_best_of_n` over the decoded final answers).
 """
 
@@ -14,6 +15,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from ttscale.search import common, sampling
+
+# How a candidate's step scores make its score, in every search program.
+SEARCH_AGGREGATIONS = ("last", "min")
 
 
 @struct.dataclass
@@ -34,33 +38,41 @@ class Candidates:
   distinct_prefixes: jax.Array | None = None
 
 
-def last_step_scores(tokens: jax.Array, lengths: jax.Array, token_scores: jax.Array,
-                     step_id: int, eos_id: int) -> jax.Array:
-  """The score at each row's last step end, or 0 for a row with no finished step.
+def solution_scores(tokens: jax.Array, lengths: jax.Array, token_scores: jax.Array,
+                    step_id: int, eos_id: int, how: str = "last") -> jax.Array:
+  """One score per row from the scores at its step ends, or 0 without a step.
 
   A step end is a delimiter or end-of-solution token that ends a non-empty
   step (the token before it is not itself a step end).
 
   Args:
     tokens: int32 [B, T]; lengths: int32 [B]; token_scores: float [B, T].
+    how: "last" (the score at the last step end, the paper's) or "min" (the
+      lowest over the step ends).
   """
   columns = jnp.arange(tokens.shape[1])[None, :]
   is_end = ((tokens == step_id) | (tokens == eos_id)) & (columns < lengths[:, None])
   previous_end = jnp.pad(is_end, ((0, 0), (1, 0)))[:, :-1]
   step_end = is_end & ~previous_end & (columns > 0)
+  has_step = step_end.any(axis=1)
+  if how == "min":
+    return jnp.where(has_step, jnp.where(step_end, token_scores, jnp.inf).min(axis=1), 0.0)
+  if how != "last":
+    raise ValueError(f"step aggregation {how!r}: expected one of {SEARCH_AGGREGATIONS}")
   last = jnp.max(jnp.where(step_end, columns, -1), axis=1)
   score = jnp.take_along_axis(token_scores, jnp.maximum(last, 0)[:, None], axis=1)[:, 0]
-  return jnp.where(last >= 0, score, 0.0)
+  return jnp.where(has_step, score, 0.0)
 
 
 def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
-              rng, *, num_samples: int, sampler_config: sampling.SamplerConfig
-              ) -> Candidates:
+              rng, *, num_samples: int, sampler_config: sampling.SamplerConfig,
+              aggregation: str = "last") -> Candidates:
   """N = `num_samples` whole solutions per question and their PRM scores.
 
   Args:
     prompts: int32 [Q, P] left-padded; lengths: int32 [Q]; rng: PRNG key.
     sampler_config: must stop at the end of the solution.
+    aggregation: how a solution's step scores make its score (`solution_scores`).
 
   Returns:
     `Candidates` with Q·N rows, question-major.
@@ -82,8 +94,8 @@ def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, l
     # The whole solution into the PRM at once; a score at every token.
     token_scores, _, prm_flops = common.append_to_prm(
         models, prm_params, started.prm_cache, out.tokens, out.lengths)
-    scores = last_step_scores(out.tokens, out.lengths, token_scores,
-                              sampler_config.step_id, sampler_config.eos_id)
+    scores = solution_scores(out.tokens, out.lengths, token_scores,
+                             sampler_config.step_id, sampler_config.eos_id, aggregation)
   row_flops = (policy_flops + prm_flops).reshape(-1, num_samples)
   prefix_flops = started.flops[:, None] + jnp.cumsum(row_flops, axis=1)
   return Candidates(tokens=out.tokens, lengths=out.lengths, scores=scores,

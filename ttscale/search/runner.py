@@ -41,6 +41,7 @@ class SearchOptions:
   max_step_tokens: int
   max_rounds: int
   rows: int                  # batch rows per program (Q·N)
+  aggregation: str = "last"  # a candidate's score from its step scores ("last", "min")
 
 
 @dataclasses.dataclass
@@ -98,13 +99,15 @@ def compiled_search(models: common.SearchModels, setting: SearchSetting,
         rule=options.rule, stop_at=sampling.StopAt.SOLUTION,
         max_new_tokens=options.max_new_tokens, step_id=step_id, eos_id=eos_id)
     program = functools.partial(best_of_n.best_of_n, models,
-                                num_samples=setting.budget, sampler_config=sampler_config)
+                                num_samples=setting.budget, sampler_config=sampler_config,
+                                aggregation=options.aggregation)
   else:
     config = beam.BeamConfig(
         budget=setting.budget, beam_width=setting.beam_width, lookahead=setting.lookahead,
         max_rounds=options.max_rounds, max_new_tokens=options.max_new_tokens,
         max_step_tokens=options.max_step_tokens, rule=options.rule, step_id=step_id,
-        eos_id=eos_id, group_size=setting.group_size, distinct=setting.distinct)
+        eos_id=eos_id, group_size=setting.group_size, distinct=setting.distinct,
+        aggregation=options.aggregation)
     program = functools.partial(beam.beam_search, models, config=config)
   return jax.jit(program)
 
