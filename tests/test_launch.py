@@ -17,8 +17,8 @@ from ttscale.testing import tree_digest
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 TIMEOUT_SECONDS = 60  # a bad input must not start training
 # Every stage, in pipeline order, as `--stages` errors list them.
-STAGES = ("data", "train_policy", "eval_policy", "prm_labels", "train_prm", "train_orm",
-          "eval_prm", "sweep_search", "revision_data", "train_revision",
+STAGES = ("data", "train_policy", "eval_policy", "train_large", "prm_labels", "train_prm",
+          "train_orm", "eval_prm", "sweep_search", "revision_data", "train_revision",
           "train_revision_verifier", "sweep_revisions")
 
 

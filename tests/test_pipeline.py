@@ -30,8 +30,8 @@ CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "ari
 POLICY_STAGES = ("data", "train_policy", "eval_policy")
 REVISION_STAGES = ("revision_data", "train_revision", "train_revision_verifier",
                    "sweep_revisions")
-STAGE_NAMES = (*POLICY_STAGES, "prm_labels", "train_prm", "train_orm", "eval_prm",
-               "sweep_search", *REVISION_STAGES)
+STAGE_NAMES = (*POLICY_STAGES, "train_large", "prm_labels", "train_prm", "train_orm",
+               "eval_prm", "sweep_search", *REVISION_STAGES)
 # Every stage that writes training metrics (`train_large`: the study stages' larger policy).
 TRAINING_STAGES = ("train_policy", "train_prm", "train_orm", "train_revision",
                    "train_revision_verifier", "train_large")
@@ -268,19 +268,22 @@ def test_a_policy_saved_on_eight_devices_loads_on_one(finished):
 
 
 def _through_eval_policy(finished: _Finished, destination: str) -> str:
-  """A new workdir holding only the finished one's data and policy stages.
+  """A new workdir holding only the finished one's data and policy stages
+  (the larger policy too: the verifiers' trunk).
 
-  Its metrics file keeps only the policy's lines, as after a run that ended
-  with `eval_policy`.
+  Its metrics file keeps only the policies' lines, as after a run that ended
+  with `train_large`.
   """
   os.makedirs(os.path.join(destination, "stages"))
-  for name in ("data", "policy"):
+  for name in ("data", "policy", "large"):
     shutil.copytree(os.path.join(finished.workdir, name), os.path.join(destination, name))
   for name in ("tokenizer.model", "eval_policy.json",
-               *(os.path.join("stages", f"{stage}.json") for stage in POLICY_STAGES)):
+               *(os.path.join("stages", f"{stage}.json")
+                 for stage in (*POLICY_STAGES, "train_large"))):
     shutil.copyfile(os.path.join(finished.workdir, name), os.path.join(destination, name))
   with open(os.path.join(destination, "metrics.jsonl"), "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in _read_metrics(finished.workdir, "train_policy"))
+    f.writelines(json.dumps(r) + "\n" for stage in ("train_policy", "train_large")
+                 for r in _read_metrics(finished.workdir, stage))
   return destination
 
 
@@ -565,9 +568,10 @@ TINY_SEARCH_SETTINGS = (
 
 
 def _search_config(*methods: str):
-  """The tiny config, its sweep restricted to `methods`."""
+  """The tiny config, its sweep restricted to `methods` with the learned PRM."""
   config = _tiny_config()
   config.search.methods = methods
+  config.search.verifiers = ("prm",)
   return config
 
 
@@ -581,7 +585,9 @@ def _without_seconds(rows: list[dict]) -> list[dict]:
 
 
 def _of_methods(rows: list[dict], methods) -> list[dict]:
-  return [row for row in rows if row["method"] in methods]
+  """The rows of `methods` with the learned PRM (as `_search_config` sweeps)."""
+  return [row for row in rows
+          if row["method"] in methods and not outcomes.uses_exact_verifier(row["params"])]
 
 
 def _without_sweep(finished: _Finished, destination: str) -> str:
@@ -657,13 +663,14 @@ def test_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, tmp_path)
   log = _run(_search_config(*methods), workdir, ["sweep_search"])
   assert any(line.startswith("stage sweep_search: done") for line in log), log
   original = _of_methods(_search_rows(finished.workdir), methods)
-  per_question = sum(method in methods for method, _, _ in TINY_SEARCH_SETTINGS)
+  per_question = sum(method in methods and not outcomes.uses_exact_verifier(params)
+                     for method, params, _ in TINY_SEARCH_SETTINGS)
   assert len(original) == per_question * _tiny_config().search.num_questions
   assert _without_seconds(_search_rows(workdir)) == _without_seconds(original)
   accuracy = _marker(workdir, "sweep_search")["summary"]["accuracy"]
   original_accuracy = _marker(finished.workdir, "sweep_search")["summary"]["accuracy"]
   assert accuracy == {name: curve for name, curve in original_accuracy.items()
-                      if name.split()[0] in methods}
+                      if name.split()[0] in methods and "verifier=exact" not in name}
 
 
 _KILLED_METHODS = ("best_of_n", "beam")

@@ -120,7 +120,8 @@ def decode_benchmark(config, batch_sizes: list[int], vocab_size: int,
 
 def search_benchmark(config, workdir: str, budgets: list[int] | None,
                      num_batches: int = 4) -> dict:
-  """Wall time per question of best-of-N, beam (M=4) and lookahead (k=3, M=4).
+  """Wall time per question of best-of-N, beam (M=4), lookahead (k=3, M=4), DVTS (M=4)
+  and beam (M=4) without distinct beams, with accuracy and distinct prefixes per round.
 
   Runs the trained policy and PRM of `workdir` on the first test questions
   (the same ones for every method at a budget), `num_batches` batches of
@@ -129,18 +130,14 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
   of the time is measured by running each program again with every PRM call
   left out (scores 0): 1 - (time without PRM) / (time with PRM).
   """
-  from ttscale.pipeline import Context
+  from ttscale.pipeline import Context, search_stages
   from ttscale.search import common, runner
   from ttscale.search.budget import SearchSetting, budget_grid, check_on_grid
 
   ctx = Context(config, workdir, log=lambda _: None)
   policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
   devices = list(ctx.mesh.devices.flat)
-  options = runner.SearchOptions(
-      rule=sampling.SamplingRule(config.sampling.temperature, config.sampling.top_p),
-      max_new_tokens=config.sampling.max_new_tokens,
-      max_step_tokens=config.search.max_step_tokens, max_rounds=config.search.max_rounds,
-      rows=config.search.rows)
+  options = search_stages.search_options(ctx)
   test = ctx.examples("test")
   questions = [e.question for e in test]
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)
@@ -158,7 +155,11 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
     batch_indices = batched[::step][:num_batches]
     batch_questions = [[questions[i] for i in batch] for batch in batch_indices]
     settings = [SearchSetting("best_of_n", budget), SearchSetting("beam", budget, beam_width=4),
-                SearchSetting("lookahead", budget, beam_width=4, lookahead=3)]
+                SearchSetting("lookahead", budget, beam_width=4, lookahead=3),
+                SearchSetting("dvts", budget, beam_width=4),
+                # Beam search keeping copies of one prefix, as it did before
+                # distinct beams: its diversity against the default's.
+                SearchSetting("beam", budget, beam_width=4, distinct=False)]
     timings = {}
     for setting in settings:
       for with_prm in (True, False):
@@ -177,13 +178,13 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
         start = time.perf_counter()
         results = [r for batch in run(batch_questions, 1) for r in batch]
         seconds = time.perf_counter() - start
-        timings[(setting.method, with_prm)] = dict(
+        timings[(setting, with_prm)] = dict(
             seconds=seconds, compile=compile_and_run - seconds / num_batches,
             results=results)
-    base = timings[("best_of_n", True)]["seconds"]
+    base = timings[(settings[0], True)]["seconds"]
     for setting in settings:
-      timing = timings[(setting.method, True)]
-      without_prm = timings[(setting.method, False)]["seconds"]
+      timing = timings[(setting, True)]
+      without_prm = timings[(setting, False)]["seconds"]
       num_questions = len(timing["results"])
       answers = [test[i].answer for batch in batch_indices for i in batch]
       accuracy = sum(ctx.task.grade(r.answer, answer)
@@ -198,6 +199,8 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
           "prm_time_fraction": round(1 - without_prm / timing["seconds"], 3),
           "compile_seconds": round(timing["compile"], 1),
           "accuracy": round(accuracy, 3),
+          "distinct_prefixes_per_round": None if setting.method == "best_of_n" else round(
+              float(np.mean([r.distinct_prefixes for r in timing["results"]])), 2),
       })
   return {"bench": "search", "rows_per_batch": options.rows, "workdir": workdir,
           "devices": jax.device_count(), "search": rows}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ttscale import io_utils
-from ttscale.outcomes import Outcome, OutcomeTable
+from ttscale.outcomes import Outcome, OutcomeTable, uses_exact_verifier
 from ttscale.pipeline.study_stages import FAMILIES, KINDS
 from ttscale.report import study_report
 from ttscale.scaling import compute_optimal
@@ -25,7 +25,10 @@ SEARCH = [("best_of_n", "", 1, 1, {0}),               # 0.25
           ("best_of_n", "", 2, 2, {0, 1}),            # 0.50
           ("best_of_n", "", 4, 4, {0, 1}),            # 0.50
           ("best_of_n", "", 8, 8, {0, 1, 2}),         # 0.75
-          ("beam", "M=4,k=0", 4, 4, {0, 1, 2})]       # 0.75
+          ("beam", "M=4,k=0", 4, 4, {0, 1, 2}),       # 0.75
+          # The engine's check (kept out of selection, as by stage_select).
+          ("best_of_n", "verifier=exact", 4, 4, {0}),
+          ("beam", "M=4,k=0,verifier=exact", 4, 4, {0, 1, 2, 3})]
 REVISIONS = [("revisions", SEQUENTIAL, 4, 4, {0, 1, 2}),   # 0.75
              ("revisions", PARALLEL, 4, 4, {0, 1}),        # 0.50
              # Always wrong, for the s:p panel (hierarchical); never chosen but on ties, where
@@ -53,7 +56,8 @@ def _write_workdir(workdir, with_select=True):
       "prediction_cost": {"generations_per_question": 8, "policy_flops_per_question": 1.0e6,
                           "prm_flops_per_question": 5.0e5}})
   if with_select:
-    rows = search.rows() + revisions.rows()
+    rows = [row for row in search.rows() + revisions.rows()
+            if not uses_exact_verifier(row["params"])]
     select = {"num_questions": len(QUESTIONS), "num_bins": 2}
     for kind, bins in (("oracle", ORACLE_BINS), ("predicted", PREDICTED_BINS)):
       assert kind in KINDS
@@ -85,9 +89,10 @@ def test_report_has_the_findings_table_with_one_row_per_finding(built):
   header = lines.index("| paper's finding | paper's number | ours | holds? |")
   assert lines[header + 1] == "|---|---|---|---|"
   table = lines[header + 2:lines.index("", header)]
-  # Beam vs best-of-N, lookahead, compute-optimal (search, revisions), sequential vs
-  # parallel, revised into wrong; no flops_matched.json, so no FLOPs-matched rows.
-  assert len(results["findings"]) == 6
+  # Beam vs best-of-N on the hardest bins and overall, lookahead, compute-optimal
+  # (search, revisions), sequential vs parallel, revised into wrong; no
+  # flops_matched.json, so no FLOPs-matched rows.
+  assert len(results["findings"]) == 7
   holds = {True: "yes", False: "no", None: "see text"}
   assert table == [f"| {f['finding']} | {f['paper']} | {f['ours']} | {holds[f['holds']]} |"
                    for f in results["findings"]]
@@ -128,15 +133,18 @@ def test_compute_optimal_findings_have_hand_computed_ratios(built):
   """
   _, markdown, results = built
   search = _finding(results, "compute-optimal search needs")
-  assert search["ours"] == "best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, N=8: 1.00"
+  assert search["ours"].startswith("median 1.00 [")
+  assert search["ours"].endswith(
+      "; best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, N=8: 1.00")
   assert search["holds"] is False
   revisions = _finding(results, "compute-optimal revisions needs")
-  assert revisions["ours"] == ("best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, "
-                               "N=8: 1.00")
+  assert revisions["ours"].endswith("best-of-N budget / budget: N=1: 1.00, N=2: 1.00, "
+                                    "N=4: 0.50, N=8: 1.00")
   assert revisions["holds"] is False
   assert "| bins | family | N=1 | N=2 | N=4 | N=8 |" in markdown
-  assert "| oracle | search | 1.00 | 1.00 | 0.50 | 1.00 |" in markdown
-  assert "| oracle | revisions | 1.00 | 1.00 | 0.50 | 1.00 |" in markdown
+  row = next(line for line in markdown.split("\n") if line.startswith("| oracle | search |"))
+  cells = row.strip("| ").split(" | ")[2:]
+  assert [cell.split(" [")[0] for cell in cells] == ["1.00", "1.00", "0.50", "1.00"]
   assert results["select"]["oracle"]["search"]["budgets"]["4"]["accuracy"] == pytest.approx(0.5)
 
 
@@ -146,14 +154,33 @@ def test_report_accuracy_and_difficulty_sections(built):
   assert results["accuracy_by_generations"]["best_of_n"] == pytest.approx(
       {"1": 0.25, "2": 0.5, "4": 0.5, "8": 0.75})
   assert results["accuracy_by_generations"][f"revisions {SEQUENTIAL}"] == {"4": 0.75}
-  assert "| best_of_n | 1: 0.250, 2: 0.500, 4: 0.500, 8: 0.750 |" in markdown
-  assert "| beam M=4,k=0 | 4: 0.750 |" in markdown
+  row = next(line for line in markdown.split("\n") if line.startswith("| best_of_n |"))
+  assert [part.split(" [")[0] for part in row[len("| best_of_n | "):-2].split("], ")] == [
+      "1: 0.250", "2: 0.500", "4: 0.500", "8: 0.750"]
+  assert "| beam M=4,k=0 | 4: 0.750 [" in markdown
   assert "4 test questions;" in markdown
   assert ("agree with the oracle's on 0.50 of the questions; predicting costs 8 generations "
           "and 1.5e+06 FLOPs per question.") in markdown
   assert "Not run (stage `flops_matched`)." in markdown
   assert results["flops_matched"] is None
   assert "| total | 0.0 |" in markdown
+
+
+def test_engine_check_compares_tree_search_with_best_of_n_per_verifier(built):
+  """Fails if the engine check does not pair beam with best-of-N of the same
+  verifier on the two hardest bins (here both bins, all 4 questions)."""
+  _, markdown, results = built
+  engine = results["search_checks"]["engine"]
+  assert engine["bins"] == [1, 2] and engine["budget"] == 4
+  exact = engine["exact"]["beam M=4,k=0"]
+  assert exact["accuracy"] == 1.0 and exact["gap_to_best_of_n"]["gap"] == 0.75
+  learned = engine["prm"]["beam M=4,k=0"]
+  assert learned["gap_to_best_of_n"]["gap"] == pytest.approx(0.25)
+  low, high = learned["gap_to_best_of_n"]["interval"]
+  assert low <= 0.25 <= high
+  assert "| exact | beam M=4,k=0 | 1.000 [1.000, 1.000] | 0.750 [" in markdown
+  finding = _finding(results, "beam search (M=4) beats best-of-N on the hardest")
+  assert finding["ours"].startswith("beam − best-of-N 0.250 [")
 
 
 def test_report_draws_the_figures_as_png(built):
