@@ -19,7 +19,7 @@ from etils import epath
 from ttscale import io_utils, outcomes
 from ttscale.report import revision_figure, search_checks_section, search_figure, study_figures
 from ttscale.report.search_checks_section import interval_text
-from ttscale.scaling.compute_optimal import percentile_interval
+from ttscale.scaling import search_checks
 
 REQUIRED = ("outcomes/search.jsonl", "outcomes/revisions.jsonl", "difficulty.json",
             "select.json")
@@ -60,13 +60,6 @@ def _fmt(value, digits: int = 3) -> str:
   if value is None:
     return "n/a"
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-
-def _interval(values) -> list[float | None]:
-  """A 95% bootstrap interval of the mean of `values` (one per question)."""
-  values = np.asarray(values, np.float64)
-  picks = np.random.default_rng(0).integers(0, len(values), (1000, len(values)))
-  return percentile_interval(values[picks].mean(axis=1))
 
 
 def _findings(rows, select, revised, flops, checks) -> list[dict]:
@@ -217,7 +210,7 @@ def build(workdir: str) -> tuple[str, dict]:
     curves[f"{row['method']} {row['params']}".strip()][row["generations"]].append(row["correct"])
   accuracy = {name: {g: float(np.mean(v)) for g, v in sorted(by_g.items())}
               for name, by_g in curves.items()}
-  accuracy_intervals = {name: {g: _interval(v) for g, v in sorted(by_g.items())}
+  accuracy_intervals = {name: {g: search_checks.mean_interval(v) for g, v in sorted(by_g.items())}
                         for name, by_g in curves.items()}
   eval_prm = extra["eval_prm.json"] or {}
   checks = search_checks_section.results(rows, bins, extra["eval_prm.json"])

@@ -31,6 +31,14 @@ def _resamples(num_questions: int, seed: int, num_resamples: int = 1000) -> np.n
                                               (num_resamples, num_questions))
 
 
+def mean_interval(per_question, seed: int = 0) -> list[float | None]:
+  """A 95% percentile-bootstrap interval of a mean over questions ([Q] values)."""
+  values = np.asarray(per_question, np.float64)
+  if values.size == 0:
+    raise ValueError("mean_interval: no questions")
+  return percentile_interval(values[_resamples(len(values), seed)].mean(axis=1))
+
+
 def bin_accuracy(rows: list[dict], bins: dict[int, int], keep_bins: set[int], method: str,
                  params: str, budget: int, seed: int = 0) -> dict | None:
   """{"accuracy", "interval", "num_questions"} of a strategy on the questions
@@ -40,8 +48,7 @@ def bin_accuracy(rows: list[dict], bins: dict[int, int], keep_bins: set[int], me
   if not questions or any(q not in correct for q in questions):
     return None
   values = np.array([correct[q] for q in questions], np.float64)
-  return {"accuracy": float(values.mean()),
-          "interval": percentile_interval(values[_resamples(len(values), seed)].mean(axis=1)),
+  return {"accuracy": float(values.mean()), "interval": mean_interval(values, seed),
           "num_questions": len(values)}
 
 
@@ -56,9 +63,7 @@ def paired_gap(rows: list[dict], bins: dict[int, int], keep_bins: set[int],
   if not questions or any(q not in a or q not in b for q in questions):
     return None
   difference = np.array([float(a[q]) - float(b[q]) for q in questions])
-  return {"gap": float(difference.mean()),
-          "interval": percentile_interval(
-              difference[_resamples(len(difference), seed)].mean(axis=1)),
+  return {"gap": float(difference.mean()), "interval": mean_interval(difference, seed),
           "num_questions": len(questions)}
 
 

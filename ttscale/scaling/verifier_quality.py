@@ -417,22 +417,3 @@ def top_of_m(groups: Sequence[SiblingGroup], m: int, num_draws: int, seed: int) 
           "top_mixed": mean(mixed_top), "random_mixed": mean(mixed_random),
           "num_groups": used, "num_mixed_draws": len(mixed_top)}
 
-
-def bootstrap_interval(per_question: np.ndarray, num_resamples: int = 1000,
-                       seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-  """A percentile bootstrap interval of a mean over questions.
-
-  Args:
-    per_question: float [Q] (or [Q, ...]: the mean is over axis 0, then all).
-
-  Returns:
-    (low, high) at `level` (e.g. 0.95: the 2.5th and 97.5th percentiles).
-  """
-  values = np.asarray(per_question, np.float64)
-  if values.shape[0] == 0:
-    raise ValueError("bootstrap_interval: no questions")
-  rng = np.random.default_rng(seed)
-  picks = rng.integers(0, values.shape[0], size=(num_resamples, values.shape[0]))
-  means = values[picks].reshape(num_resamples, -1).mean(axis=1)
-  tail = (1 - level) / 2 * 100
-  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
