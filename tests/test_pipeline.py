@@ -24,6 +24,7 @@ from ttscale.data import arith_builder
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
 from ttscale.pipeline import revision_stages, search_stages
 from ttscale.tasks import get_task
+from ttscale.tasks.arith import ERROR_KINDS
 from ttscale.testing import tree_digest
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
@@ -550,6 +551,18 @@ def test_finished_workdir_eval_prm_has_every_curve_at_every_budget(finished):
     for budget, (mean, stderr) in curve.items():
       assert 0.0 <= mean <= 1.0 and stderr >= 0.0, (method, budget)
       assert curves["pass@N"][budget][0] >= mean - 1e-9, (method, budget)
+
+
+def test_finished_workdir_eval_prm_scores_by_first_error_cover_the_pool(finished):
+  """Fails if the PRM's scores by first-error kind do not count every pooled
+  solution once, name a kind the task does not, or hold a score outside [0, 1]."""
+  config = _tiny_config()
+  evaluation = _read_json(os.path.join(finished.workdir, "eval_prm.json"))
+  by_kind = evaluation["prm_score_by_first_error"]
+  assert set(by_kind) <= {"right", *ERROR_KINDS}
+  assert sum(v["count"] for v in by_kind.values()) == (
+      config.eval_prm.num_questions * config.eval_prm.pool_size)
+  assert all(0.0 <= v["mean_score"] <= 1.0 for v in by_kind.values())
 
 
 # ------------------------------------------------------------------- search

@@ -221,6 +221,9 @@ def check_config(config) -> None:
   if config.search.step_aggregation not in SEARCH_AGGREGATIONS:
     raise ValueError(f"search.step_aggregation={config.search.step_aggregation!r}: expected "
                      f"one of {', '.join(SEARCH_AGGREGATIONS)}")
+  if config.search.step_aggregation not in aggregations:
+    raise ValueError(f"eval_prm.aggregations: must include search.step_aggregation="
+                     f"{config.search.step_aggregation!r} (the PRM best-of-N baseline reads it)")
   if config.verifier_train.trunk not in VERIFIER_TRUNKS:
     raise ValueError(f"verifier_train.trunk={config.verifier_train.trunk!r}: expected one of "
                      f"{', '.join(VERIFIER_TRUNKS)}")

@@ -331,6 +331,8 @@ def stage_eval_prm(ctx: Context) -> dict:
   scores["orm"] = np.asarray(select.aggregate_steps(orm_steps, mask, "last")).reshape(shape)
   samples = verifier_quality.SamplePool(answer_ids=ids, valid=valid, correct=correct,
                                         scores=scores)
+  errors = _scores_by_first_error(ctx, records, texts,
+                                  scores[f"prm_{cfg.search.step_aggregation}"].reshape(-1))
   budgets = [2 ** i for i in range(int(np.log2(e.pool_size)) + 1)]
   curves = verifier_quality.accuracy_vs_n(
       samples, _methods(e.aggregations, cfg.search.step_aggregation), budgets, e.num_draws,
@@ -344,6 +346,7 @@ def stage_eval_prm(ctx: Context) -> dict:
       "num_questions": len(test), "pool_size": e.pool_size, "num_draws": e.num_draws,
       "step_auc_vs_exact": step_auc, "siblings": siblings,
       "search_aggregation": cfg.search.step_aggregation,
+      "prm_score_by_first_error": errors,
       "num_steps_scored": int(mask.sum()),
       "calibration": {"ece": ece, "num_steps": int(holdout_mask.sum()),
                       "reliability": reliability},
@@ -362,6 +365,21 @@ def stage_eval_prm(ctx: Context) -> dict:
               f"{top['top_mixed']} vs {top['random_mixed']})")
   return {"step_auc_vs_exact": step_auc, "ece": ece,
           "sibling_auc": {k: v["auc"] for k, v in (siblings or {}).items()}}
+
+
+def _scores_by_first_error(ctx: Context, records: list[dict], texts: list[str],
+                           scores: np.ndarray) -> dict | None:
+  """{kind: {"count", "mean_score"}} of the PRM's solution scores by the kind of
+  each solution's first error ("right" without one), for tasks that name
+  them (`first_error`); None otherwise."""
+  if not hasattr(ctx.task, "first_error"):
+    return None
+  by_kind: dict[str, list[float]] = {}
+  for record, text, score in zip(records, texts, scores, strict=True):
+    kind = ctx.task.first_error(record["question"], text) or "right"
+    by_kind.setdefault(kind, []).append(float(score))
+  return {kind: {"count": len(values), "mean_score": float(np.mean(values))}
+          for kind, values in sorted(by_kind.items())}
 
 
 def sibling_quality(records: list[dict], step_scores: np.ndarray, width: int,
