@@ -180,7 +180,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # first `num_questions` test questions (the ones the sweeps evaluate),
   # binned into `num_bins` quantiles of pass@1 (oracle) and of the mean PRM
   # score (predicted). `select` chooses strategies per bin on those questions.
-  c.difficulty = config_dict.ConfigDict(dict(num_questions=200, num_samples=64, num_bins=5))
+  # With the exact verifier swept, `step_success_samples` one-step samples
+  # after each right prefix of the two hardest bins' questions give the policy's
+  # per-step success rates: the engine check's "perfect search" (0: skip).
+  c.difficulty = config_dict.ConfigDict(dict(num_questions=200, num_samples=64, num_bins=5,
+                                             step_success_samples=64))
 
   # The larger policy of the FLOPs-matched comparison: the same data, training
   # settings and tokens as `model`, about 4x its parameters (wider, not deeper:
@@ -225,7 +229,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.revision_verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
                                      checkpoint_every=3, log_every=3, patience=2)
     c.sweep_revisions.update(max_budget=4, num_questions=6, rows=16)
-    c.difficulty.update(num_questions=6, num_samples=4, num_bins=2)
+    c.difficulty.update(num_questions=6, num_samples=4, num_bins=2, step_success_samples=4)
     c.large_model.update(num_layers=1, embed_dim=64, num_heads=2, num_kv_heads=2,
                          head_dim=32, mlp_dim=128)
   elif variant == "paper":

@@ -104,7 +104,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.revision_verifier_train.update(batch_size=32, num_steps=2_000, learning_rate=3e-5,
                                    checkpoint_every=250, log_every=50)
   c.sweep_revisions.update(max_budget=128, num_questions=500, rows=1024)
-  c.difficulty.update(num_questions=500, num_samples=2048, num_bins=5)
+  c.difficulty.update(num_questions=500, num_samples=2048, num_bins=5, step_success_samples=0)
   c.mesh.update(data=-1, model=4 if variant == "gemma_2b_v5e" else 8,
                 rules=_FSDP_TP_RULES)
   return c

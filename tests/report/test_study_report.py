@@ -53,6 +53,8 @@ def _write_workdir(workdir, with_select=True):
   io_utils.write_json_atomic(os.path.join(workdir, "difficulty.json"), {
       "questions": QUESTIONS, "oracle_bins": ORACLE_BINS, "predicted_bins": PREDICTED_BINS,
       "num_samples": 8, "num_bins": 2, "bin_agreement": 0.5,
+      # Two steps each written right half the time: the engine check's perfect search.
+      "step_success": {"num_samples": 8, "rates": {str(q): [0.5, 0.5] for q in QUESTIONS}},
       "prediction_cost": {"generations_per_question": 8, "policy_flops_per_question": 1.0e6,
                           "prm_flops_per_question": 5.0e5}})
   if with_select:
@@ -179,6 +181,11 @@ def test_engine_check_compares_tree_search_with_best_of_n_per_verifier(built):
   low, high = learned["gap_to_best_of_n"]["interval"]
   assert low <= 0.25 <= high
   assert "| exact | beam M=4,k=0 | 1.000 [1.000, 1.000] | 0.750 [" in markdown
+  # Perfect search from the step rates: beam (1 - 0.5^4)^2, best-of-4 1 - 0.75^4.
+  assert exact["predicted"] == pytest.approx((1 - 0.5 ** 4) ** 2)
+  assert engine["exact"]["best_of_n"]["predicted"] == pytest.approx(1 - 0.75 ** 4)
+  assert "predicted" not in learned
+  assert markdown.count("| 0.879 |") == 1
   finding = _finding(results, "beam search (M=4) beats best-of-N on the hardest")
   assert finding["ours"].startswith("beam − best-of-N 0.250 [")
 

@@ -45,6 +45,34 @@ def test_engine_check_takes_the_two_hardest_bins_and_each_verifiers_baseline():
   assert "dvts M=4,k=0" not in check["prm"]
 
 
+@pytest.mark.parametrize("subtrees, width, expected", [
+    (4, 1, 1 - 0.75 ** 4),                 # best-of-4: some whole sample right
+    (1, 4, (1 - 0.5 ** 4) ** 2),           # beam N = M = 4: each step, some of 4 right
+    (2, 2, 1 - (1 - 0.75 ** 2) ** 2),      # DVTS N=4, M=2: some subtree of 2 survives
+])
+def test_perfect_search_on_hand_computed_rates(subtrees, width, expected):
+  assert search_checks.perfect_search([0.5, 0.5], subtrees, width) == pytest.approx(expected)
+  # A step the policy never writes right cannot be searched past.
+  assert search_checks.perfect_search([1.0, 0.0], subtrees, width) == 0.0
+
+
+def test_engine_check_predicts_only_the_exact_rows_it_can():
+  rows = (_rows("best_of_n", "verifier=exact", 4, {0}) + _rows("beam", "M=4,k=0,verifier=exact",
+                                                               4, {0, 1})
+          + _rows("lookahead", "M=4,k=3,verifier=exact", 4, {0})
+          + _rows("best_of_n", "", 4, {0}) + _rows("beam", "M=4,k=0", 4, {0}))
+  bins = {0: 1, 1: 2, 2: 3, 3: 3}
+  rates = {q: [0.5, 0.5] for q in (1, 2, 3)}
+  check = search_checks.engine_check(rows, bins, step_rates=rates)
+  assert check["exact"]["best_of_n"]["predicted"] == pytest.approx(1 - 0.75 ** 4)
+  assert check["exact"]["beam M=4,k=0"]["predicted"] == pytest.approx((1 - 0.5 ** 4) ** 2)
+  assert "predicted" not in check["exact"]["lookahead M=4,k=3"]
+  assert "predicted" not in check["prm"]["beam M=4,k=0"]
+  # Rates missing for a checked question: no prediction at all.
+  partial = search_checks.engine_check(rows, bins, step_rates={1: [0.5]})
+  assert "predicted" not in partial["exact"]["best_of_n"]
+
+
 def test_distinct_prefixes_are_averaged_per_setting_and_budget():
   rows = (_rows("beam", "M=4,k=0", 16, set(), distinct=3.0)
           + _rows("beam", "M=4,k=0,distinct=0", 16, set(), questions=[0, 1], distinct=1.0)

@@ -19,10 +19,11 @@ from flax import nnx
 
 from ttscale import testing
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
-from ttscale.search import beam, best_of_n, common, sampling
+from ttscale.search import beam, best_of_n, common, sampling, step_success
 from ttscale.search.exact_verifier import ExactVerifier
 from ttscale.tasks import get_task
 from ttscale.tasks.arith import ArithTask
+from ttscale.tasks.base import Example
 
 TASK = ArithTask(min_ops=1, max_ops=3, max_operand=9, max_multiplier=3, max_abs_value=99)
 QUESTION = "1+2"
@@ -130,3 +131,24 @@ def test_tree_search_with_the_exact_verifier_continues_only_right_prefixes(token
   continued = [TASK.split_steps(t) for t in texts if len(TASK.split_steps(t)) > 1]
   assert continued, "this seed must continue some rows past the first step"
   assert all(steps[0] == "1+2=3" for steps in continued)
+
+
+def test_step_success_rates_of_the_slip_policy(tokenizer):
+  """After the prompt the slip policy writes "1+2=3" with chance 1/4 (a step
+  starting "1", then "3"); after "1+2=3" it writes "Answer: 3" with 1/4."""
+  example = Example(QUESTION, "1+2=3\nAnswer: 3", "3", 1)
+  rates = step_success.step_success_rates(
+      _slip_policy(tokenizer), tokenizer, TASK, [example], num_samples=256,
+      rule=sampling.SamplingRule(1.0), max_step_tokens=12, batch_size=256, seed=0)
+  assert len(rates) == 1 and len(rates[0]) == 2
+  # 256 draws of p = 1/4: standard error 0.027.
+  np.testing.assert_allclose(rates[0], [0.25, 0.25], atol=0.09)
+
+
+def test_step_success_rates_need_exact_labels(tokenizer):
+  math_task = get_task({"name": "math", "few_shot_file": ""})
+  with pytest.raises(ValueError, match="exact step labels"):
+    step_success.step_success_rates(
+        _slip_policy(tokenizer), tokenizer, math_task, [Example("1+1", "2", "2", 1)],
+        num_samples=2, rule=sampling.SamplingRule(1.0), max_step_tokens=4,
+        batch_size=2, seed=0)

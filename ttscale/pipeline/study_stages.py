@@ -23,7 +23,7 @@ from ttscale.pipeline.verifier_stages import labelled_records, sample_pool
 from ttscale.report import study_report
 from ttscale.scaling import compute_optimal, flops_matched
 from ttscale.scaling.difficulty import quantile_bins
-from ttscale.search import generate, sampling, scoring
+from ttscale.search import generate, sampling, scoring, step_success
 from ttscale.search.budget import FlopsRate, budget_grid
 
 DIFFICULTY = "difficulty.json"
@@ -59,6 +59,7 @@ def stage_difficulty(ctx: Context) -> dict:
   prm_flops = sum(float(prm_rate.decode(0, len(r["prompt"]) + len(r["tokens"])))
                   for r in records)
   agreement = float(np.mean(oracle_bins == predicted_bins))
+  step_success = _hardest_step_success(ctx, test, oracle_bins)
   result = {
       "questions": list(range(len(test))), "levels": [e.level for e in test],
       "num_samples": d.num_samples, "num_bins": d.num_bins,
@@ -70,6 +71,8 @@ def stage_difficulty(ctx: Context) -> dict:
           "policy_flops_per_question": (prompt_flops + sample_flops) / len(test),
           "prm_flops_per_question": prm_flops / len(test)},
   }
+  if step_success:
+    result["step_success"] = step_success
   io_utils.write_json_atomic(ctx.path(DIFFICULTY), result)
   by_bin = {int(b): round(float(pass_at_1[oracle_bins == b].mean()), 3)
             for b in np.unique(oracle_bins)}
@@ -77,6 +80,25 @@ def stage_difficulty(ctx: Context) -> dict:
           f"oracle's on {agreement:.2f} of the questions")
   return {"pass_at_1_per_oracle_bin": by_bin, "bin_agreement": agreement,
           "prediction_cost": result["prediction_cost"]}
+
+
+def _hardest_step_success(ctx: Context, test, oracle_bins: np.ndarray) -> dict | None:
+  """The policy's per-step success rates on the two hardest oracle bins' questions
+  (what the engine check's "perfect search" needs), when the exact verifier
+  is swept and `difficulty.step_success_samples` > 0."""
+  cfg, samples = ctx.config, ctx.config.difficulty.step_success_samples
+  if samples <= 0 or "exact" not in cfg.search.verifiers:
+    return None
+  hardest = set(np.unique(oracle_bins)[-2:].tolist())
+  questions = [q for q, b in enumerate(oracle_bins.tolist()) if b in hardest]
+  rates = step_success.step_success_rates(
+      ctx.load_policy(), ctx.tokenizer, ctx.task, [test[q] for q in questions],
+      num_samples=samples,
+      rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
+      max_step_tokens=cfg.search.max_step_tokens, batch_size=cfg.sampling.batch_size,
+      seed=cfg.seed + 21, mesh=ctx.mesh, rules=ctx.rules)
+  return {"num_samples": samples,
+          "rates": {str(q): r for q, r in zip(questions, rates, strict=True)}}
 
 
 def read_difficulty(ctx: Context) -> dict:

@@ -23,15 +23,17 @@ def interval_text(value, interval, digits: int = 3) -> str:
 
 
 def results(rows: list[dict], bins: dict[int, int], eval_prm: dict | None,
-            seed: int = 0) -> dict:
+            seed: int = 0, step_rates: dict[int, list[float]] | None = None) -> dict:
   """The section's numbers from the outcome rows, the oracle bins
-  ({question: bin}) and `eval_prm.json` (None when not run)."""
+  ({question: bin}), `eval_prm.json` (None when not run) and the policy's
+  per-step success rates ({question: [steps]}, from `difficulty.json`)."""
   curves = (eval_prm or {}).get("accuracy_vs_n", {})
   aggregation = (eval_prm or {}).get("search_aggregation", "last")
   best_of_n = curves.get(f"PRM best-of-N ({aggregation})", {})
   budgets = sorted(best_of_n, key=int)
   return {
-      "engine": search_checks.engine_check(rows, bins, budget=4, seed=seed),
+      "engine": search_checks.engine_check(rows, bins, budget=4, seed=seed,
+                                           step_rates=step_rates),
       "siblings": (eval_prm or {}).get("siblings"),
       "prm_best_of_n": ({"n_1": best_of_n[budgets[0]][0], "n_max": best_of_n[budgets[-1]][0],
                          "max_budget": int(budgets[-1]), "aggregation": aggregation}
@@ -48,14 +50,20 @@ def markdown(checks: dict) -> list[str]:
            "weighted best-of-N with the same verifier. With the exact verifier (a perfect "
            "PRM: the task's exact step labels) tree search must beat best-of-N here, or "
            "the engine is wrong; with the learned PRM the gap shows what the learned "
-           "verifier keeps of it.", "",
-           "| verifier | strategy | accuracy | gap to best-of-N |", "|---|---|---|---|"]
+           "verifier keeps of it. \"Perfect search\" is what the exact verifier's rows "
+           "should score given how often the policy writes each step right after the "
+           "right prefix (`difficulty.step_success_samples` samples per step): an engine "
+           "that matches it does all a perfect verifier allows, and a small gap to "
+           "best-of-N there is the policy's, not the engine's.", "",
+           "| verifier | strategy | accuracy | gap to best-of-N | perfect search |",
+           "|---|---|---|---|---|"]
   for verifier in ("exact", "prm"):
     for name, value in engine.get(verifier, {}).items():
       gap = value.get("gap_to_best_of_n")
       lines.append(f"| {verifier} | {name} | "
                    f"{interval_text(value['accuracy'], value['interval'])} | "
-                   f"{interval_text(gap['gap'], gap['interval']) if gap else '—'} |")
+                   f"{interval_text(gap['gap'], gap['interval']) if gap else '—'} | "
+                   f"{_fmt(value['predicted']) if 'predicted' in value else '—'} |")
   siblings = checks["siblings"]
   if siblings:
     lines += ["", "Verifier checks on right vs wrong sibling steps after one prefix "

@@ -213,7 +213,10 @@ def build(workdir: str) -> tuple[str, dict]:
   accuracy_intervals = {name: {g: search_checks.mean_interval(v) for g, v in sorted(by_g.items())}
                         for name, by_g in curves.items()}
   eval_prm = extra["eval_prm.json"] or {}
-  checks = search_checks_section.results(rows, bins, extra["eval_prm.json"])
+  step_rates = {int(q): rates for q, rates in
+                difficulty.get("step_success", {}).get("rates", {}).items()}
+  checks = search_checks_section.results(rows, bins, extra["eval_prm.json"],
+                                         step_rates=step_rates)
   findings = _findings(rows, select, revised, flops, checks)
   context = {  # measured facts that explain the findings
       "prm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("prm"),

@@ -7,7 +7,10 @@
 - `engine_check`: with the exact verifier (a perfect PRM), tree search must
   beat best-of-N on the hardest questions; a gap that does not appear there
   is a defect of the engine, not of the method. The same comparison with the
-  learned PRM shows what the learned verifier keeps of it.
+  learned PRM shows what the learned verifier keeps of it. With the policy's
+  per-step success rates it also says what the exact-verifier rows should
+  score (`perfect_search`), so the check compares the engine with a number,
+  not only with best-of-N.
 - `distinct_prefixes`: how many distinct prefixes tree search kept per round.
 """
 
@@ -67,15 +70,53 @@ def paired_gap(rows: list[dict], bins: dict[int, int], keep_bins: set[int],
           "num_questions": len(questions)}
 
 
-def engine_check(rows: list[dict], bins: dict[int, int], budget: int = 4, seed: int = 0
-                 ) -> dict:
+def perfect_search(step_rates, num_subtrees: int, width: int) -> float:
+  """The accuracy of search with a perfect step verifier on one question.
+
+  `num_subtrees` independent subtrees each keep one beam and expand it `width`
+  times per step; a subtree succeeds when at every step at least one of its
+  `width` samples is right, and the question is solved when a subtree
+  succeeds. Best-of-N is N subtrees of width 1, beam search with N = M one
+  subtree of width M, DVTS N/M subtrees of width M. Exact when the right
+  step after a right prefix is unique (the embedded task) and labels are a
+  prefix property (a wrong step is never undone).
+
+  Args:
+    step_rates: [steps] the policy's chance of writing each step right after
+      the right prefix (`search.step_success.step_success_rates`).
+  """
+  rates = np.asarray(step_rates, np.float64)
+  subtree = np.prod(1.0 - (1.0 - rates) ** width)
+  return float(1.0 - (1.0 - subtree) ** num_subtrees)
+
+
+def _perfect_shape(name: str, budget: int) -> tuple[int, int] | None:
+  """(num_subtrees, width) of an engine-check strategy ("beam M=4,k=0") at
+  budget N, when `perfect_search` covers it: every subtree keeps one beam."""
+  if name == "best_of_n":
+    return budget, 1
+  method, params = name.split(" ")
+  width = int(dict(p.split("=") for p in params.split(","))["M"])
+  if method == "dvts" or (method == "beam" and width == budget):
+    return budget // width, width
+  return None
+
+
+def engine_check(rows: list[dict], bins: dict[int, int], budget: int = 4, seed: int = 0,
+                 step_rates: dict[int, list[float]] | None = None) -> dict:
   """Tree search against weighted best-of-N at one budget on the two hardest
   oracle bins, with the exact verifier and with the learned PRM.
 
+  Args:
+    step_rates: {question: per-step success rates}; when it covers the
+      questions checked, each exact-verifier strategy that `perfect_search`
+      covers also gets "predicted", its expected accuracy.
+
   Returns:
     {"bins": [the two hardest], "budget": N, verifier: {strategy: {"accuracy",
-    "interval", "gap_to_best_of_n": {"gap", "interval"}}}} for the verifiers
-    and strategies with rows (beam M=4, DVTS, lookahead k=3 M=4, best-of-N).
+    "interval", "gap_to_best_of_n": {"gap", "interval"}, "predicted"}}} for
+    the verifiers and strategies with rows (beam M=4, DVTS, lookahead k=3
+    M=4, best-of-N).
   """
   hardest = set(sorted(set(bins.values()))[-2:])
   result = {"bins": sorted(hardest), "budget": budget}
@@ -92,6 +133,12 @@ def engine_check(rows: list[dict], bins: dict[int, int], budget: int = 4, seed: 
         continue
       if name != "best_of_n":
         accuracy["gap_to_best_of_n"] = paired_gap(rows, bins, hardest, key, baseline, seed)
+      shape = _perfect_shape(name, budget)
+      questions = [q for q, b in bins.items() if b in hardest]
+      if (verifier == "exact" and shape and step_rates
+          and all(q in step_rates for q in questions)):
+        accuracy["predicted"] = float(np.mean(
+            [perfect_search(step_rates[q], *shape) for q in questions]))
       checked[name] = accuracy
     if checked:
       result[verifier] = checked
