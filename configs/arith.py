@@ -147,9 +147,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # must hold 4 attempts and the answer (4 × 130 + 130 tokens and a prompt).
   # `with_reference_solution` also counts the task's reference solution as a
   # correct attempt (off as in the paper; for policies that rarely solve).
+  # `policy_data_fraction` of the revision model's training records are the
+  # policy's own data (reference solutions of further training questions, no
+  # previous attempt), so that fine-tuning keeps what the policy knew.
   c.revision = config_dict.ConfigDict(dict(
-      num_questions=500, samples_per_question=64, trajectories_per_question=4,
-      with_reference_solution=False,
+      num_questions=500, samples_per_question=64, trajectories_per_question=16,
+      with_reference_solution=False, policy_data_fraction=0.5,
       verifier_questions=300, verifier_sequential=4, verifier_parallel=4,
       questions_per_part=100, holdout_fraction=0.1, seq_len=704))
 
@@ -221,7 +224,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.search.update(max_budget=4, best_of_n_max_budget=4, num_questions=6,
                     max_step_tokens=16, max_rounds=8, rows=16, exact_max_budget=2)
     c.revision.update(num_questions=24, samples_per_question=4, trajectories_per_question=2,
-                      with_reference_solution=True,
+                      with_reference_solution=True, policy_data_fraction=0.25,
                       verifier_questions=12, verifier_sequential=2, verifier_parallel=2,
                       questions_per_part=12, holdout_fraction=0.25, seq_len=272)
     c.revision_train.update(batch_size=8, num_steps=6, warmup_steps=2, checkpoint_every=3,

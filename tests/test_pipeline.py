@@ -781,7 +781,9 @@ def test_sweep_with_another_max_rounds_names_it_and_leaves_the_table_untouched(
 
 REVISION_TABLE = os.path.join("outcomes", "revisions.jsonl")
 REVISION_UNITS = os.path.join("revisions", "sweep")
-REVISION_SELECTORS = ("hierarchical", "hierarchical_prm", "majority")
+# The tiny config sweeps the exact verifier too: its rows say
+# "select=hierarchical,verifier=exact" and are called "hierarchical_exact" here.
+REVISION_SELECTORS = ("hierarchical", "hierarchical_prm", "majority", "hierarchical_exact")
 # Every split s·p = N (s = 1, 2, ..., N) of the tiny grid N = 1, 2, 4, as (s, p).
 TINY_REVISION_SPLITS = ((1, 1), (1, 2), (2, 1), (1, 4), (2, 2), (4, 1))
 
@@ -791,10 +793,19 @@ def _revision_rows(workdir: str) -> list[dict]:
 
 
 def _split_of(params: str) -> tuple[int, int, str]:
-  """(s, p, selector) of a revisions row's params "s=..,p=..,select=.."."""
+  """(s, p, selector) of a revisions row's params "s=..,p=..,select=..[,verifier=exact]"."""
   fields = dict(p.split("=") for p in params.split(","))
+  if fields.pop("verifier", None) == "exact":
+    assert fields["select"] == "hierarchical", params
+    fields["select"] = "hierarchical_exact"
   assert sorted(fields) == ["p", "s", "select"], params
   return int(fields["s"]), int(fields["p"]), fields["select"]
+
+
+def _revision_params(sequential: int, chains: int, selector: str) -> str:
+  if selector == "hierarchical_exact":
+    return f"s={sequential},p={chains},select=hierarchical,verifier=exact"
+  return f"s={sequential},p={chains},select={selector}"
 
 
 def _unit_files(workdir: str) -> list[str]:
@@ -809,6 +820,51 @@ def _unit_for(workdir: str, budget: int, sequential: int, question: int) -> tupl
             if name.startswith(prefix)]
   first = max(f for f in firsts if f <= question)
   return first, _read_json(os.path.join(workdir, REVISION_UNITS, f"{prefix}{first:05d}.json"))
+
+
+def test_revision_data_mixes_in_the_policy_data_the_config_asks_for(finished):
+  """Fails if the revision model's training records are not the trajectories
+  plus `revision.policy_data_fraction` of all records as reference solutions
+  of the training questions after the revision and revision-verifier ones,
+  with no previous attempt."""
+  config = _tiny_config()
+  fraction = config.revision.policy_data_fraction
+  assert 0 < fraction < 1, "the tiny config must mix policy data for this test"
+  records = [json.loads(line) for line in open(
+      os.path.join(finished.workdir, "revision", "trajectories.jsonl"))]
+  mixed = [r for r in records if r["source"] == "policy_data"]
+  trajectories = [r for r in records if r["source"] == "trajectory"]
+  assert len(mixed) + len(trajectories) == len(records) and trajectories
+  assert len(mixed) == round(len(trajectories) * fraction / (1 - fraction))
+  train = pipeline.Context(config, finished.workdir).examples("train")
+  first = config.revision.num_questions + config.revision.verifier_questions
+  assert [r["question_index"] for r in mixed] == list(range(first, first + len(mixed)))
+  for record in mixed:
+    example = train[record["question_index"]]
+    assert (record["question"], record["target"], record["previous"]) == (
+        example.question, example.solution, [])
+  summary = _marker(finished.workdir, "revision_data")["summary"]
+  assert (summary["num_policy_data_records"], summary["num_trajectories"]) == (
+      len(mixed), len(trajectories))
+
+
+def test_revision_sweep_writes_the_attempt_analysis_of_its_longest_chains(finished):
+  """Fails if `revisions/attempts.json` is not the per-attempt accuracy of the
+  s=4, p=1 units' chains (the tiny sweep's longest) and the transitions of
+  every unit."""
+  attempts = _read_json(os.path.join(finished.workdir, "revisions", "attempts.json"))
+  longest = [np.asarray(_read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
+                        ["correct"], bool)
+             for name in _unit_files(finished.workdir) if name.startswith("N0004_s0004_")]
+  correct = np.concatenate(longest)
+  assert correct.shape == (_tiny_config().sweep_revisions.num_questions, 1, 4)
+  assert attempts["longest_chains"]["accuracy"] == pytest.approx(
+      correct.mean(axis=(0, 1)).tolist())
+  every = [np.asarray(_read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
+                      ["correct"], bool) for name in _unit_files(finished.workdir)]
+  before = np.concatenate([c[..., :-1].reshape(-1) for c in every])
+  assert attempts["transitions"]["correct_to_incorrect"]["of"] == int(before.sum())
+  assert attempts["transitions"]["incorrect_to_correct"]["of"] == int((~before).sum())
 
 
 def test_tiny_revision_sweep_is_every_split_of_budgets_up_to_four():
@@ -834,7 +890,7 @@ def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selec
   num_questions = config.sweep_revisions.num_questions
   keys = [(r["question_index"], r["method"], r["params"], r["budget"], r["seed"])
           for r in rows]
-  expected = [(q, "revisions", f"s={s},p={p},select={selector}", s * p, config.seed)
+  expected = [(q, "revisions", _revision_params(s, p, selector), s * p, config.seed)
               for s, p in TINY_REVISION_SPLITS for selector in REVISION_SELECTORS
               for q in range(num_questions)]
   assert len(keys) == len(set(keys)), "a row is repeated"
@@ -865,7 +921,7 @@ def test_finished_revision_sweep_counts_the_flops_of_what_each_selector_runs(fin
   """Fails if a revisions row's FLOPs are not its question's policy FLOPs in
   the saved unit plus those of the verifier its selector reads (the revision
   verifier for hierarchical, the base PRM for hierarchical_prm, none for
-  majority)."""
+  majority and the exact verifier)."""
   verifier = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}
   for row in _revision_rows(finished.workdir):
     s, p, selector = _split_of(row["params"])
@@ -889,7 +945,8 @@ def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
   Odd questions: chains [R, W1] and [W1, W2]. By revision-verifier scores
   [.5, .45], [.45, .4] the chains pick R (.5) and W1 (.45): R, although W1
   has the larger flat sum (.9); by PRM scores [.1, .2], [.3, .1] both pick
-  W1; majority W1. Question 5: no attempt has an answer.
+  W1; majority W1. The exact verifier (1 on the right answer) picks R in
+  every question with one. Question 5: no attempt has an answer.
   """
   answers, rv, prm, expected = [], [], [], {}
   for q, r in enumerate(references[:5]):
@@ -899,13 +956,13 @@ def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
       rv.append([[.1, .1], [.9, .2]])
       prm.append([[.1, .1], [.1, .8]])
       expected.update({(q, "hierarchical"): r, (q, "hierarchical_prm"): w2,
-                       (q, "majority"): w1})
+                       (q, "majority"): w1, (q, "hierarchical_exact"): r})
     else:
       answers.append([[r, w1], [w1, w2]])
       rv.append([[.5, .45], [.45, .4]])
       prm.append([[.1, .2], [.3, .1]])
       expected.update({(q, "hierarchical"): r, (q, "hierarchical_prm"): w1,
-                       (q, "majority"): w1})
+                       (q, "majority"): w1, (q, "hierarchical_exact"): r})
   answers.append([[None, None], [None, None]])
   rv.append([[.9, .9], [.9, .9]])
   prm.append([[.9, .9], [.9, .9]])
@@ -914,8 +971,11 @@ def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
       "answers": answers,
       "correct": [[[a == r for a in chain] for chain in question]
                   for question, r in zip(answers, references, strict=True)],
-      "scores": {"revision_verifier": rv, "prm": prm},
-      "flops": {"policy": [100.0 * (q + 1) for q in range(6)],
+      # The exact verifier: 1 for a right attempt (here: the right answer).
+      "scores": {"revision_verifier": rv, "prm": prm,
+                 "exact": [[[float(a == r) for a in chain] for chain in question]
+                           for question, r in zip(answers, references, strict=True)]},
+      "flops": {"policy": [100.0 * (q + 1) for q in range(6)], "exact": [0.0] * 6,
                 "revision_verifier": [10.0 * (q + 1) for q in range(6)],
                 "prm": [1.0 * (q + 1) for q in range(6)]},
       "seconds": 6.0, "generated_tokens": 0,
@@ -989,7 +1049,7 @@ def test_revision_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, 
   assert _without_seconds(_revision_rows(workdir)) == _without_seconds(original)
   summary = _marker(workdir, "sweep_revisions")["summary"]
   original_summary = _marker(finished.workdir, "sweep_revisions")["summary"]
-  for field in ("accuracy", "sequential_vs_parallel", "correct_to_incorrect"):
+  for field in ("accuracy", "sequential_vs_parallel", "transitions", "longest_chains"):
     assert summary[field] == original_summary[field], field
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from ttscale import io_utils
 from ttscale.outcomes import Outcome, OutcomeTable, uses_exact_verifier
+from ttscale.pipeline import revision_stages
 from ttscale.pipeline.study_stages import FAMILIES, KINDS
 from ttscale.report import study_report
 from ttscale.scaling import compute_optimal
@@ -37,6 +38,13 @@ REVISIONS = [("revisions", SEQUENTIAL, 4, 4, {0, 1, 2}),   # 0.75
                for s in (1, 2, 4)]]
 
 
+# Graded attempts [question][chain][attempt]: attempt accuracy 1/4, 1/4, 3/4, 3/4;
+# correct -> incorrect once of 5 correct attempts with a next one (q2), incorrect
+# -> correct 3 times of 7.
+ATTEMPT_CHAINS = [[[False, True, True, True]], [[False, False, True, True]],
+                  [[True, False, True, True]], [[False, False, False, False]]]
+
+
 def _outcomes(settings):
   return [Outcome(question_index=q, level=1, method=method, params=params, budget=budget,
                   seed=0, answer=str(q), correct=q in right, generations=generations,
@@ -57,6 +65,15 @@ def _write_workdir(workdir, with_select=True):
       "step_success": {"num_samples": 8, "rates": {str(q): [0.5, 0.5] for q in QUESTIONS}},
       "prediction_cost": {"generations_per_question": 8, "policy_flops_per_question": 1.0e6,
                           "prm_flops_per_question": 5.0e5}})
+  # Attempt by attempt: one 4-attempt chain per question (see ATTEMPT_CHAINS).
+  io_utils.write_json_atomic(os.path.join(workdir, "revisions", "attempts.json"),
+                             revision_stages._attempt_analysis(
+                                 {"N0004_s0004_q00000.json": np.array(ATTEMPT_CHAINS)}, SEED))
+  io_utils.write_json_atomic(os.path.join(workdir, "stages", "train_revision_verifier.json"), {
+      "stage": "train_revision_verifier", "seconds": 1.0, "summary": {
+          "heldout_outcome_auc": {"revision_verifier": 0.8, "base_prm": 0.7},
+          "heldout_auc_advantage": {"difference": 0.1, "interval": [-0.05, 0.25],
+                                    "num_questions": 30}}})
   if with_select:
     rows = [row for row in search.rows() + revisions.rows()
             if not uses_exact_verifier(row["params"])]
@@ -64,8 +81,8 @@ def _write_workdir(workdir, with_select=True):
     for kind, bins in (("oracle", ORACLE_BINS), ("predicted", PREDICTED_BINS)):
       assert kind in KINDS
       select[kind] = {family: compute_optimal.compute_optimal(
-          rows, QUESTIONS, np.asarray(bins), SEED + 21, keep)
-          for family, keep in FAMILIES.items()}
+          rows, QUESTIONS, np.asarray(bins), SEED + 21, keep, baseline)
+          for family, (keep, baseline) in FAMILIES.items()}
     io_utils.write_json_atomic(os.path.join(workdir, "select.json"),
                                json.loads(json.dumps(select)))
 
@@ -92,9 +109,10 @@ def test_report_has_the_findings_table_with_one_row_per_finding(built):
   assert lines[header + 1] == "|---|---|---|---|"
   table = lines[header + 2:lines.index("", header)]
   # Beam vs best-of-N on the hardest bins and overall, lookahead, compute-optimal
-  # (search, revisions), sequential vs parallel, revised into wrong; no
+  # (search, revisions against the base policy and against parallel samples),
+  # sequential vs parallel, later attempts vs the first, revised into wrong; no
   # flops_matched.json, so no FLOPs-matched rows.
-  assert len(results["findings"]) == 7
+  assert len(results["findings"]) == 9
   holds = {True: "yes", False: "no", None: "see text"}
   assert table == [f"| {f['finding']} | {f['paper']} | {f['ours']} | {holds[f['holds']]} |"
                    for f in results["findings"]]
@@ -120,8 +138,40 @@ def test_search_findings_have_the_table_numbers(built):
   assert lookahead["ours"] == "16 generations: lookahead n/a vs beam n/a"
   assert lookahead["holds"] is None
   revised = _finding(results, "revisions turn correct answers incorrect")
-  assert revised["ours"] == "0/0 (n/a)"
-  assert revised["holds"] is None
+  assert revised["ours"] == "1/5 (0.200)"
+  assert revised["holds"] is True
+
+
+def test_revision_section_reports_attempts_splits_and_the_verifier(built):
+  """Fails if the attempt-by-attempt numbers, the per-bin sequential/parallel
+  table or the revision verifier's advantage are misreported."""
+  workdir, markdown, results = built
+  section = results["revisions"]
+  longest = section["attempts"]["longest_chains"]
+  assert longest["accuracy"] == [0.25, 0.25, 0.75, 0.75]
+  assert longest["gain"]["gain"] == 0.5 and longest["gain"]["attempt"] == 4
+  assert "| accuracy | 0.250 | 0.250 | 0.750 | 0.750 |" in markdown
+  later = _finding(results, "later revisions improve on the first attempt")
+  assert later["ours"].startswith("gain 0.500 [")
+  assert "incorrect one into a correct one 3 of 7 times (0.429)" in markdown
+  # N=4 in bin 1 (q0, q1): only the hierarchical splits s=1,2,4 (all wrong) -> ties go
+  # to the most parallel split.
+  assert section["splits_by_bin"]["budget"] == 4
+  assert section["splits_by_bin"]["bins"]["1"]["best"] == "1:4"
+  assert "difference 0.100 [-0.050, 0.250] over 30 held-out questions" in markdown
+  assert "fig6_attempts.png" in results["figures"]
+  with open(os.path.join(workdir, "fig6_attempts.png"), "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE
+
+
+def test_compute_optimal_revisions_against_parallel_samples_of_the_revision_model(built):
+  """Fails if the within-revision-model comparison does not take the revision
+  model's own parallel samples (s=1, hierarchical) as its baseline."""
+  _, _, results = built
+  against = results["select"]["oracle"]["revisions_vs_parallel"]
+  assert against["baseline"] == "revisions s=1,p=1,select=hierarchical"
+  # Only N=4 has s=1 hierarchical rows here (always wrong): its curve is 0.
+  assert against["best_of_n_curve"] == {"4": 0.0}
 
 
 def test_compute_optimal_findings_have_hand_computed_ratios(built):
@@ -137,10 +187,11 @@ def test_compute_optimal_findings_have_hand_computed_ratios(built):
   search = _finding(results, "compute-optimal search needs")
   assert search["ours"].startswith("median 1.00 [")
   assert search["ours"].endswith(
-      "; best-of-N budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, N=8: 1.00")
+      "; baseline budget / budget: N=1: 1.00, N=2: 1.00, N=4: 0.50, N=8: 1.00")
   assert search["holds"] is False
-  revisions = _finding(results, "compute-optimal revisions needs")
-  assert revisions["ours"].endswith("best-of-N budget / budget: N=1: 1.00, N=2: 1.00, "
+  revisions = _finding(results, "compute-optimal revisions needs fewer generations than the "
+                       "base policy's")
+  assert revisions["ours"].endswith("baseline budget / budget: N=1: 1.00, N=2: 1.00, "
                                     "N=4: 0.50, N=8: 1.00")
   assert revisions["holds"] is False
   assert "| bins | family | N=1 | N=2 | N=4 | N=8 |" in markdown
@@ -165,7 +216,7 @@ def test_report_accuracy_and_difficulty_sections(built):
           "and 1.5e+06 FLOPs per question.") in markdown
   assert "Not run (stage `flops_matched`)." in markdown
   assert results["flops_matched"] is None
-  assert "| total | 0.0 |" in markdown
+  assert "| train_revision_verifier | 1.0 |" in markdown and "| total | 1.0 |" in markdown
 
 
 def test_engine_check_compares_tree_search_with_best_of_n_per_verifier(built):
@@ -194,7 +245,7 @@ def test_report_draws_the_figures_as_png(built):
   """Fails if a figure named in the results is missing or is not a PNG file."""
   workdir, markdown, results = built
   expected = ["fig3_search.png", "fig3_search_by_bin.png", "fig4_8_compute_optimal.png",
-              "fig6_7_revisions.png"]
+              "fig6_7_revisions.png", "fig6_attempts.png"]
   assert results["figures"] == expected
   assert not os.path.exists(os.path.join(workdir, "fig9_flops_matched.png"))
   for name in expected:
@@ -226,19 +277,6 @@ def test_build_without_select_names_select_json(tmp_path):
     study_report.build(str(tmp_path))
   assert "\n" not in str(error.value)
   assert not os.path.exists(os.path.join(str(tmp_path), "fig3_search.png"))
-
-
-def test_revised_wrong_counts_correct_to_incorrect_transitions(tmp_path):
-  """Fails if correct -> incorrect revisions or their denominator are miscounted."""
-  sweep = tmp_path / "revisions" / "sweep"
-  # [[T, F, T], [T, T, T]]: one T -> F of three correct non-final attempts.
-  io_utils.write_json_atomic(sweep / "a.json", {"correct": [[True, False, True],
-                                                           [True, True, True]]})
-  # [F, T, F]: one T -> F of one correct non-final attempt.
-  io_utils.write_json_atomic(sweep / "b.json", {"correct": [False, True, False]})
-  assert study_report._revised_wrong(str(tmp_path)) == {"count": 2, "of": 4, "rate": 0.5}
-  assert study_report._revised_wrong(str(tmp_path / "none")) == {"count": 0, "of": 0,
-                                                                  "rate": None}
 
 
 def test_flops_matched_finding_holds_only_on_the_papers_pattern():

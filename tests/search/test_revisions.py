@@ -74,22 +74,6 @@ def test_parse_splits_rejects_bad_splits_naming_the_field(text):
   assert repr(text) in str(error.value)
 
 
-# ----------------------------------------------------------------- rates
-
-
-def test_revised_wrong_rate_counts_correct_attempts_followed_by_incorrect_ones():
-  """Fails if a correct last attempt is counted (it has no next attempt), if
-  incorrect-to-correct or correct-to-correct transitions count as revised
-  wrong, or if leading dimensions are not summed over."""
-  correct = np.array([[[True, False, True, True],     # T->F once; T->T; last T not counted
-                       [False, True, False, False]],  # F->T does not count; T->F once
-                      [[True, True, True, True],      # three T->T
-                       [False, False, False, True]]])  # nothing
-  assert revisions.revised_wrong_rate(correct) == (2, 2 + 1 + 3 + 0)
-  assert revisions.revised_wrong_rate(np.array([True])) == (0, 0)
-  assert revisions.revised_wrong_rate(np.array([[True, False], [True, True]])) == (1, 2)
-
-
 # ----------------------------------------------------------------- chains
 
 

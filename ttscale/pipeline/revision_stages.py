@@ -34,16 +34,39 @@ from ttscale.pipeline.context import Context
 from ttscale.pipeline.verifier_stages import holdout_questions, train_value_model
 from ttscale.progress import Progress
 from ttscale.report import revision_figure
-from ttscale.scaling import verifier_quality
+from ttscale.scaling import revision_analysis, verifier_quality
 from ttscale.search import generate, revisions, sampling, scoring, select
 from ttscale.search.budget import budget_grid
+from ttscale.search.exact_verifier import ExactVerifier
 from ttscale.tasks.revision import build_trajectory, revision_context
 from ttscale.training import prm_labels
 from ttscale.training.objectives import next_token_loss
 from ttscale.training.trainer import EarlyStopping, train
 
 REVISION_TABLE = ("outcomes", "revisions.jsonl")
+ATTEMPTS = ("revisions", "attempts.json")
+# Later attempts are judged against the first at this attempt (or the chains'
+# last, when shorter): the paper's window of previous attempts is 4.
+GAIN_ATTEMPT = 4
 SELECTORS = ("hierarchical", "hierarchical_prm", "majority")
+# How each selector's row scores attempts (None: majority vote, no verifier),
+# and the row's params suffix. The exact verifier (an engine check, kept out
+# of selection) is swept when `search.verifiers` has it.
+_SELECTIONS = {"hierarchical": ("revision_verifier", ""), "hierarchical_prm": ("prm", ""),
+               "majority": (None, ""), "hierarchical_exact": ("exact", ",verifier=exact")}
+
+
+def _selections(ctx: Context) -> list[str]:
+  """The revision rows' selections: `SELECTORS`, and the exact verifier's
+  hierarchical selection when `search.verifiers` has "exact"."""
+  return [*SELECTORS, *(["hierarchical_exact"] if "exact" in ctx.config.search.verifiers
+                        else [])]
+
+
+def _row_params(sequential: int, chains: int, selection: str) -> str:
+  scores, suffix = _SELECTIONS[selection]
+  selector = "hierarchical" if scores == "exact" else selection
+  return f"s={sequential},p={chains},select={selector}{suffix}"
 
 
 def _seed(ctx: Context, *parts) -> int:
@@ -119,7 +142,9 @@ def stage_revision_data(ctx: Context) -> dict:
       trajectory = build_trajectory(correct, incorrect, rng)
       if trajectory is not None:
         records.append({"question_index": q, "question": example.question,
-                        "level": example.level, "holdout": q in holdout, **trajectory})
+                        "level": example.level, "holdout": q in holdout,
+                        "source": "trajectory", **trajectory})
+  records += _policy_data_records(ctx, train_examples, len(records))
   if not any(t["holdout"] for t in records) or all(t["holdout"] for t in records):
     raise ValueError(
         f"revision_data: {len(records)} trajectories, from questions with a correct "
@@ -127,21 +152,46 @@ def stage_revision_data(ctx: Context) -> dict:
         "too few questions; raise revision.num_questions or set "
         "revision.with_reference_solution=True")
   io_utils.write_jsonl_atomic(ctx.path("revision", "trajectories.jsonl"), records)
-  ks = collections.Counter(len(t["previous"]) for t in records)
+  ks = collections.Counter(len(t["previous"]) for t in records
+                           if t["source"] == "trajectory")
+  sources = collections.Counter(t["source"] for t in records)
   tokens = sum(p["generated_tokens"] for p in parts)
   seconds = sum(p["seconds"] for p in parts)
   summary = {
       "num_questions": len(examples), "samples_per_question": r.samples_per_question,
       "sample_accuracy": float(np.mean(sample_correct)),
       "questions_with_a_correct_sample": len({t["question_index"] for t in records}),
-      "num_trajectories": len(records),
+      "num_trajectories": sources["trajectory"],
+      "num_policy_data_records": sources["policy_data"],
       "previous_attempts_histogram": {str(k): ks[k] for k in sorted(ks)},
       "sampled_tokens": tokens, "sampled_tokens_per_second": round(tokens / max(seconds, 1e-9)),
   }
-  ctx.log(f"revision_data: {len(records)} trajectories from {len(examples)} questions "
+  ctx.log(f"revision_data: {sources['trajectory']} trajectories from {len(examples)} questions "
+          f"and {sources['policy_data']} reference solutions of other training questions "
           f"(sample accuracy {summary['sample_accuracy']:.3f}); k: "
           f"{summary['previous_attempts_histogram']}")
   return summary
+
+
+def _policy_data_records(ctx: Context, train_examples, num_trajectories: int) -> list[dict]:
+  """The policy's own training data mixed into the revision model's: reference
+  solutions of training questions after the revision and revision-verifier
+  questions, with no previous attempt, `revision.policy_data_fraction` of all
+  records (so that fine-tuning on long revision contexts keeps what the policy
+  knew about first attempts). A held-out fraction validates, as for trajectories."""
+  r = ctx.config.revision
+  fraction = r.policy_data_fraction
+  count = round(num_trajectories * fraction / (1.0 - fraction))
+  first = r.num_questions + r.verifier_questions
+  if first + count > len(train_examples):
+    raise ValueError(f"revision.policy_data_fraction={fraction}: needs {count} training "
+                     f"questions after the first {first}; the train split has "
+                     f"{len(train_examples)}")
+  holdout = holdout_questions(count, r.holdout_fraction, _seed(ctx, "policy_data_holdout"))
+  return [{"question_index": first + i, "question": e.question, "level": e.level,
+           "holdout": i in holdout, "source": "policy_data", "previous": [],
+           "target": e.solution}
+          for i, e in enumerate(train_examples[first:first + count])]
 
 
 # ------------------------------------------------------------------ revision model
@@ -284,24 +334,31 @@ def stage_train_revision_verifier(ctx: Context) -> dict:
   plain = {x["question"]: revisions.context_tokens(ctx.tokenizer, ctx.task, x["question"], [])
            for x in held}
   outcome = np.array([x["correct"] for x in held])
-  auc = {}
+  auc, scores = {}, {}
+  both = 0 < outcome.sum() < len(outcome)
   for name, scorer, use_context in (("revision_verifier", verifier, True),
                                     ("base_prm", prm, False)):
     rows = [{**x, "prompt": x["prompt"] if use_context else plain[x["question"]]}
             for x in held]
-    scores = scoring.last_step_scores(scorer, rows, cfg.sampling.batch_size, ctx.mesh,
-                                      ctx.rules)
-    both = 0 < outcome.sum() < len(outcome)
-    auc[name] = verifier_quality.roc_auc(scores, outcome) if both else None
+    scores[name] = scoring.last_step_scores(scorer, rows, cfg.sampling.batch_size, ctx.mesh,
+                                            ctx.rules)
+    auc[name] = verifier_quality.roc_auc(scores[name], outcome) if both else None
+  # Whether the revision verifier's advantage holds: questions resampled.
+  advantage = (verifier_quality.auc_difference(
+      scores["revision_verifier"], scores["base_prm"], outcome,
+      [x["question_index"] for x in held], seed=_seed(ctx, "auc_difference"))
+               if both else None)
   previous = np.array([x["attempt"] > 0 for x in held])
   tokens = sum(p["generated_tokens"] for p in parts)
   summary.update(
       num_attempts=len(records), attempt_accuracy=float(np.mean([x["correct"] for x in records])),
-      heldout_outcome_auc=auc, heldout_attempts=len(held),
+      heldout_outcome_auc=auc, heldout_auc_advantage=advantage, heldout_attempts=len(held),
       heldout_attempts_with_previous=int(previous.sum()),
       chain_tokens_per_second=round(tokens / max(sum(p["seconds"] for p in parts), 1e-9)))
   ctx.log(f"train_revision_verifier: held-out outcome AUC: revision verifier "
-          f"{auc['revision_verifier']}, base PRM {auc['base_prm']}")
+          f"{auc['revision_verifier']}, base PRM {auc['base_prm']}; difference "
+          + (f"{advantage['difference']:+.3f} {advantage['interval']} over "
+             f"{advantage['num_questions']} questions" if advantage else "n/a"))
   return summary
 
 
@@ -328,7 +385,8 @@ def revision_table_meta(ctx: Context) -> dict:
 
 def _run_unit(ctx: Context, models: dict, examples, sequential: int, chains: int,
               key: jax.Array) -> dict:
-  """Chains for some questions, every attempt graded and scored by both verifiers."""
+  """Chains for some questions, every attempt graded and scored by both verifiers
+  (and by the exact verifier when it is swept)."""
   cfg = ctx.config
   questions = [e.question for e in examples]
   run = revisions.run_chains(
@@ -339,6 +397,13 @@ def _run_unit(ctx: Context, models: dict, examples, sequential: int, chains: int
       models[name], ctx.tokenizer, ctx.task, questions, run,
       with_context=name == "revision_verifier", batch_size=cfg.sampling.batch_size,
       mesh=ctx.mesh, rules=ctx.rules) for name in ("revision_verifier", "prm")}
+  if "exact" in cfg.search.verifiers:
+    exact = ExactVerifier(ctx.tokenizer, ctx.task, questions)
+    scored["exact"] = (np.array([[exact.score_texts(question, [a.text for a in chain])
+                                  for chain in attempts]
+                                 for question, attempts in zip(questions, run.attempts,
+                                                               strict=True)]),
+                       np.zeros(len(questions)))  # an oracle: no FLOPs
   answers = [[[ctx.task.extract_answer(a.text) for a in chain] for chain in question]
              for question in run.attempts]
   return {
@@ -352,24 +417,24 @@ def _run_unit(ctx: Context, models: dict, examples, sequential: int, chains: int
   }
 
 
-def _choose(unit: dict, selector: str) -> list[tuple[int, int] | None]:
+def _choose(unit: dict, selection: str) -> list[tuple[int, int] | None]:
   """Per question, (chain, attempt) of the chosen answer, or None."""
   answers = unit["answers"]
   q, p, s = len(answers), len(answers[0]), len(answers[0][0])
   ids, valid = select.answer_ids([[a for chain in question for a in chain]
                                   for question in answers])
-  if selector == "majority":
+  scored_by = _SELECTIONS[selection][0]
+  if scored_by is None:
     flat = np.asarray(select.majority(ids, valid))
   else:
-    scores = np.asarray(unit["scores"]["revision_verifier" if selector == "hierarchical"
-                                      else "prm"])
+    scores = np.asarray(unit["scores"][scored_by])
     flat = np.asarray(select.hierarchical_weighted_best_of_n(
         ids.reshape(q, p, s), scores, valid.reshape(q, p, s)))
   return [None if f < 0 else divmod(int(f), s) for f in flat]
 
 
-def _unit_flops(unit: dict, selector: str, q: int) -> float:
-  verifier = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}.get(selector)
+def _unit_flops(unit: dict, selection: str, q: int) -> float:
+  verifier = _SELECTIONS[selection][0]
   return unit["flops"]["policy"][q] + (unit["flops"][verifier][q] if verifier else 0.0)
 
 
@@ -392,20 +457,22 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   ran = 0
   unit_dir = ctx.path("revisions", "sweep")
   epath.Path(unit_dir).mkdir(parents=True, exist_ok=True)
+  selections = _selections(ctx)
   for budget, sequential, chains, first, last in units:
-    params = {sel: f"s={sequential},p={chains},select={sel}" for sel in SELECTORS}
-    missing = [(i, sel) for i in range(first, last) for sel in SELECTORS
+    params = {sel: _row_params(sequential, chains, sel) for sel in selections}
+    missing = [(i, sel) for i in range(first, last) for sel in selections
                if not table.has((i, "revisions", params[sel], budget, seed))]
     path = os.path.join(unit_dir, f"N{budget:04d}_s{sequential:04d}_q{first:05d}.json")
     if missing:
-      if epath.Path(path).exists():
-        unit = io_utils.read_json(path)
-      else:
+      unit = io_utils.read_json(path) if epath.Path(path).exists() else None
+      # A unit saved before the exact verifier was swept is run again (same key).
+      if unit is None or any(_SELECTIONS[sel][0] not in (None, *unit["scores"])
+                             for _, sel in missing):
         key = jax.random.key(_seed(ctx, "sweep_revisions", budget, sequential, first))
         unit = _run_unit(ctx, models, test[first:last], sequential, chains, key)
         io_utils.write_json_atomic(path, unit)
         ran += 1
-      chosen = {sel: _choose(unit, sel) for sel in SELECTORS}
+      chosen = {sel: _choose(unit, sel) for sel in {sel for _, sel in missing}}
       rows = []
       for i, sel in missing:
         q = i - first
@@ -419,6 +486,27 @@ def stage_sweep_revisions(ctx: Context) -> dict:
       table.append(rows)
     progress.update(note=f"N={budget} s={sequential} p={chains}")
   return _sweep_summary(ctx, table.rows(), unit_dir, ran, len(units))
+
+
+def _attempt_analysis(units: dict[str, np.ndarray], seed: int) -> dict:
+  """Per-attempt accuracy and gain of the longest single chains (the units of
+  s = N, p = 1 at the largest such N: one chain per question), and the
+  transitions of every chain of every unit ({unit file name: graded [Q, p, s]})."""
+  longest = {}
+  for name, correct in units.items():
+    if correct.shape[1] == 1:
+      longest.setdefault(correct.shape[2], []).append((name, correct))
+  analysis = {"transitions": revision_analysis.transitions(units.values()),
+              "longest_chains": None}
+  if longest:
+    sequential = max(longest)
+    # Unit names sort by first question: the chains in question order.
+    correct = np.concatenate([c for _, c in sorted(longest[sequential])])
+    accuracy = revision_analysis.attempt_accuracy(correct, seed)
+    accuracy["gain"] = revision_analysis.attempt_gain(correct, min(GAIN_ATTEMPT, sequential),
+                                                      seed)
+    analysis["longest_chains"] = accuracy
+  return analysis
 
 
 def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
@@ -436,19 +524,28 @@ def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
       seq = curves.get(f"s={budget},p=1,select={sel}", {}).get(budget)
       par = curves.get(f"s=1,p={budget},select={sel}", {}).get(budget)
       sequential_vs_parallel.setdefault(sel, {})[budget] = {"sequential": seq, "parallel": par}
-  # Correct → incorrect across consecutive attempts of every chain run.
-  wrong, right = 0, 0
-  for path in sorted(str(p) for p in epath.Path(unit_dir).glob("*.json")):
-    w, r = revisions.revised_wrong_rate(np.asarray(io_utils.read_json(path)["correct"], bool))
-    wrong, right = wrong + w, right + r
+  units = {os.path.basename(str(path)): np.asarray(io_utils.read_json(str(path))["correct"], bool)
+           for path in sorted(epath.Path(unit_dir).glob("*.json"))}
+  attempts = _attempt_analysis(units, ctx.config.seed)
+  io_utils.write_json_atomic(ctx.path(*ATTEMPTS), attempts)
   revision_figure.plot(rows, ctx.path("sweep_revisions.png"))
   for sel, by_budget in sequential_vs_parallel.items():
     ctx.log(f"sweep_revisions: {sel:17s} sequential vs parallel: " + " ".join(
         f"N={n}: {v['sequential']} vs {v['parallel']}" for n, v in by_budget.items()))
-  rate = wrong / right if right else None
-  ctx.log(f"sweep_revisions: a correct attempt is revised into an incorrect one "
-          f"{wrong}/{right} times ({rate if rate is None else round(rate, 3)})")
+  turned = attempts["transitions"]
+  ctx.log("sweep_revisions: a correct attempt is revised into an incorrect one "
+          f"{turned['correct_to_incorrect']['count']}/{turned['correct_to_incorrect']['of']} "
+          f"times, an incorrect one into a correct one "
+          f"{turned['incorrect_to_correct']['count']}/{turned['incorrect_to_correct']['of']}")
+  if attempts["longest_chains"]:
+    by_attempt = attempts["longest_chains"]["accuracy"]
+    gain = attempts["longest_chains"]["gain"]
+    ctx.log(f"sweep_revisions: accuracy by attempt of the {len(by_attempt)}-attempt chains: "
+            + " ".join(f"{a:.3f}" for a in by_attempt)
+            + f"; attempt {gain['attempt']} − attempt 1: {gain['gain']:+.3f} "
+            f"[{gain['interval'][0]:+.3f}, {gain['interval'][1]:+.3f}]")
   return {"num_rows": len(rows), "units_run": ran, "num_units": num_units,
           "accuracy": {k: dict(v) for k, v in curves.items()},
           "sequential_vs_parallel": sequential_vs_parallel,
-          "correct_to_incorrect": {"count": wrong, "of": right, "rate": rate}}
+          "transitions": attempts["transitions"],
+          "longest_chains": attempts["longest_chains"]}

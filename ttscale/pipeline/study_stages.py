@@ -29,10 +29,16 @@ from ttscale.search.budget import FlopsRate, budget_grid
 DIFFICULTY = "difficulty.json"
 SELECT = "select.json"
 KINDS = ("oracle", "predicted")
+# Family: (which strategies it may choose, None: all; its baseline at budget N,
+# None: weighted best-of-N of the base policy). "revisions_vs_parallel" is
+# the paper's comparison within the revision model: against its own parallel
+# samples (s = 1, chosen by the revision verifier).
 FAMILIES = {
-    "search": lambda name: not name.startswith("revisions"),
-    "revisions": lambda name: name.startswith("revisions"),
-    "both": None,
+    "search": (lambda name: not name.startswith("revisions"), None),
+    "revisions": (lambda name: name.startswith("revisions"), None),
+    "both": (None, None),
+    "revisions_vs_parallel": (lambda name: name.startswith("revisions"),
+                              lambda n: f"revisions s=1,p={n},select=hierarchical"),
 }
 
 
@@ -148,15 +154,16 @@ def stage_select(ctx: Context) -> dict:
   for kind in KINDS:
     bins = np.asarray(difficulty[f"{kind}_bins"])
     result[kind] = {family: compute_optimal.compute_optimal(
-        rows, questions, bins, ctx.config.seed + 21, keep)
-        for family, keep in FAMILIES.items()}
+        rows, questions, bins, ctx.config.seed + 21, keep, baseline)
+        for family, (keep, baseline) in FAMILIES.items()}
   io_utils.write_json_atomic(ctx.path(SELECT), result)
   summary = {}
   for kind in KINDS:
     for family in FAMILIES:
       ratios = {g: v["efficiency_ratio"] for g, v in result[kind][family]["budgets"].items()}
       summary[f"{kind}/{family}"] = ratios
-      ctx.log(f"select: {kind:9s} {family:9s} budget best-of-N needs / budget: " + " ".join(
+      ctx.log(f"select: {kind:9s} {family:9s} budget {result[kind][family]['baseline']} "
+              "needs / budget: " + " ".join(
           f"N={g}:{'>grid' if r is None else f'{r:.2f}'}" for g, r in ratios.items()))
   return {"efficiency_ratio": summary}
 

@@ -55,3 +55,23 @@ def plot(rows: list[dict], path: str, ratio_selector: str = "hierarchical") -> N
   for axis in (versus, ratios):
     axis.grid(alpha=0.3)
   png.save(figure, path)
+
+
+def plot_attempts(longest_chains: dict, policy_one_sample: float | None, path: str) -> None:
+  """Accuracy of attempt k of the revision chains with its 95% band (the
+  paper's Fig. 6, left), beside one policy sample; a PNG at `path`."""
+  accuracy = np.asarray(longest_chains["accuracy"])
+  low, high = (np.asarray([np.nan if v is None else v for v in bound])
+               for bound in zip(*longest_chains["interval"], strict=True))
+  attempts = np.arange(1, len(accuracy) + 1)
+  figure, axis = plt.subplots(figsize=(5.5, 4))
+  axis.plot(attempts, accuracy, marker="o", markersize=3, label="revision model, attempt k")
+  axis.fill_between(attempts, low, high, alpha=0.25)
+  if policy_one_sample is not None:
+    axis.axhline(policy_one_sample, linestyle="--", color="gray", label="one policy sample")
+  axis.set_xlabel("attempt k of the chain")
+  axis.set_ylabel("accuracy")
+  axis.set_title("Revisions attempt by attempt")
+  axis.grid(alpha=0.3)
+  axis.legend(fontsize=7)
+  png.save(figure, path)

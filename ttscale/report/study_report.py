@@ -17,13 +17,21 @@ import numpy as np
 from etils import epath
 
 from ttscale import io_utils, outcomes
-from ttscale.report import revision_figure, search_checks_section, search_figure, study_figures
+from ttscale.report import (
+    revision_figure,
+    revision_section,
+    search_checks_section,
+    search_figure,
+    study_figures,
+)
 from ttscale.report.search_checks_section import interval_text
 from ttscale.scaling import search_checks
 
 REQUIRED = ("outcomes/search.jsonl", "outcomes/revisions.jsonl", "difficulty.json",
             "select.json")
 OPTIONAL = ("eval_policy.json", "eval_prm.json", "flops_matched.json")
+ATTEMPTS = "revisions/attempts.json"  # the revision sweep's attempt-by-attempt analysis
+REVISION_VERIFIER = "stages/train_revision_verifier.json"
 
 
 def _read_optional(workdir: str, name: str):
@@ -42,15 +50,6 @@ def _accuracy(rows: list[dict], method: str, params: str, generations: int) -> f
   return float(np.mean(values)) if values else None
 
 
-def _revised_wrong(workdir: str) -> dict:
-  wrong = right = 0
-  for path in _sorted_glob(os.path.join(workdir, "revisions", "sweep"), "*.json"):
-    correct = np.asarray(io_utils.read_json(path)["correct"], bool)
-    wrong += int((correct[..., :-1] & ~correct[..., 1:]).sum())
-    right += int(correct[..., :-1].sum())
-  return {"count": wrong, "of": right, "rate": wrong / right if right else None}
-
-
 def _by_budget(budgets: dict) -> list[tuple[int, dict]]:
   """JSON keeps budgets as text keys, sorted as text: back to numeric order."""
   return sorted(((int(g), v) for g, v in budgets.items()), key=lambda item: item[0])
@@ -62,7 +61,7 @@ def _fmt(value, digits: int = 3) -> str:
   return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _findings(rows, select, revised, flops, checks) -> list[dict]:
+def _findings(rows, select, attempts, flops, checks) -> list[dict]:
   """The paper's findings beside ours (`holds` None when ours cannot say)."""
   findings = []
   learned = checks["engine"].get("prm", {})
@@ -91,16 +90,19 @@ def _findings(rows, select, revised, flops, checks) -> list[dict]:
         "paper": "lookahead worst of the search methods at equal generations",
         "ours": f"16 generations: lookahead {_fmt(look)} vs beam {_fmt(beam16)}",
         "holds": None if look is None or beam16 is None else look < beam16})
-  for family, paper in (("search", "about 4x"), ("revisions", "about 4x")):
-    by = select["oracle"][family]
+  for family, against in (("search", "best-of-N"), ("revisions", "the base policy's best-of-N"),
+                          ("revisions_vs_parallel", "the revision model's parallel samples")):
+    by = select["oracle"].get(family)
+    if by is None:
+      continue
     ratios = {g: v["efficiency_ratio"] for g, v in _by_budget(by["budgets"])}
     median = by.get("median_efficiency_ratio_interval")
     findings.append({
-        "finding": f"compute-optimal {family} needs fewer generations than best-of-N "
-                   "for the same accuracy",
-        "paper": f"{paper} fewer generations",
+        "finding": f"compute-optimal {family.split('_')[0]} needs fewer generations than "
+                   f"{against} for the same accuracy",
+        "paper": "about 4x fewer generations",
         "ours": ("median " + interval_text(by.get("median_efficiency_ratio"), median, 2)
-                 + "; best-of-N budget / budget: " + ", ".join(
+                 + "; baseline budget / budget: " + ", ".join(
                      f"N={g}: {_fmt(r, 2)}" for g, r in ratios.items())),
         "holds": efficiency_holds(list(ratios.values()))})
   revision_top = max((r["budget"] for r in rows if r["method"] == "revisions"), default=None)
@@ -112,10 +114,21 @@ def _findings(rows, select, revised, flops, checks) -> list[dict]:
         "paper": "sequential > parallel (MATH, N up to 128)",
         "ours": f"N={revision_top}, majority: sequential {_fmt(seq)} vs parallel {_fmt(par)}",
         "holds": None if seq is None or par is None else seq > par})
-  findings.append({
-      "finding": "revisions turn correct answers incorrect", "paper": "38% of the time",
-      "ours": f"{revised['count']}/{revised['of']} ({_fmt(revised['rate'])})",
-      "holds": None if revised["rate"] is None else revised["rate"] > 0})
+  longest = (attempts or {}).get("longest_chains")
+  if longest:
+    gain = longest["gain"]
+    findings.append({
+        "finding": f"later revisions improve on the first attempt (attempt {gain['attempt']} "
+                   "vs 1, same chains)",
+        "paper": "accuracy rises with the attempt number (Fig. 6, left)",
+        "ours": "gain " + interval_text(gain["gain"], gain["interval"]),
+        "holds": None if gain["interval"][0] is None else gain["interval"][0] > 0})
+  turned = (attempts or {}).get("transitions", {}).get("correct_to_incorrect")
+  if turned:
+    findings.append({
+        "finding": "revisions turn correct answers incorrect", "paper": "38% of the time",
+        "ours": f"{turned['count']}/{turned['of']} ({_fmt(turned['rate'])})",
+        "holds": None if turned["rate"] is None else turned["rate"] > 0})
   if flops:
     wins_by_ratio = {r: {b: v["paper"]["small_wins"] for b, v in by["per_bin"].items()}
                      for r, by in flops["ratios"].items()}
@@ -184,12 +197,13 @@ def build(workdir: str) -> tuple[str, dict]:
   select = io_utils.read_json(os.path.join(workdir, "select.json"))
   extra = {name: _read_optional(workdir, name) for name in OPTIONAL}
   flops = extra["flops_matched.json"]
-  revised = _revised_wrong(workdir)
+  attempts = _read_optional(workdir, ATTEMPTS)
   bins = dict(zip(difficulty["questions"], difficulty["oracle_bins"], strict=True))
   # The exact verifier's rows check the engine; the figures show the study's.
   search_rows = [r for r in rows if r["method"] != "revisions"
                  and not outcomes.uses_exact_verifier(r["params"])]
-  revision_rows = [r for r in rows if r["method"] == "revisions"]
+  revision_rows = [r for r in rows if r["method"] == "revisions"
+                   and not outcomes.uses_exact_verifier(r["params"])]
   figures = {"fig3_search.png": lambda p: search_figure.plot(search_rows, p),
              "fig3_search_by_bin.png":
                  lambda p: study_figures.search_by_bin(search_rows + revision_rows, bins, p),
@@ -198,6 +212,13 @@ def build(workdir: str) -> tuple[str, dict]:
              "fig6_7_revisions.png": lambda p: revision_figure.plot(revision_rows, p)}
   if flops:
     figures["fig9_flops_matched.png"] = lambda p: study_figures.flops_matched_bars(flops, p)
+  verifier_stage = _read_optional(workdir, REVISION_VERIFIER)
+  revisions = revision_section.results(
+      rows, bins, attempts, verifier_stage and verifier_stage.get("summary"),
+      _accuracy(rows, "best_of_n", "", 1))
+  if attempts and attempts.get("longest_chains"):
+    figures["fig6_attempts.png"] = lambda p: revision_figure.plot_attempts(
+        attempts["longest_chains"], revisions["policy_one_sample"], p)
   for name, draw in figures.items():
     draw(os.path.join(workdir, name))
   timings = {}
@@ -217,7 +238,7 @@ def build(workdir: str) -> tuple[str, dict]:
                 difficulty.get("step_success", {}).get("rates", {}).items()}
   checks = search_checks_section.results(rows, bins, extra["eval_prm.json"],
                                          step_rates=step_rates)
-  findings = _findings(rows, select, revised, flops, checks)
+  findings = _findings(rows, select, attempts, flops, checks)
   context = {  # measured facts that explain the findings
       "prm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("prm"),
       "orm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("orm"),
@@ -229,7 +250,7 @@ def build(workdir: str) -> tuple[str, dict]:
              "search_checks": checks, "select": select, "context": context,
              "difficulty": {k: difficulty[k] for k in ("num_samples", "num_bins",
                                                        "bin_agreement", "prediction_cost")},
-             "revised_wrong": revised, "flops_matched": flops,
+             "revisions": revisions, "flops_matched": flops,
              "eval_policy": extra["eval_policy.json"], "eval_prm": extra["eval_prm.json"],
              "findings": findings, "stage_seconds": timings, "figures": sorted(figures)}
   return _markdown(results, len(difficulty["questions"])), json.loads(json.dumps(results))
@@ -278,10 +299,7 @@ def _markdown(results: dict, num_questions: int) -> str:
             f"{results['difficulty']['bin_agreement']:.2f} of the questions; predicting "
             f"costs {cost['generations_per_question']} generations and "
             f"{cost['policy_flops_per_question'] + cost['prm_flops_per_question']:.3g} FLOPs "
-            "per question.", "", "## Revisions (Figs. 6 and 7)", "",
-            "![](fig6_7_revisions.png)", "",
-            f"A correct attempt was revised into an incorrect one "
-            f"{results['revised_wrong']['count']} of {results['revised_wrong']['of']} times."]
+            "per question.", ""] + revision_section.markdown(results["revisions"])
   flops = results["flops_matched"]
   if flops:
     lines += ["", "## FLOPs-matched (Fig. 9)", "", "![](fig9_flops_matched.png)", "",

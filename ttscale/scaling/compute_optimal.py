@@ -116,13 +116,17 @@ def matching_budget(target: float, curve: dict[int, float]) -> float | None:
 
 
 def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, seed: int,
-                    strategies=None) -> dict:
-  """Compute-optimal accuracy per budget, by bin and overall, against best-of-N.
+                    strategies=None, baseline=None) -> dict:
+  """Compute-optimal accuracy per budget, by bin and overall, against best-of-N
+  (or another baseline).
 
   Args:
     rows: outcome-table rows (search and/or revisions).
     questions: the question indices studied; bins: int [len(questions)].
     strategies: a predicate on the strategy name choosing the family (None: all).
+    baseline: budget -> the baseline's strategy name at that budget (None:
+      weighted best-of-N, `BASELINE`); the result's "best_of_n" fields are
+      this baseline's, and "baseline" names it at budget 1.
 
   Returns:
     {"budgets": {G: {"accuracy", "best_of_n", "per_bin": {bin: {"accuracy",
@@ -132,16 +136,17 @@ def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, se
     ValueError: best-of-N lacks a budget of the grid, or a strategy lacks rows.
   """
   table = correctness_by_strategy(rows, questions)
-  baseline = strategy_name(*BASELINE)
-  bon_budgets = sorted(g for g, by_name in table.items() if baseline in by_name)
+  baseline_at = baseline or (lambda _: strategy_name(*BASELINE))
+  bon_budgets = sorted(g for g, by_name in table.items() if baseline_at(g) in by_name)
   if not bon_budgets:
-    raise ValueError("outcome table: no best_of_n rows for the questions studied; run "
-                     "sweep_search first")
-  bon_curve = {g: float(table[g][baseline].mean()) for g in bon_budgets}
+    raise ValueError(f"outcome table: no {baseline_at(1)} rows for the questions "
+                     "studied; run its sweep first")
+  bon_curve = {g: float(table[g][baseline_at(g)].mean()) for g in bon_budgets}
   bins = np.asarray(bins)
   folds = balanced_folds(bins, seed)
   result, ratio_samples = {}, {}
   for generations in bon_budgets:
+    baseline = baseline_at(generations)
     family = {n: c for n, c in table[generations].items()
               if strategies is None or strategies(n) or n == baseline}
     per_bin, correct = {}, np.zeros(len(questions), bool)
@@ -167,13 +172,13 @@ def compute_optimal(rows: list[dict], questions: list[int], bins: np.ndarray, se
         "best_of_n_budget_to_match": matched,
         "efficiency_ratio": None if matched is None else matched / generations}
     intervals, ratio_samples[generations] = bootstrap_intervals(
-        correct, {g: table[g][baseline] for g in bon_budgets}, generations, seed)
+        correct, {g: table[g][baseline_at(g)] for g in bon_budgets}, generations, seed)
     result[generations].update(intervals)
   ratios = [math.inf if v["efficiency_ratio"] is None else v["efficiency_ratio"]
             for v in result.values()]
   # The same resamples at every budget: the median over budgets per resample.
   medians = np.median(np.stack(list(ratio_samples.values())), axis=0)
-  return {"budgets": result, "best_of_n_curve": bon_curve,
+  return {"budgets": result, "best_of_n_curve": bon_curve, "baseline": baseline_at(1),
           "median_efficiency_ratio": _finite(float(np.median(ratios))),
           "median_efficiency_ratio_interval": percentile_interval(medians)}
 

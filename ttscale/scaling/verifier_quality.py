@@ -4,7 +4,9 @@ Pure numpy, on samples and scores already stored; no model runs (answer
 selection reuses `ttscale.search.select`, which is jax.numpy but runs eagerly
 here).
 
-  - `roc_auc`: how well scores rank correct solutions above incorrect ones.
+  - `roc_auc`: how well scores rank correct solutions above incorrect ones;
+    `auc_difference`: one verifier's AUC minus another's on the same
+    solutions, with an interval from resampling questions.
   - `expected_calibration_error` / `reliability_table`: how close the scores,
     read as probabilities of being correct, are to the observed rates.
   - `accuracy_vs_n`: accuracy of answer-selection methods at N samples per
@@ -26,6 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ttscale.scaling.compute_optimal import percentile_interval
 from ttscale.search import select
 
 PASS_AT_N = "pass_at_n"  # oracle: correct if any sample in the draw is correct
@@ -60,6 +63,34 @@ def roc_auc(scores, labels) -> float:
   ranks = (ends - (counts - 1) / 2.0)[group]
   u_statistic = ranks[labels].sum() - num_pos * (num_pos + 1) / 2.0
   return float(u_statistic / (num_pos * num_neg))
+
+
+def auc_difference(scores_a, scores_b, labels, questions, seed: int = 0,
+                   num_resamples: int = 1000) -> dict:
+  """AUC of `scores_a` minus AUC of `scores_b` on the same solutions, with a
+  95% interval from resampling questions (a question's solutions together).
+
+  Args:
+    scores_a, scores_b: float [n]; labels: bool [n]; questions: [n] the
+      question of each solution.
+
+  Returns:
+    {"difference", "interval", "num_questions"}; resamples holding one class
+    only are skipped.
+  """
+  scores_a, scores_b = np.asarray(scores_a, np.float64), np.asarray(scores_b, np.float64)
+  labels = np.asarray(labels, bool)
+  _, group = np.unique(np.asarray(questions), return_inverse=True)
+  members = [np.flatnonzero(group == g) for g in range(group.max() + 1)]
+  rng = np.random.default_rng(seed)
+  differences = []
+  for _ in range(num_resamples):
+    rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+    if 0 < labels[rows].sum() < len(rows):
+      differences.append(roc_auc(scores_a[rows], labels[rows])
+                         - roc_auc(scores_b[rows], labels[rows]))
+  return {"difference": roc_auc(scores_a, labels) - roc_auc(scores_b, labels),
+          "interval": percentile_interval(differences), "num_questions": len(members)}
 
 
 def _check_unit_interval(name: str, values: np.ndarray):

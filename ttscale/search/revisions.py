@@ -163,17 +163,3 @@ def score_attempts(verifier: generate.Policy, tokenizer: Tokenizer, task: Task,
         flops[q] += float(rate.decode(0, len(prompt) + len(tokens)))
   scores = scoring.last_step_scores(verifier, records, batch_size, mesh, rules)
   return scores.reshape(shape), flops
-
-
-def revised_wrong_rate(correct: np.ndarray) -> tuple[int, int]:
-  """How often a correct attempt is followed by an incorrect one in its chain.
-
-  Args:
-    correct: bool [..., attempts].
-
-  Returns:
-    (correct attempts followed by an incorrect one, correct attempts that
-    have a next attempt).
-  """
-  before, after = correct[..., :-1], correct[..., 1:]
-  return int((before & ~after).sum()), int(before.sum())

@@ -1,0 +1,49 @@
+"""Revision chains attempt by attempt, on hand-made graded attempts."""
+
+import numpy as np
+import pytest
+
+from ttscale.scaling import revision_analysis
+
+# [question][chain][attempt]; per question, attempt accuracy averages its chains.
+GRADED = np.array([[[False, True, True], [False, False, True]],
+                   [[True, False, False], [True, True, True]],
+                   [[False, False, False], [False, False, True]]])
+
+
+def test_attempt_accuracy_averages_chains_then_questions():
+  result = revision_analysis.attempt_accuracy(GRADED, seed=0)
+  # Attempt 1: (0 + 1 + 0) / 3; attempt 2: (.5 + .5 + 0) / 3; attempt 3: (1 + .5 + .5) / 3.
+  assert result["accuracy"] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+  assert (result["num_questions"], result["num_chains"]) == (3, 2)
+  for accuracy, (low, high) in zip(result["accuracy"], result["interval"], strict=True):
+    assert low <= accuracy <= high
+
+
+def test_attempt_gain_is_paired_on_the_same_chains():
+  gain = revision_analysis.attempt_gain(GRADED, 3, seed=0)
+  # Per question: (1 - 0), (.5 - 1), (.5 - 0) -> mean 1/3.
+  assert gain["gain"] == pytest.approx(1 / 3)
+  assert gain["interval"][0] <= 1 / 3 <= gain["interval"][1]
+  # Identical attempts: no gain and a zero-width interval.
+  same = np.repeat(GRADED[:, :, :1], 3, axis=2)
+  assert revision_analysis.attempt_gain(same, 3)["interval"] == [0.0, 0.0]
+  with pytest.raises(ValueError, match="attempt 4: the chains have attempts 1..3"):
+    revision_analysis.attempt_gain(GRADED, 4)
+
+
+def test_transitions_count_both_directions_over_units_of_any_shape():
+  turned = revision_analysis.transitions([GRADED, np.array([True, False, True])])
+  # Correct attempts with a next one: 1 + 2 + 1 + 0 + 0 + 0 (GRADED) + 1 = 5; of
+  # them turned incorrect: q1 chain 1 (T -> F) and the extra chain's T -> F = 2.
+  assert turned["correct_to_incorrect"] == {"count": 2, "of": 5, "rate": 0.4}
+  # Incorrect with a next one: 1 + 2 + 1 + 0 + 2 + 2 (GRADED) + 1 = 9; turned
+  # correct: q0 (both chains), q2 chain 2, and the extra chain = 4.
+  assert turned["incorrect_to_correct"] == {"count": 4, "of": 9, "rate": pytest.approx(4 / 9)}
+  assert revision_analysis.transitions([np.array([[True]])])["correct_to_incorrect"][
+      "rate"] is None
+
+
+def test_graded_attempts_must_be_three_dimensional():
+  with pytest.raises(ValueError, match=r"expected \[questions, chains, attempts\]"):
+    revision_analysis.attempt_accuracy(np.ones((2, 3), bool))

@@ -1,0 +1,114 @@
+"""The report's revisions section: attempt by attempt, sequential against
+parallel per difficulty bin, and the revision verifier against the base PRM.
+
+`results` gathers the numbers (all in `results.json`), `markdown` writes them.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+
+import numpy as np
+
+from ttscale.report.search_checks_section import interval_text
+
+_PARAMS = re.compile(r"s=(\d+),p=(\d+),select=hierarchical")
+
+
+def _fmt(value, digits: int = 3) -> str:
+  return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def splits_by_bin(rows: list[dict], bins: dict[int, int]) -> dict:
+  """At the largest revision budget N, per oracle bin: the accuracy of every
+  s:p split (hierarchical selection by the revision verifier), the best
+  split, and sequential (s = N) against parallel (s = 1).
+
+  Returns:
+    {"budget": N, "bins": {bin: {"splits": {"s:p": accuracy}, "best": "s:p",
+    "sequential", "parallel"}}}, or None without revision rows.
+  """
+  revision = [r for r in rows if r["method"] == "revisions" and _PARAMS.fullmatch(r["params"])]
+  if not revision:
+    return None
+  budget = max(r["budget"] for r in revision)
+  correct = collections.defaultdict(list)
+  for row in revision:
+    if row["budget"] == budget and row["question_index"] in bins:
+      s, p = _PARAMS.fullmatch(row["params"]).groups()
+      correct[(bins[row["question_index"]], f"{s}:{p}")].append(row["correct"])
+  per_bin = {}
+  for b in sorted({b for b, _ in correct}):
+    splits = {split: float(np.mean(v)) for (bb, split), v in correct.items() if bb == b}
+    # Ties go to the more parallel split (fewer sequential steps to wait for).
+    best = max(splits, key=lambda split: (splits[split], -int(split.split(":")[0])))
+    per_bin[b] = {"splits": splits, "best": best, "sequential": splits.get(f"{budget}:1"),
+                  "parallel": splits.get(f"1:{budget}")}
+  return {"budget": budget, "bins": per_bin}
+
+
+def results(rows: list[dict], bins: dict[int, int], attempts: dict | None,
+            revision_verifier: dict | None, policy_one_sample: float | None) -> dict:
+  """The section's numbers: `attempts` is `revisions/attempts.json` and
+  `revision_verifier` the `train_revision_verifier` stage's summary (None
+  when not run)."""
+  first = [r["correct"] for r in rows if r["method"] == "revisions"
+           and r["params"] == "s=1,p=1,select=majority"]
+  return {
+      "policy_one_sample": policy_one_sample,
+      "first_attempt": float(np.mean(first)) if first else None,
+      "attempts": attempts,
+      "splits_by_bin": splits_by_bin(rows, bins),
+      "verifier": None if revision_verifier is None else {
+          "auc": revision_verifier.get("heldout_outcome_auc"),
+          "advantage": revision_verifier.get("heldout_auc_advantage")},
+  }
+
+
+def markdown(section: dict) -> list[str]:
+  lines = ["## Revisions (Figs. 6 and 7)", "", "![](fig6_7_revisions.png)", "",
+           f"First attempt of the revision model: {_fmt(section['first_attempt'])} of the "
+           f"questions; one policy sample: {_fmt(section['policy_one_sample'])}."]
+  attempts = section["attempts"] or {}
+  longest = attempts.get("longest_chains")
+  if longest:
+    gain = longest["gain"]
+    lines += ["", "![](fig6_attempts.png)", "",
+              f"Accuracy of each attempt of the {len(longest['accuracy'])}-attempt chains "
+              f"({longest['num_questions']} questions, {longest['num_chains']} chain each; "
+              "95% interval over questions):", "",
+              "| attempt | " + " | ".join(str(k + 1) for k in range(len(longest["accuracy"])))
+              + " |", "|---|" + "---|" * len(longest["accuracy"]),
+              "| accuracy | " + " | ".join(_fmt(a) for a in longest["accuracy"]) + " |",
+              "| interval | " + " | ".join(f"{_fmt(lo, 2)}–{_fmt(hi, 2)}"
+                                          for lo, hi in longest["interval"]) + " |", "",
+              f"Attempt {gain['attempt']} − attempt 1 of the same chains: "
+              f"{interval_text(gain['gain'], gain['interval'])}."]
+  turned = attempts.get("transitions")
+  if turned:
+    c2i, i2c = turned["correct_to_incorrect"], turned["incorrect_to_correct"]
+    lines += ["", f"Over every chain of the sweep, a correct attempt was revised into an "
+              f"incorrect one {c2i['count']} of {c2i['of']} times ({_fmt(c2i['rate'])}; "
+              f"paper: about 0.38), an incorrect one into a correct one {i2c['count']} of "
+              f"{i2c['of']} times ({_fmt(i2c['rate'])})."]
+  by_bin = section["splits_by_bin"]
+  if by_bin:
+    n = by_bin["budget"]
+    lines += ["", f"Sequential against parallel per oracle bin at N={n} (hierarchical "
+              "selection by the revision verifier; s:p = sequential attempts : chains):", "",
+              "| bin | best s:p | its accuracy | sequential (s=N) | parallel (p=N) |",
+              "|---|---|---|---|---|"]
+    for b, v in by_bin["bins"].items():
+      lines.append(f"| {b} | {v['best']} | {_fmt(v['splits'][v['best']])} | "
+                   f"{_fmt(v['sequential'])} | {_fmt(v['parallel'])} |")
+  verifier = section["verifier"]
+  if verifier and verifier.get("auc"):
+    advantage = verifier.get("advantage")
+    lines += ["", "Held-out outcome AUC of revision attempts: revision verifier "
+              f"{_fmt(verifier['auc'].get('revision_verifier'))}, base PRM "
+              f"{_fmt(verifier['auc'].get('base_prm'))}"
+              + (f"; difference {interval_text(advantage['difference'], advantage['interval'])}"
+                 f" over {advantage['num_questions']} held-out questions" if advantage else "")
+              + "."]
+  return lines

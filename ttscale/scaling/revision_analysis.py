@@ -1,0 +1,81 @@
+"""What revision chains do attempt by attempt (numpy, from graded attempts).
+
+- `attempt_accuracy`: accuracy of attempt k = 1..s over the chains, with a
+  bootstrap interval over questions (the paper's Fig. 6, left).
+- `attempt_gain`: attempt k minus attempt 1 of the same chains, with a paired
+  bootstrap interval: do later attempts improve on earlier ones?
+- `transitions`: how often a correct attempt is revised into an incorrect one,
+  and an incorrect one into a correct one (paper: about 38% of correct
+  answers turned incorrect).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ttscale.scaling.search_checks import mean_interval
+
+
+def _checked(correct) -> np.ndarray:
+  correct = np.asarray(correct, bool)
+  if correct.ndim != 3 or 0 in correct.shape:
+    raise ValueError(f"graded attempts of shape {correct.shape}: expected [questions, "
+                     "chains, attempts], none empty")
+  return correct
+
+
+def attempt_accuracy(correct, seed: int = 0) -> dict:
+  """Accuracy of each attempt position over all chains.
+
+  Args:
+    correct: bool [questions, chains, attempts], each attempt graded.
+
+  Returns:
+    {"accuracy": [attempts], "interval": [attempts][low, high] (95%, questions
+    resampled), "num_questions", "num_chains"}.
+  """
+  correct = _checked(correct)
+  per_question = correct.mean(axis=1)  # [questions, attempts]
+  return {"accuracy": per_question.mean(axis=0).tolist(),
+          "interval": [mean_interval(per_question[:, k], seed)
+                       for k in range(correct.shape[2])],
+          "num_questions": correct.shape[0], "num_chains": correct.shape[1]}
+
+
+def attempt_gain(correct, attempt: int, seed: int = 0) -> dict:
+  """Accuracy of attempt `attempt` (1-based) minus attempt 1 of the same chains.
+
+  Returns:
+    {"attempt", "gain", "interval"} (paired: the same resampled questions).
+  """
+  correct = _checked(correct)
+  if not 1 <= attempt <= correct.shape[2]:
+    raise ValueError(f"attempt {attempt}: the chains have attempts 1..{correct.shape[2]}")
+  difference = (correct[:, :, attempt - 1].astype(np.float64)
+                - correct[:, :, 0]).mean(axis=1)
+  return {"attempt": attempt, "gain": float(difference.mean()),
+          "interval": mean_interval(difference, seed)}
+
+
+def transitions(graded) -> dict:
+  """Consecutive attempts of every chain: correct→incorrect among correct
+  attempts that have a next one, and incorrect→correct among incorrect ones.
+
+  Args:
+    graded: bool arrays [..., attempts] (e.g. one per sweep unit, of any shapes).
+
+  Returns:
+    {"correct_to_incorrect": {"count", "of", "rate"}, "incorrect_to_correct":
+    {...}}; a rate is None when nothing could turn.
+  """
+  counts = np.zeros(4, np.int64)  # c→i, c with a next, i→c, i with a next
+  for correct in graded:
+    correct = np.asarray(correct, bool)
+    before, after = correct[..., :-1], correct[..., 1:]
+    counts += [(before & ~after).sum(), before.sum(), (~before & after).sum(), (~before).sum()]
+
+  def rate(count, total) -> dict:
+    return {"count": int(count), "of": int(total),
+            "rate": float(count / total) if total else None}
+
+  return {"correct_to_incorrect": rate(*counts[:2]), "incorrect_to_correct": rate(*counts[2:])}
