@@ -4,6 +4,7 @@ r"""Benchmarks that print JSON.
   python -m launch.bench --bench=search --workdir=workdir \
       [--config.search.max_budget=256 --budgets=16,64,256]
   python -m launch.bench --bench=grader [--fuzz_count=3000]
+  python -m launch.bench --bench=train [--config=configs/arith.py]
 
 `decode`: sampler tokens/s at batch 1, 16, 64, 256 for the config's policy
 size, next to this machine's f32 matmul rate and memory bandwidth measured in
@@ -26,6 +27,11 @@ budget, their ratio to best-of-N, policy tokens decoded per second (rollouts
 included), and the PRM's share of the time (each program timed again with
 its PRM calls left out); see `ttscale.bench_lib.search_benchmark`.
 
+`train`: training steps per second of the policy, the larger policy and the
+PRM at their configs' batch sizes and a row width of `data.seq_len`, tokens/s,
+and the fraction of the matmul rate measured in the same run (a step counted
+as 3x the forward FLOPs); see `ttscale.bench_lib.train_benchmark`.
+
 `grader`: the MATH grader on fuzzed answers (`ttscale.tasks.math_fuzz`):
 strings, errors raised (should be 0), mean and worst seconds per string.
 """
@@ -45,7 +51,7 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 2,
     "On a CPU host, split it into this many JAX devices so that data-parallel "
     "work uses every core (1: one device).")
-_BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search", "grader"],
+_BENCH = flags.DEFINE_enum("bench", "decode", ["decode", "search", "grader", "train"],
                            "What to measure.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "search: a workdir with a trained policy and PRM (stages through "
@@ -73,6 +79,8 @@ def main(argv):
         _CONFIG.value, [int(b) for b in _BATCH_SIZES.value], _VOCAB_SIZE.value)
   elif _BENCH.value == "grader":
     result = bench_lib.grader_benchmark(_FUZZ_COUNT.value)
+  elif _BENCH.value == "train":
+    result = bench_lib.train_benchmark(_CONFIG.value, _VOCAB_SIZE.value)
   else:
     if not _WORKDIR.value:
       print("error: --bench=search needs --workdir with a trained policy and PRM",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -10,10 +11,20 @@ import numpy as np
 from flax import nnx
 
 from ttscale import parallel
-from ttscale.models import LanguageModel, ModelConfig, init_cache, policy_extend_fn
+from ttscale.models import (
+    LanguageModel,
+    ModelConfig,
+    init_cache,
+    policy_extend_fn,
+    policy_forward_fn,
+)
+from ttscale.models.value import ValueModel
 from ttscale.search import sampling
 from ttscale.tasks.math import MathTask, normalize_answer
 from ttscale.tasks.math_fuzz import fuzzed_answers
+from ttscale.training.objectives import next_token_loss, step_value_loss
+from ttscale.training.optimizer import make_optimizer
+from ttscale.training.trainer import TrainState, make_train_step
 
 
 def _best_seconds(fn, *args, repeats: int = 5) -> float:
@@ -236,3 +247,82 @@ def grader_benchmark(count: int, seed: int = 0) -> dict:
           "max_seconds_per_string": durations[slowest],
           "slowest_length": len(strings[slowest]),
           "longest_length": max(map(len, strings)), "seconds": sum(durations)}
+
+
+def _lm_batch(rng: np.random.Generator, batch: int, width: int, vocab_size: int) -> dict:
+  tokens = rng.integers(3, vocab_size, (batch, width + 1), dtype=np.int32)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "positions": np.broadcast_to(np.arange(width, dtype=np.int32), (batch, width)),
+          "segment_ids": np.ones((batch, width), np.int32),
+          "loss_mask": np.ones((batch, width), np.float32)}
+
+
+def _value_batch(rng: np.random.Generator, batch: int, width: int, vocab_size: int,
+                 num_steps: int = 8) -> dict:
+  arrays = _lm_batch(rng, batch, width, vocab_size)
+  ends = np.sort(rng.choice(np.arange(width // 2, width), (batch, num_steps)), axis=1)
+  return {"inputs": arrays["inputs"], "positions": arrays["positions"],
+          "step_ends": ends.astype(np.int32),
+          "step_mask": np.ones((batch, num_steps), np.float32),
+          "targets": rng.random((batch, num_steps)).astype(np.float32)}
+
+
+def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
+  """Training throughput of the policy, the larger policy and the PRM, each at its
+  config's batch size and a row width of `data.seq_len`, against the machine's
+  measured matmul rate.
+
+  A training step costs about 3x the forward FLOPs (backward: 2x), counted at
+  the mean context (half the width): `3 * flops_per_token(width / 2)` per
+  token. Random tokens: the work does not depend on them.
+  """
+  width = config.data.seq_len
+  rng = np.random.default_rng(0)
+  flops_rate = matmul_flops_per_second()
+  verifier_trunk = config.large_model if config.verifier_train.trunk == "large" else config.model
+  # The PRM's head reads its trunk's step likelihood when configured: any two
+  # token ids stand for the step delimiter and end of solution here.
+  value_model = functools.partial(
+      ValueModel, step_likelihood=(1, 2) if config.verifier_train.step_likelihood else ())
+  # (name, network block, its training block, model class, batch builder, loss)
+  setups = [("policy", config.model, config.train, LanguageModel, _lm_batch, "lm"),
+            ("large", config.large_model, config.train, LanguageModel, _lm_batch, "lm"),
+            ("prm", verifier_trunk, config.verifier_train, value_model, _value_batch, "value")]
+  rows = []
+  for name, block, train_config, module, make_batch, loss in setups:
+    model_config = ModelConfig.from_config(block, vocab_size)
+    graphdef, params = nnx.split(module(model_config, rngs=nnx.Rngs(0)))
+    forward = policy_forward_fn(graphdef)
+
+    def loss_fn(params, batch, dropout_rng, forward=forward, loss=loss):
+      if loss == "lm":
+        logits = forward(params, batch["inputs"], batch["positions"], batch["segment_ids"],
+                         dropout_rng)
+        return next_token_loss(logits, batch["targets"], batch["loss_mask"])
+      logits = forward(params, batch["inputs"], batch["positions"], None, dropout_rng)
+      return step_value_loss(logits, batch["step_ends"], batch["step_mask"], batch["targets"])
+
+    optimizer = make_optimizer(train_config)
+    step = jax.jit(make_train_step(loss_fn, optimizer, seed=0), donate_argnums=0)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
+    batch = jax.tree.map(jnp.asarray, make_batch(rng, train_config.batch_size, width,
+                                                 vocab_size))
+    state, _ = step(state, batch)  # compile
+    jax.block_until_ready(state)
+    started = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - started) / steps
+    tokens_per_second = train_config.batch_size * width / seconds
+    flops_per_token = 3 * model_config.flops_per_token(width // 2)
+    rows.append({"model": name, "num_params": model_config.num_params(),
+                 "batch_size": train_config.batch_size, "width": width,
+                 "seconds_per_step": round(seconds, 4),
+                 "tokens_per_second": round(tokens_per_second),
+                 "flops_per_second": round(flops_per_token * tokens_per_second),
+                 "matmul_peak_fraction": round(flops_per_token * tokens_per_second
+                                               / flops_rate, 3)})
+  return {"bench": "train", "width": width,
+          "machine": {"matmul_flops_per_second": round(flops_rate)}, "train": rows}

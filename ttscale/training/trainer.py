@@ -126,6 +126,23 @@ def _truncate_metrics(path: str, name: str, after_step: int) -> None:
     io_utils.write_bytes_atomic(path, "".join(kept).encode())
 
 
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, seed: int):
+  """`(state, batch) -> (next state, metrics)`: one optimiser step on `loss_fn`
+  (dropout drawn from `seed` and the step); jit it with the state donated."""
+
+  def train_step(state: TrainState, batch: dict):
+    dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    return TrainState(step=state.step + 1,
+                      params=optax.apply_updates(state.params, updates),
+                      opt_state=opt_state), metrics
+
+  return train_step
+
+
 def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
           train_config, checkpointer: Checkpointer, metrics_path: str,
           seed: int, mesh=None, rules=None,
@@ -162,16 +179,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
         f"{name}: batch_size={train_config.batch_size} must be a multiple of the "
         f"mesh's data axis ({mesh.shape['data']} devices)")
   optimizer = make_optimizer(train_config)
-
-  def train_step(state: TrainState, batch: dict):
-    dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return TrainState(step=state.step + 1,
-                      params=optax.apply_updates(state.params, updates),
-                      opt_state=opt_state), metrics
+  train_step = make_train_step(loss_fn, optimizer, seed)
 
   with parallel.maybe_sharding(mesh, rules):
     if mesh is not None:
