@@ -230,7 +230,9 @@ def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untou
   assert replacement.fingerprint != original.fingerprint
   shutil.copyfile(str(tmp_path / "other.model"), tokenizer_path)
   before = tree_digest(workdir)
-  with pytest.raises(ValueError, match=f"tokenizer='{original.fingerprint}' in the workdir"):
+  size = original.vocab_size
+  with pytest.raises(ValueError, match=f"tokenizer='{original.fingerprint}' in the workdir.* "
+                     f"\\(vocabulary of {size} tokens in the workdir, {size} now\\)"):
     _run(_tiny_config(), workdir, ["eval_policy"])
   assert tree_digest(workdir) == before
 
@@ -1257,3 +1259,24 @@ def test_train_revision_resumed_keeps_the_uninterrupted_best_parameters(
   original = pipeline.Context(_tiny_config(), finished.workdir).load_revision_model().params
   for got, expected in zip(jax.tree.leaves(resumed), jax.tree.leaves(original), strict=True):
     np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("sampling.temperature", -1.0, "sampling.temperature=-1.0"),
+    ("sampling.top_p", 0.0, "sampling.top_p=0.0"),
+    ("model.num_kv_heads", 3, "model.num_kv_heads=3"),
+    ("model.head_dim", 0, "model.head_dim=0"),
+    ("large_model.num_heads", 3, "large_model.num_heads=3"),
+])
+def test_bad_network_or_sampling_values_are_refused_before_any_stage_writes(
+    tmp_path, field, value, needle):
+  """Fails if a network or sampling value that a later stage would refuse lets
+  the data stage (or anything) write first: the workdir must not even exist."""
+  config = _tiny_config()
+  block, name = field.split(".")
+  config[block][name] = value
+  workdir = str(tmp_path / "workdir")
+  with pytest.raises(ValueError) as error:
+    _run(config, workdir)
+  assert "\n" not in str(error.value) and needle in str(error.value), str(error.value)
+  assert not os.path.exists(workdir)

@@ -165,3 +165,17 @@ def test_invalid_data_config_is_rejected_naming_field(tmp_path, field, value):
   data_config = {**DATA_CONFIG, field: value}
   with pytest.raises(ValueError, match=f"data.{field}"):
     build_arith_data(TASK_CONFIG, data_config, str(tmp_path))
+
+
+def test_leftovers_of_a_killed_prepare_are_removed_on_the_next_build(tmp_path):
+  """Fails if an `incomplete.*` directory TFDS left (a run killed while
+  preparing) survives the next build, or if the prepared data is touched."""
+  sources = build_arith_data(TASK_CONFIG, DATA_CONFIG, str(tmp_path))
+  version_dir = _record_files(tmp_path)[0].parent
+  leftover = version_dir.parent / "incomplete.KILLED"
+  (leftover / "x").mkdir(parents=True)
+  files = sorted(p.name for p in version_dir.iterdir())
+  again = build_arith_data(TASK_CONFIG, DATA_CONFIG, str(tmp_path))
+  assert not leftover.exists()
+  assert sorted(p.name for p in version_dir.iterdir()) == files
+  assert read_examples(again["test"]) == read_examples(sources["test"])

@@ -222,6 +222,21 @@ def quiet_tfds() -> Iterator[None]:
     tfds.display_progress_bar(progress_bar_shown)
 
 
+def remove_incomplete_leftovers(version_dir: str) -> list[str]:
+  """Removes the `incomplete.*` directories TFDS left beside `version_dir`
+  (a run killed while preparing); returns their paths.
+
+  Safe only while no other process prepares the same dataset: the workdir
+  lock (`pipeline.workdir_lock`) makes sure of that.
+  """
+  removed = []
+  for path in sorted(epath.Path(version_dir).parent.glob("incomplete.*")):
+    if path.is_dir():
+      path.rmtree()
+      removed.append(str(path))
+  return removed
+
+
 def prepare_and_open(make_builder: Callable[[], tfds.core.DatasetBuilder],
                      data_dir: str) -> Mapping[str, DataSource]:
   """Prepares a dataset once and opens it on every process.
@@ -235,7 +250,9 @@ def prepare_and_open(make_builder: Callable[[], tfds.core.DatasetBuilder],
   """
   with quiet_tfds():
     if distributed.is_writer():
-      make_builder().download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
+      builder = make_builder()
+      remove_incomplete_leftovers(builder.data_dir)
+      builder.download_and_prepare(download_dir=os.path.join(data_dir, "downloads"))
     distributed.barrier(f"data: prepared in {data_dir}")
     return make_builder().as_data_source()
 

@@ -20,16 +20,18 @@ from etils import epath
 
 from ttscale import io_utils, outcomes
 from ttscale.models.checkpoint_import import check_checkpoint_config, check_checkpoint_paths
+from ttscale.models.config import ModelConfig
 from ttscale.pipeline import (
   policy_stages,
   revision_stages,
   search_stages,
   study_stages,
   verifier_stages,
+  workdir_lock,
 )
 from ttscale.pipeline.context import BOOKKEEPING, Context, without
 from ttscale.progress import format_seconds
-from ttscale.search import select
+from ttscale.search import sampling, select
 from ttscale.search.best_of_n import SEARCH_AGGREGATIONS
 from ttscale.search.budget import METHODS, budget_grid
 from ttscale.training.checkpoints import check_spec, first_difference
@@ -206,8 +208,23 @@ def check_stage_names(names) -> list[str]:
   return [name for name in STAGES if name in names]  # always in pipeline order
 
 
+def _check_networks_and_sampling(config) -> None:
+  """The network blocks and the sampling rule, as the stages will build them
+  (any vocabulary size: the tokenizer's is not known before the data stage)."""
+  for block in ("model", "large_model"):
+    try:
+      ModelConfig.from_config(config[block], vocab_size=2)
+    except ValueError as error:  # name the block the value came from
+      raise ValueError(str(error).replace("model.", f"{block}.")) from None
+  try:
+    sampling.SamplingRule(config.sampling.temperature, config.sampling.top_p)
+  except ValueError as error:
+    raise ValueError(f"sampling.{error}") from None
+
+
 def check_config(config) -> None:
   """Raises ValueError naming the first config field with a value no stage takes."""
+  _check_networks_and_sampling(config)
   check_checkpoint_config(config.checkpoint)
   check_checkpoint_paths(config.checkpoint)
   aggregations = list(config.eval_prm.aggregations)
@@ -288,11 +305,15 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
   names = check_stage_names(stages or list(STAGES))
   check_config(config)
   ctx = Context(config, workdir, log)
+  if "://" not in ctx.workdir:
+    workdir_lock.check_usable(ctx.workdir)
   validate_workdir(ctx, names)
   check_prerequisites(ctx, names)
   log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; "
       f"mesh {dict(ctx.mesh.shape)}")
-  records = {name: run_stage(ctx, name) for name in names}
+  # Every check above only reads: the lock is the run's first write.
+  with workdir_lock.hold(ctx.workdir, log):
+    records = {name: run_stage(ctx, name) for name in names}
   total = sum(r["seconds"] for r in records.values())
   timings = ", ".join(f"{name} {format_seconds(record['seconds'])}"
                       for name, record in records.items())

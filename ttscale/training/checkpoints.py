@@ -38,6 +38,11 @@ def first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
   return None
 
 
+def _vocab_size(spec: dict) -> int | None:
+  """The vocabulary size a spec records (at its top or in its model block)."""
+  return spec.get("vocab_size", (spec.get("model") or {}).get("vocab_size"))
+
+
 def check_spec(directory: str, spec: dict) -> None:
   """Raises ValueError if `directory` holds checkpoints of another spec.
 
@@ -48,6 +53,11 @@ def check_spec(directory: str, spec: dict) -> None:
     return
   stored = io_utils.read_json(spec_path)
   difference = first_difference(json.loads(json.dumps(spec)), stored)
+  if difference and difference.startswith("tokenizer"):
+    # A fingerprint alone does not tell a user which tokenizer is which.
+    sizes = [_vocab_size(s) for s in (stored, spec)]
+    if None not in sizes:
+      difference += f" (vocabulary of {sizes[0]} tokens in the workdir, {sizes[1]} now)"
   if difference:
     raise ValueError(
         f"{io_utils.absolute(directory)} holds a checkpoint of another setup: "
