@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "colab", "ttscale_quickstart.ipynb")
 # Drawn by the report stage, and by eval_prm, sweep_search and sweep_revisions.
 FIGURES = ("fig3_search.png", "fig3_search_by_bin.png", "fig4_8_compute_optimal.png",
-           "fig6_7_revisions.png", "fig9_flops_matched.png", "eval_prm.png",
+           "fig6_7_revisions.png", "fig6_attempts.png", "fig9_flops_matched.png", "eval_prm.png",
            "sweep_search.png", "sweep_revisions.png")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

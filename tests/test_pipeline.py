@@ -1280,3 +1280,43 @@ def test_bad_network_or_sampling_values_are_refused_before_any_stage_writes(
     _run(config, workdir)
   assert "\n" not in str(error.value) and needle in str(error.value), str(error.value)
   assert not os.path.exists(workdir)
+
+
+def test_a_cut_outcome_table_reruns_its_sweep_and_what_read_it(finished, tmp_path):
+  """Fails if a table cut mid-line after its sweep finished (a kill during a
+  later append, or damage) leaves the sweep marked done, so that re-running
+  the sweep and select cannot repair it; the repaired table and select.json
+  must equal the uninterrupted run's."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  path = os.path.join(workdir, "outcomes", "search.jsonl")
+  with open(path, "rb") as f:
+    whole = f.read()
+  with open(path, "wb") as f:
+    f.write(whole[:-40])  # the last row cut short
+  log = _run(_tiny_config(), workdir, ["sweep_search", "select"])
+  assert any(line.startswith("stage sweep_search: to run again: outcomes/search.jsonl "
+                             "changed") for line in log), log
+  assert any(line.startswith("stage select: to run again: it reads what changed")
+             for line in log), log
+  assert any(line.startswith("stage sweep_search: done") for line in log), log
+  # The cut row is sampled again, the same but for its wall time.
+  assert _without_seconds(outcomes.read_table(path)) == _without_seconds(
+      outcomes.read_table(os.path.join(finished.workdir, "outcomes", "search.jsonl")))
+  assert _read_json(os.path.join(workdir, "select.json")) == _read_json(
+      os.path.join(finished.workdir, "select.json"))
+  # The report read select.json too: it is marked to run again.
+  assert not os.path.exists(os.path.join(workdir, "stages", "report.json"))
+
+
+def test_a_replaced_select_file_is_noticed_by_a_full_rerun(finished, tmp_path):
+  """Fails if a full re-run keeps a select.json that changed after select
+  finished (and the report made from it) instead of making both again."""
+  workdir = finished.copy(str(tmp_path / "workdir"))
+  path = os.path.join(workdir, "select.json")
+  with open(path, "w") as f:
+    json.dump({"replaced": True}, f)
+  log = _run(_tiny_config(), workdir)
+  for stage in ("select", "flops_matched", "report"):
+    assert any(line.startswith(f"stage {stage}: done") for line in log), (stage, log)
+  assert _read_json(path) == _read_json(os.path.join(finished.workdir, "select.json"))
+  assert any(line.startswith("stage sweep_search: already done") for line in log), log

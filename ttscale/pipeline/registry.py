@@ -11,7 +11,9 @@ importable from a notebook:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -90,6 +92,17 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Files a finished stage vouches for: their digests go into its marker. One
+# cut or replaced afterwards (a kill mid-append, a file copied in) makes the
+# next run re-run that stage and every stage after it that reads it.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "sweep_search": (os.path.join(*search_stages.SEARCH_TABLE),),
+    "sweep_revisions": (os.path.join(*revision_stages.REVISION_TABLE),),
+    "difficulty": (study_stages.DIFFICULTY,),
+    "select": (study_stages.SELECT,),
+}
+
+
 # Where the PRM and ORM start from (`verifier_train.trunk`).
 VERIFIER_TRUNKS = ("policy", "large")
 # The PRM's targets (`verifier_train.step_labels`).
@@ -135,6 +148,34 @@ def _prerequisites(config, name: str) -> list[str]:
       needed.add(stage)
       pending.extend(_requires(config, stage))
   return [stage for stage in STAGES if stage in needed]
+
+
+def _digest(path: str) -> str | None:
+  return (hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()
+          if epath.Path(path).exists() else None)
+
+
+def invalidate_changed_outputs(ctx: Context) -> list[str]:
+  """Removes the markers of finished stages whose outputs changed since
+  (`STAGE_OUTPUTS`), and of the stages that read them; returns their names."""
+  changed = {}
+  for name in STAGE_OUTPUTS:
+    marker = ctx.path("stages", f"{name}.json")
+    if epath.Path(marker).exists():
+      for relative, digest in io_utils.read_json(marker).get("outputs", {}).items():
+        if _digest(ctx.path(relative)) != digest:
+          changed[name] = relative
+          break
+  stale = [stage for stage in STAGES
+           if stage in changed or set(_prerequisites(ctx.config, stage)) & set(changed)]
+  for stage in stale:
+    marker = epath.Path(ctx.path("stages", f"{stage}.json"))
+    if marker.exists():
+      why = (f"{changed[stage]} changed after it finished (cut or replaced)"
+             if stage in changed else "it reads what changed")
+      ctx.log(f"stage {stage}: to run again: {why}")
+      marker.unlink()
+  return stale
 
 
 def check_prerequisites(ctx: Context, names: list[str]) -> None:
@@ -294,7 +335,9 @@ def run_stage(ctx: Context, name: str) -> dict:
   summary = STAGES[name](ctx)
   record = {"stage": name, "seconds": time.time() - started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary,
-            "inputs": _stage_inputs(ctx.config, name)}
+            "inputs": _stage_inputs(ctx.config, name),
+            "outputs": {relative: _digest(ctx.path(relative))
+                        for relative in STAGE_OUTPUTS.get(name, ())}}
   io_utils.write_json_atomic(marker, record)
   ctx.log(f"stage {name}: done in {format_seconds(record['seconds'])}")
   return record
@@ -313,6 +356,8 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
       f"mesh {dict(ctx.mesh.shape)}")
   # Every check above only reads: the lock is the run's first write.
   with workdir_lock.hold(ctx.workdir, log):
+    if invalidate_changed_outputs(ctx):
+      check_prerequisites(ctx, names)
     records = {name: run_stage(ctx, name) for name in names}
   total = sum(r["seconds"] for r in records.values())
   timings = ", ".join(f"{name} {format_seconds(record['seconds'])}"
