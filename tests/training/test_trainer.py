@@ -288,3 +288,33 @@ def test_gradients_above_the_clip_norm_are_scaled_down_to_it_before_adam():
   # Without clipping, the large gradients would move Adam's moments differently.
   unclipped = _update_sizes(make_optimizer(_train_config(grad_clip_norm=1e9)), gradients)
   assert not np.allclose(unclipped, from_clipped, rtol=1e-3)
+
+
+def _cut_largest_file(step_dir: str) -> str:
+  """Cuts the largest file of a saved step in half (a kill mid-write)."""
+  files = [os.path.join(root, name) for root, _, names in os.walk(step_dir) for name in names]
+  largest = max(files, key=os.path.getsize)
+  with open(largest, "rb") as f:
+    data = f.read()
+  with open(largest, "wb") as f:
+    f.write(data[:len(data) // 2])
+  return largest
+
+
+def test_a_damaged_newest_step_falls_back_to_the_one_before_with_a_warning(checkpoint_dir):
+  """Fails if a newest step that cannot be restored is final (an error) instead
+  of being moved aside, with a one-line warning, for the step before it."""
+  checkpointer = Checkpointer(checkpoint_dir, json.loads(json.dumps(SPEC)))
+  checkpointer.save(2, {"weights": jnp.arange(4.0) + 10})
+  checkpointer.close()
+  _cut_largest_file(os.path.join(checkpoint_dir, "2"))
+  checkpointer = Checkpointer(checkpoint_dir, json.loads(json.dumps(SPEC)))
+  log: list[str] = []
+  step, restored = checkpointer.restore_latest(
+      {"weights": jax.ShapeDtypeStruct((4,), jnp.float32)}, log.append)
+  assert step == 1 and checkpointer.latest_step() == 1
+  checkpointer.close()
+  np.testing.assert_array_equal(np.asarray(restored["weights"]), np.arange(4.0))
+  assert len(log) == 1 and "\n" not in log[0], log
+  assert log[0].startswith("warning: ") and "cannot restore step 2" in log[0], log
+  assert os.path.isdir(os.path.join(checkpoint_dir, "damaged-2"))

@@ -130,8 +130,15 @@ class Context:
     replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    state = checkpointer.restore(step, abstract)
+    restored_step, state = checkpointer.restore_latest(abstract, self.log)
     checkpointer.close()
+    if restored_step != step:
+      # The finished step was damaged: the stage must train again from the
+      # last good step (or from scratch), so it is no longer done.
+      epath.Path(self.path("stages", f"{stage}.json")).unlink(missing_ok=True)
+      raise ValueError(f"{checkpointer.directory}: the final step {step} does not restore; "
+                       f"run the '{stage}' stage again (it resumes from "
+                       f"{'scratch' if restored_step is None else f'step {restored_step}'})")
     return generate.Policy(graphdef, state.params, model_config)
 
   # ---------------------------------------------------------- verifiers

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -98,6 +99,24 @@ class Checkpointer:
           f"{self.directory}: cannot restore step {step} ({type(e).__name__}: "
           f"{str(e).splitlines()[0] if str(e) else ''})") from e
     return restored.state
+
+  def restore_latest(self, abstract_tree: Any, log: Callable[[str], None] = print
+                     ) -> tuple[int | None, Any]:
+    """(step, tree) of the newest step that restores, or (None, None).
+
+    A newer step that fails to restore (a file cut by a kill or a full disk)
+    is moved aside to `damaged-<step>` with a one-line warning, so that it is
+    neither restored nor counted again; the step before it is tried next.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, abstract_tree)
+      except ValueError as error:
+        damaged = epath.Path(self.directory) / f"damaged-{step}"
+        epath.Path(self.directory, str(step)).rename(damaged)
+        self._manager.reload()
+        log(f"warning: {error}; moved it to {damaged} and trying the step before")
+    return None, None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

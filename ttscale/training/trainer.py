@@ -190,13 +190,15 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     params = jax.tree.map(lambda x: x.copy(), params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=optimizer.init(params))
-    start = checkpointer.latest_step()
-    if start is not None:
+    if checkpointer.latest_step() is not None:
       abstract = jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
           state)
-      state = checkpointer.restore(start, abstract)
-      log(f"{name}: resumed from the checkpoint at step {start}")
+      # A damaged newest step falls back to the one before (with a warning).
+      start, restored = checkpointer.restore_latest(abstract, log)
+      if start is not None:
+        state = restored
+        log(f"{name}: resumed from the checkpoint at step {start}")
     start = int(state.step)
     _truncate_metrics(metrics_path, name, start)
     step_fn = jax.jit(train_step, donate_argnums=0)
