@@ -33,9 +33,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       name="arith", min_ops=1, max_ops=9, max_operand=19, max_multiplier=5,
       max_abs_value=999))
 
+  # `too_long`: what training does with an example longer than `seq_len`
+  # ("skip" it, "truncate" it, or "refuse" to train); none is, on this task.
   c.data = config_dict.ConfigDict(dict(
       num_train=60_000, num_validation=400, num_test=1800, seed=0,
-      seq_len=160))
+      seq_len=160, too_long="skip"))
 
   # Start the policy (or the larger one, or the PRM's trunk) from a released
   # checkpoint; see configs/math.py. Empty: all are trained from scratch, with

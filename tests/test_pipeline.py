@@ -1267,6 +1267,7 @@ def test_train_revision_resumed_keeps_the_uninterrupted_best_parameters(
     ("model.num_kv_heads", 3, "model.num_kv_heads=3"),
     ("model.head_dim", 0, "model.head_dim=0"),
     ("large_model.num_heads", 3, "large_model.num_heads=3"),
+    ("data.too_long", "sometimes", "data.too_long='sometimes'"),
 ])
 def test_bad_network_or_sampling_values_are_refused_before_any_stage_writes(
     tmp_path, field, value, needle):

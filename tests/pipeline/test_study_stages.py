@@ -46,3 +46,4 @@ def test_check_budgets_ignores_budgets_not_needed_and_unstudied_questions():
   """Fails if a missing budget outside the grid, or an unstudied question, is an error."""
   rows = _table(skip={(1, 8)}) + [_row(7, "best_of_n", 1)]
   check_budgets(rows, QUESTIONS, {"best_of_n": [1, 2, 4]})
+

@@ -40,12 +40,39 @@ def stage_data(ctx: Context) -> dict:
           "tokenizer_fingerprint": tokenizer.fingerprint}
 
 
+def fit_to_seq_len(encoded: list, seq_len: int, how: str) -> tuple[list, int]:
+  """Training sequences ([(tokens, loss mask)]) that fit `seq_len`, by
+  `data.too_long`: "skip" drops longer ones, "truncate" cuts them, "refuse"
+  raises naming how many are longer. Returns (sequences, how many were longer).
+  """
+  longer = [i for i, (tokens, _) in enumerate(encoded) if len(tokens) > seq_len]
+  if not longer:
+    return encoded, 0
+  if how == "refuse":
+    longest = max(len(encoded[i][0]) for i in longer)
+    raise ValueError(f"data.seq_len={seq_len}: {len(longer)} of {len(encoded)} training "
+                     f"examples are longer (up to {longest} tokens); raise it, or set "
+                     "data.too_long='skip' or 'truncate'")
+  if how == "truncate":
+    return [(t[:seq_len], m[:seq_len]) for t, m in encoded], len(longer)
+  kept = [pair for pair in encoded if len(pair[0]) <= seq_len]
+  if not kept:
+    raise ValueError(f"data.seq_len={seq_len}: every training example is longer")
+  return kept, len(longer)
+
+
 def _packed_train_batches(ctx: Context) -> batching.TrainBatches:
   encoded = [batching.encode_example(ctx.tokenizer, ctx.task, e)
              for e in ctx.examples("train")]
+  data = ctx.config.data
+  encoded, longer = fit_to_seq_len(encoded, data.seq_len, data.too_long)
+  if longer:
+    ctx.log(f"data: {longer} training examples longer than data.seq_len={data.seq_len}: "
+            f"{'cut to it' if data.too_long == 'truncate' else 'left out'} "
+            f"(data.too_long={data.too_long!r})")
   packed = batching.pack_sequences([t for t, _ in encoded],
                                    [m for _, m in encoded],
-                                   ctx.config.data.seq_len)
+                                   data.seq_len)
   return batching.TrainBatches(packed, ctx.config.train.batch_size,
                                seed=ctx.config.seed)
 

@@ -105,6 +105,8 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 # Where the PRM and ORM start from (`verifier_train.trunk`).
 VERIFIER_TRUNKS = ("policy", "large")
+# What training does with examples longer than `data.seq_len`.
+TOO_LONG = ("skip", "truncate", "refuse")
 # The PRM's targets (`verifier_train.step_labels`).
 STEP_LABELS = ("soft", "hard")
 
@@ -266,6 +268,9 @@ def _check_networks_and_sampling(config) -> None:
 def check_config(config) -> None:
   """Raises ValueError naming the first config field with a value no stage takes."""
   _check_networks_and_sampling(config)
+  if config.data.get("too_long", "skip") not in TOO_LONG:
+    raise ValueError(f"data.too_long={config.data.too_long!r}: expected one of "
+                     f"{', '.join(TOO_LONG)}")
   check_checkpoint_config(config.checkpoint)
   check_checkpoint_paths(config.checkpoint)
   aggregations = list(config.eval_prm.aggregations)
