@@ -357,10 +357,10 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
     workdir_lock.check_usable(ctx.workdir)
   validate_workdir(ctx, names)
   check_prerequisites(ctx, names)
-  log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; "
-      f"mesh {dict(ctx.mesh.shape)}")
   # Every check above only reads: the lock is the run's first write.
   with workdir_lock.hold(ctx.workdir, log):
+    log(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; "
+        f"mesh {dict(ctx.mesh.shape)}")
     if invalidate_changed_outputs(ctx):
       check_prerequisites(ctx, names)
     records = {name: run_stage(ctx, name) for name in names}
