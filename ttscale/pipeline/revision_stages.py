@@ -357,8 +357,9 @@ def stage_train_revision_verifier(ctx: Context) -> dict:
       chain_tokens_per_second=round(tokens / max(sum(p["seconds"] for p in parts), 1e-9)))
   ctx.log(f"train_revision_verifier: held-out outcome AUC: revision verifier "
           f"{auc['revision_verifier']}, base PRM {auc['base_prm']}; difference "
-          + (f"{advantage['difference']:+.3f} {advantage['interval']} over "
-             f"{advantage['num_questions']} questions" if advantage else "n/a"))
+          + (f"{advantage['difference']:+.3f} [{advantage['interval'][0]:+.3f}, "
+             f"{advantage['interval'][1]:+.3f}] over {advantage['num_questions']} questions"
+             if advantage else "n/a"))
   return summary
 
 
