@@ -30,7 +30,8 @@ its PRM calls left out); see `ttscale.bench_lib.search_benchmark`.
 `train`: training steps per second of the policy, the larger policy and the
 PRM at their configs' batch sizes and a row width of `data.seq_len`, tokens/s,
 and the fraction of the matmul rate measured in the same run (a step counted
-as 3x the forward FLOPs); see `ttscale.bench_lib.train_benchmark`.
+as 3x the forward FLOPs, 1x for a PRM whose trunk stays as trained); see
+`ttscale.bench_lib.train_benchmark`.
 
 `grader`: the MATH grader on fuzzed answers (`ttscale.tasks.math_fuzz`):
 strings, errors raised (should be 0), mean and worst seconds per string.

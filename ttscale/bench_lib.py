@@ -274,7 +274,8 @@ def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
 
   A training step costs about 3x the forward FLOPs (backward: 2x), counted at
   the mean context (half the width): `3 * flops_per_token(width / 2)` per
-  token. Random tokens: the work does not depend on them.
+  token; 1x for a PRM whose trunk is kept as trained (`step_likelihood`).
+  Random tokens: the work does not depend on them.
   """
   width = config.data.seq_len
   rng = np.random.default_rng(0)
@@ -284,12 +285,17 @@ def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
   # token ids stand for the step delimiter and end of solution here.
   value_model = functools.partial(
       ValueModel, step_likelihood=(1, 2) if config.verifier_train.step_likelihood else ())
-  # (name, network block, its training block, model class, batch builder, loss)
-  setups = [("policy", config.model, config.train, LanguageModel, _lm_batch, "lm"),
-            ("large", config.large_model, config.train, LanguageModel, _lm_batch, "lm"),
-            ("prm", verifier_trunk, config.verifier_train, value_model, _value_batch, "value")]
+  # (name, network block, its training block, model class, batch builder, loss,
+  # forward passes a step costs)
+  # A PRM that reads its trunk's step likelihood keeps the trunk as trained
+  # (no gradient through it): a step costs one forward, not three.
+  prm_passes = 1 if config.verifier_train.step_likelihood else 3
+  setups = [("policy", config.model, config.train, LanguageModel, _lm_batch, "lm", 3),
+            ("large", config.large_model, config.train, LanguageModel, _lm_batch, "lm", 3),
+            ("prm", verifier_trunk, config.verifier_train, value_model, _value_batch, "value",
+             prm_passes)]
   rows = []
-  for name, block, train_config, module, make_batch, loss in setups:
+  for name, block, train_config, module, make_batch, loss, passes in setups:
     model_config = ModelConfig.from_config(block, vocab_size)
     graphdef, params = nnx.split(module(model_config, rngs=nnx.Rngs(0)))
     forward = policy_forward_fn(graphdef)
@@ -316,10 +322,10 @@ def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
     jax.block_until_ready(metrics)
     seconds = (time.perf_counter() - started) / steps
     tokens_per_second = train_config.batch_size * width / seconds
-    flops_per_token = 3 * model_config.flops_per_token(width // 2)
+    flops_per_token = passes * model_config.flops_per_token(width // 2)
     rows.append({"model": name, "num_params": model_config.num_params(),
                  "batch_size": train_config.batch_size, "width": width,
-                 "seconds_per_step": round(seconds, 4),
+                 "seconds_per_step": round(seconds, 4), "forward_passes_per_step": passes,
                  "tokens_per_second": round(tokens_per_second),
                  "flops_per_second": round(flops_per_token * tokens_per_second),
                  "matmul_peak_fraction": round(flops_per_token * tokens_per_second
