@@ -49,11 +49,13 @@ ATTEMPTS = ("revisions", "attempts.json")
 # last, when shorter): the paper's window of previous attempts is 4.
 GAIN_ATTEMPT = 4
 SELECTORS = ("hierarchical", "hierarchical_prm", "majority")
-# How each selector's row scores attempts (None: majority vote, no verifier),
-# and the row's params suffix. The exact verifier (an engine check, kept out
-# of selection) is swept when `search.verifiers` has it.
-_SELECTIONS = {"hierarchical": ("revision_verifier", ""), "hierarchical_prm": ("prm", ""),
-               "majority": (None, ""), "hierarchical_exact": ("exact", ",verifier=exact")}
+# How each selection's rows score attempts (None: majority vote, no verifier)
+# and what their params say after the split. The exact verifier (an engine
+# check, kept out of selection) is swept when `search.verifiers` has it.
+_SELECTIONS = {"hierarchical": ("revision_verifier", "select=hierarchical"),
+               "hierarchical_prm": ("prm", "select=hierarchical_prm"),
+               "majority": (None, "select=majority"),
+               "hierarchical_exact": ("exact", "select=hierarchical,verifier=exact")}
 
 
 def _selections(ctx: Context) -> list[str]:
@@ -64,9 +66,7 @@ def _selections(ctx: Context) -> list[str]:
 
 
 def _row_params(sequential: int, chains: int, selection: str) -> str:
-  scores, suffix = _SELECTIONS[selection]
-  selector = "hierarchical" if scores == "exact" else selection
-  return f"s={sequential},p={chains},select={selector}{suffix}"
+  return f"s={sequential},p={chains},{_SELECTIONS[selection][1]}"
 
 
 def _seed(ctx: Context, *parts) -> int:

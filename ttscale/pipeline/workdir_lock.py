@@ -103,7 +103,7 @@ def hold(workdir: str, log: Callable[[str], None] = print) -> Iterator[None]:
     elif holder.get("host") != mine["host"]:
       raise ValueError(f"{workdir} is in use by {_holder_text(holder)}; if that run is "
                        f"dead, delete {path}")
-    elif _alive(int(holder.get("pid", -1))):
+    elif isinstance(holder.get("pid"), int) and _alive(holder["pid"]):
       raise ValueError(f"{workdir} is in use by {_holder_text(holder)}; wait for it to "
                        "finish, or stop it")
     # Stale: remove it only if it is still the one judged stale (another

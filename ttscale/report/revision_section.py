@@ -49,15 +49,15 @@ def splits_by_bin(rows: list[dict], bins: dict[int, int]) -> dict:
 
 
 def results(rows: list[dict], bins: dict[int, int], attempts: dict | None,
-            revision_verifier: dict | None, policy_one_sample: float | None) -> dict:
+            revision_verifier: dict | None, policy_one_sample: float | None,
+            first_attempt: float | None) -> dict:
   """The section's numbers: `attempts` is `revisions/attempts.json` and
   `revision_verifier` the `train_revision_verifier` stage's summary (None
-  when not run)."""
-  first = [r["correct"] for r in rows if r["method"] == "revisions"
-           and r["params"] == "s=1,p=1,select=majority"]
+  when not run); one policy sample's and the revision model's first
+  attempt's accuracy."""
   return {
       "policy_one_sample": policy_one_sample,
-      "first_attempt": float(np.mean(first)) if first else None,
+      "first_attempt": first_attempt,
       "attempts": attempts,
       "splits_by_bin": splits_by_bin(rows, bins),
       "verifier": None if revision_verifier is None else {

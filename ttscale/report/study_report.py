@@ -215,7 +215,8 @@ def build(workdir: str) -> tuple[str, dict]:
   verifier_stage = _read_optional(workdir, REVISION_VERIFIER)
   revisions = revision_section.results(
       rows, bins, attempts, verifier_stage and verifier_stage.get("summary"),
-      _accuracy(rows, "best_of_n", "", 1))
+      _accuracy(rows, "best_of_n", "", 1),
+      _accuracy(rows, "revisions", "s=1,p=1,select=majority", 1))
   if attempts and attempts.get("longest_chains"):
     figures["fig6_attempts.png"] = lambda p: revision_figure.plot_attempts(
         attempts["longest_chains"], revisions["policy_one_sample"], p)
@@ -242,9 +243,8 @@ def build(workdir: str) -> tuple[str, dict]:
   context = {  # measured facts that explain the findings
       "prm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("prm"),
       "orm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("orm"),
-      "policy_one_sample_accuracy": _accuracy(rows, "best_of_n", "", 1),
-      "revision_first_attempt_accuracy": _accuracy(
-          rows, "revisions", "s=1,p=1,select=majority", 1)}
+      "policy_one_sample_accuracy": revisions["policy_one_sample"],
+      "revision_first_attempt_accuracy": revisions["first_attempt"]}
   results = {"accuracy_by_generations": accuracy,
              "accuracy_by_generations_interval": accuracy_intervals,
              "search_checks": checks, "select": select, "context": context,
