@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from etils import epath
 
 from ttscale import distributed, io_utils
-from ttscale.training.checkpoints import first_difference
+from ttscale.diffs import first_difference
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,7 @@ import jax
 from etils import epath
 
 from ttscale import io_utils, outcomes
+from ttscale.diffs import first_difference
 from ttscale.models.checkpoint_import import check_checkpoint_config, check_checkpoint_paths
 from ttscale.models.config import ModelConfig
 from ttscale.pipeline import (
@@ -36,7 +37,7 @@ from ttscale.progress import format_seconds
 from ttscale.search import sampling, select
 from ttscale.search.best_of_n import SEARCH_AGGREGATIONS
 from ttscale.search.budget import METHODS, budget_grid
-from ttscale.training.checkpoints import check_spec, first_difference
+from ttscale.training.checkpoints import check_spec
 
 STAGES: dict[str, Callable[[Context], dict]] = {
     "data": policy_stages.stage_data,

@@ -20,23 +20,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from ttscale import io_utils
-
-
-def first_difference(expected: Any, found: Any, prefix: str = "") -> str | None:
-  """The first dotted field where two JSON-like trees differ, as a phrase."""
-  if isinstance(expected, dict) and isinstance(found, dict):
-    # In the expected dict's order, so callers put the telling fields first.
-    for key in [*expected, *(k for k in found if k not in expected)]:
-      name = f"{prefix}.{key}" if prefix else str(key)
-      if key not in expected or key not in found:
-        return f"{name} (present in only one)"
-      difference = first_difference(expected[key], found[key], name)
-      if difference:
-        return difference
-    return None
-  if expected != found:
-    return f"{prefix}={found!r} in the workdir, {expected!r} now"
-  return None
+from ttscale.diffs import first_difference
 
 
 def _vocab_size(spec: dict) -> int | None:
