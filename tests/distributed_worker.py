@@ -38,11 +38,11 @@ from ml_collections import config_dict  # noqa: E402
 from ttscale import distributed, outcomes, parallel, testing  # noqa: E402
 from ttscale.data.batching import TrainBatches, pack_sequences  # noqa: E402
 from ttscale.data.tokenizer import train_tokenizer  # noqa: E402
+from ttscale.data.verifier_data import find_step_ends  # noqa: E402
 from ttscale.models import ValueModel, policy_forward_fn  # noqa: E402
 from ttscale.search import common, generate, runner, sampling, scoring  # noqa: E402
 from ttscale.search.budget import SearchSetting  # noqa: E402
 from ttscale.tasks.arith import ArithTask  # noqa: E402
-from ttscale.training import prm_labels  # noqa: E402
 from ttscale.training.checkpoints import Checkpointer  # noqa: E402
 from ttscale.training.objectives import next_token_loss  # noqa: E402
 from ttscale.training.trainer import EarlyStopping, train  # noqa: E402
@@ -74,7 +74,7 @@ samples = generate.sample_solutions(
 result["texts"] = samples.texts
 records = [{"prompt": [tokenizer.bos_id] + tokenizer.encode(task.prompt(q)),
             "tokens": [int(t) for t in tokens],
-            "step_ends": prm_labels.find_step_ends([int(t) for t in tokens], tokenizer)}
+            "step_ends": find_step_ends([int(t) for t in tokens], tokenizer)}
            for q, row in zip(QUESTIONS, samples.tokens, strict=True) for tokens in row]
 verifier = generate.Policy(prm_graphdef, prm_params, config)
 result["scores"] = scoring.last_step_scores(verifier, records, 8, mesh, rules).tolist()

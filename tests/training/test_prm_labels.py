@@ -19,7 +19,6 @@ from ttscale.data.tokenizer import train_tokenizer
 from ttscale.search import sampling
 from ttscale.tasks.arith import ArithTask
 from ttscale.training import prm_labels
-from ttscale.training.verifier_data import verifier_arrays
 
 TASK = ArithTask(max_ops=3)
 QUESTION, ANSWER = "3+4", "7"
@@ -73,14 +72,6 @@ def _labels(tokenizer, solutions, p_right, parts_dir, prefixes_per_part=64,
       _settings(tokenizer, prefixes_per_part, max_new_tokens), str(parts_dir),
       log=lambda _: None)
   return prm_labels.step_labels(solutions, counts["correct"], NUM_ROLLOUTS), counts
-
-
-def test_find_step_ends_skips_blank_steps_and_an_unfinished_tail(tokenizer):
-  tokens = _ids(tokenizer, "3+4=7\n\n \nAnswer: 7") + [tokenizer.eos_id]
-  #                         0123456 7 89 ...
-  assert prm_labels.find_step_ends(tokens, tokenizer) == [5, len(tokens) - 1]
-  truncated = _ids(tokenizer, "3+4=7\nAnsw")
-  assert prm_labels.find_step_ends(truncated, tokenizer) == [5]
 
 
 @pytest.mark.parametrize("p_right", [0.0, 1.0])
@@ -141,27 +132,3 @@ def test_a_part_of_another_size_is_an_error(tokenizer, tmp_path):
   (tmp_path / "00000.json").write_text('{"num_correct": [1, 2]}')
   with pytest.raises(ValueError, match="00000.json: 2 counts for a part of 4"):
     _labels(tokenizer, solutions, 0.5, tmp_path)
-
-
-def _record(prompt, tokens, step_ends, labels, ended, correct):
-  return {"prompt": prompt, "tokens": tokens, "step_ends": step_ends,
-          "mc_labels": labels, "ended": ended, "correct": correct}
-
-
-def test_verifier_arrays_put_targets_at_step_ends():
-  records = [_record([2, 5], [6, 7, 4, 8, 3], [2, 4], [0.5, 1.0], True, True),
-             _record([2], [6, 4, 9], [1], [0.25], False, False)]
-  steps = verifier_arrays(records, "steps", width=8)
-  np.testing.assert_array_equal(steps["inputs"][0], [2, 5, 6, 7, 4, 8, 3, 0])
-  np.testing.assert_array_equal(steps["token_mask"][1], [1, 1, 1, 1, 0, 0, 0, 0])
-  np.testing.assert_array_equal(steps["step_ends"], [[4, 6], [2, 0]])
-  np.testing.assert_array_equal(steps["step_mask"], [[1, 1], [1, 0]])
-  np.testing.assert_array_equal(steps["targets"], [[0.5, 1.0], [0.25, 0.0]])
-  # The ORM learns outcomes of finished solutions only, at their last step.
-  outcome = verifier_arrays(records, "outcome", width=8)
-  np.testing.assert_array_equal(outcome["step_ends"], [[6]])
-  np.testing.assert_array_equal(outcome["targets"], [[1.0]])
-  with pytest.raises(ValueError, match="does not fit width=4"):
-    verifier_arrays(records, "steps", width=4)
-  with pytest.raises(ValueError, match="verifier target 'value'"):
-    verifier_arrays(records, "value")

@@ -21,6 +21,7 @@ from flax import nnx
 
 from ttscale import io_utils, parallel
 from ttscale.data.batching import TrainBatches
+from ttscale.data.verifier_data import verifier_arrays
 from ttscale.models import policy_forward_fn
 from ttscale.models.checkpoint_import import import_language_model
 from ttscale.models.value import init_from_policy
@@ -31,7 +32,6 @@ from ttscale.search import generate, sampling, scoring, select
 from ttscale.training import prm_labels
 from ttscale.training.objectives import step_value_loss
 from ttscale.training.trainer import EarlyStopping, train
-from ttscale.training.verifier_data import verifier_arrays
 
 _WIDTH_MULTIPLE = 16  # verifier rows are padded to a multiple of this
 

@@ -25,11 +25,11 @@ import jax
 import numpy as np
 
 from ttscale.data.tokenizer import Tokenizer
+from ttscale.data.verifier_data import find_step_ends
 from ttscale.search import generate, sampling, scoring
 from ttscale.search.budget import FlopsRate
 from ttscale.tasks.base import Task
 from ttscale.tasks.revision import MAX_PREVIOUS_ATTEMPTS, revision_context
-from ttscale.training import prm_labels
 
 CONTEXT_WIDTH_MULTIPLE = 64  # few distinct context widths → few compilations
 
@@ -159,7 +159,7 @@ def score_attempts(verifier: generate.Policy, tokenizer: Tokenizer, task: Task,
         prompt = attempt.context if with_context else plain
         tokens = [int(t) for t in attempt.tokens]
         records.append({"prompt": prompt, "tokens": tokens,
-                        "step_ends": prm_labels.find_step_ends(tokens, tokenizer)})
+                        "step_ends": find_step_ends(tokens, tokenizer)})
         flops[q] += float(rate.decode(0, len(prompt) + len(tokens)))
   scores = scoring.last_step_scores(verifier, records, batch_size, mesh, rules)
   return scores.reshape(shape), flops

@@ -1,7 +1,7 @@
 """Verifier scores of whole solutions, in fixed-shape batches.
 
 The scoring counterpart of `generate.sample_solutions`: rows from
-`training.verifier_data.verifier_arrays`, one forward pass per batch, the
+`data.verifier_data.verifier_arrays`, one forward pass per batch, the
 sigmoid score read at every step end. (Search scores steps incrementally from
 the verifier's own cache instead; see `ValueModel.extend`.)
 """
@@ -14,10 +14,10 @@ import jax
 import numpy as np
 
 from ttscale import parallel
+from ttscale.data.verifier_data import verifier_arrays
 from ttscale.models import policy_forward_fn
 from ttscale.models.value import step_end_scores
 from ttscale.search import select
-from ttscale.training.verifier_data import verifier_arrays
 
 
 @functools.lru_cache(maxsize=8)

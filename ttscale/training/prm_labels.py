@@ -7,9 +7,10 @@ i, whose final answer is correct: the policy's reward-to-go from that prefix
 last token is end-of-solution) needs no rollout: its label is whether the
 solution is correct.
 
-Steps are found in token space: a step is a run of tokens ending in the step
-delimiter or the end-of-solution token, and not blank. The step end (the
-index of that last token) is where the PRM reads its score.
+Steps are found in token space (`data.verifier_data.find_step_ends`): a step
+is a run of tokens ending in the step delimiter or the end-of-solution token,
+and not blank. The step end (the index of that last token) is where the PRM
+reads its score.
 
 The labelling is resumable. Prefixes are cut into parts of a fixed size; a
 part's rollouts draw from `fold_in(key(seed), part)` and its counts are
@@ -29,6 +30,7 @@ from etils import epath
 
 from ttscale import io_utils
 from ttscale.data.tokenizer import Tokenizer
+from ttscale.data.verifier_data import find_step_ends
 from ttscale.progress import Progress
 from ttscale.search import generate, sampling
 from ttscale.tasks.base import Task
@@ -46,23 +48,6 @@ class SolutionToLabel:
   step_ends: list[int]  # index into `tokens` of each step's last token
   ended: bool          # the solution has its end-of-solution token
   correct: bool        # its final answer is right
-
-
-def find_step_ends(tokens, tokenizer: Tokenizer) -> list[int]:
-  """Indices of the last token of every non-blank step of `tokens`.
-
-  A step ends with the step delimiter or the end-of-solution token. A blank
-  step (nothing but whitespace before its delimiter) is not a step, as in
-  `Task.split_steps`; trailing tokens without a delimiter (a truncated
-  solution) are not a finished step.
-  """
-  ends, start = [], 0
-  for index, token in enumerate(tokens):
-    if token in (tokenizer.step_id, tokenizer.eos_id):
-      if tokenizer.decode(list(tokens[start:index])).strip():
-        ends.append(index)
-      start = index + 1
-  return ends
 
 
 def rollout_prefixes(solutions: list[SolutionToLabel]) -> list[tuple[int, int]]:

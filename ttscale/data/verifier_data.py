@@ -1,6 +1,12 @@
-"""Fixed-shape training arrays for a verifier, from labelled solutions.
+"""Fixed-shape arrays for a verifier, from solutions with their step ends.
 
-One solution per row: its prompt and solution tokens from column 0, padding
+A step of a solution is found in token space (`find_step_ends`): a run of
+tokens ending in the step delimiter or the end-of-solution token, and not
+blank. Its step end, the index of that last token, is where a verifier reads
+its score, in training (`training.prm_labels` labels each step) and in
+scoring (`search.scoring`).
+
+`verifier_arrays` puts one solution per row: its prompt and solution tokens from column 0, padding
 after them (causal attention keeps padding out of the real tokens' view), and
 per step the position of its last token with a target there:
 
@@ -21,13 +27,32 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ttscale.data.tokenizer import Tokenizer
+
 TARGETS = ("steps", "hard_steps", "outcome")
+
+
+def find_step_ends(tokens, tokenizer: Tokenizer) -> list[int]:
+  """Indices of the last token of every non-blank step of `tokens`.
+
+  A step ends with the step delimiter or the end-of-solution token. A blank
+  step (nothing but whitespace before its delimiter) is not a step, as in
+  `Task.split_steps`; trailing tokens without a delimiter (a truncated
+  solution) are not a finished step.
+  """
+  ends, start = [], 0
+  for index, token in enumerate(tokens):
+    if token in (tokenizer.step_id, tokenizer.eos_id):
+      if tokenizer.decode(list(tokens[start:index])).strip():
+        ends.append(index)
+      start = index + 1
+  return ends
 
 
 def verifier_arrays(records: Sequence[dict], target: str | None,
                     width: int | None = None,
                     max_steps: int | None = None) -> dict[str, np.ndarray]:
-  """Encodes labelled solutions (records of `prm_labels`) as arrays.
+  """Encodes labelled solutions (records of `training.prm_labels`) as arrays.
 
   Args:
     records: dicts with `prompt` and `tokens` (lists of ids), `step_ends`
