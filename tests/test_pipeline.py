@@ -20,7 +20,7 @@ from conftest import FinishedStudy as _Finished
 from conftest import tiny_config as _tiny_config
 
 from ttscale import io_utils, outcomes, pipeline
-from ttscale.data import arith_builder
+from ttscale.data import arith_builder, tfds_source
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
 from ttscale.pipeline import revision_stages, search_stages
 from ttscale.tasks import get_task
@@ -76,7 +76,7 @@ def test_full_run_writes_markers_metrics_and_one_eval_row_per_test_level(finishe
 
   sources = arith_builder.build_arith_data(config.task, config.data,
                                            os.path.join(finished.workdir, "data"))
-  test_levels = [e.level for e in arith_builder.read_examples(sources["test"])]
+  test_levels = [e.level for e in tfds_source.read_examples(sources["test"])]
   evaluation = _read_json(os.path.join(finished.workdir, "eval_policy.json"))
   rows = evaluation["levels"]
   assert sorted(rows) == sorted(str(level) for level in set(test_levels))

@@ -12,9 +12,9 @@ from ttscale.data.arith_builder import (
   build_arith_data,
   draw_splits,
   make_config,
-  read_examples,
   split_seed,
 )
+from ttscale.data.tfds_source import read_examples
 from ttscale.tasks.arith import ArithTask, canonical_solution, evaluate
 
 TASK_CONFIG = {

@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from ttscale.data.arith_builder import DataSource, prepare_and_open, read_examples
+from ttscale.data.tfds_source import DataSource, prepare_and_open, read_examples
 from ttscale.tasks.base import Example
 from ttscale.tasks.math import MathTask
 
@@ -340,7 +340,7 @@ def build_math_data(
 
   Returns:
     {"train", "test"} (and "test500" with `test_ids_file`) -> random-access
-    sources of records (`read_examples` turns one into `Example`s).
+    sources of records (`tfds_source.read_examples` turns one into `Example`s).
 
   Raises:
     ValueError: malformed input; see `read_math_dir`.

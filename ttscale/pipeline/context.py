@@ -13,7 +13,7 @@ from etils import epath
 from flax import nnx
 
 from ttscale import io_utils, parallel
-from ttscale.data import arith_builder, math_builder
+from ttscale.data import arith_builder, math_builder, tfds_source
 from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.models import LanguageModel, ModelConfig, ValueModel
 from ttscale.search import generate
@@ -63,7 +63,7 @@ class Context:
     if split not in self.data:
       raise ValueError(f"data.test_split={split!r}: the data has only the splits "
                        f"{', '.join(self.data)}")
-    return arith_builder.read_examples(self.data[split])
+    return tfds_source.read_examples(self.data[split])
 
   @functools.cached_property
   def tokenizer(self):
