@@ -39,7 +39,7 @@ from ttscale import distributed, outcomes, parallel, testing  # noqa: E402
 from ttscale.data.batching import TrainBatches, pack_sequences  # noqa: E402
 from ttscale.data.tokenizer import train_tokenizer  # noqa: E402
 from ttscale.data.verifier_data import find_step_ends  # noqa: E402
-from ttscale.models import ValueModel, policy_forward_fn  # noqa: E402
+from ttscale.models import Network, ValueModel, policy_forward_fn  # noqa: E402
 from ttscale.search import common, generate, runner, sampling, scoring  # noqa: E402
 from ttscale.search.budget import SearchSetting  # noqa: E402
 from ttscale.tasks.arith import ArithTask  # noqa: E402
@@ -56,7 +56,7 @@ task = ArithTask(max_ops=3)
 tokenizer = train_tokenizer(["1+2"], os.path.join(workdir, "tokenizer.model"))
 graphdef, params, config = testing.tiny_policy()
 prm_graphdef, prm_params, _ = testing.tiny_policy(seed=1, module=ValueModel)
-policy = generate.Policy(graphdef, params, config)
+policy = Network(graphdef, params, config)
 result = {"process_index": jax.process_index(), "local_devices": jax.local_device_count()}
 
 
@@ -76,7 +76,7 @@ records = [{"prompt": [tokenizer.bos_id] + tokenizer.encode(task.prompt(q)),
             "tokens": [int(t) for t in tokens],
             "step_ends": find_step_ends([int(t) for t in tokens], tokenizer)}
            for q, row in zip(QUESTIONS, samples.tokens, strict=True) for tokens in row]
-verifier = generate.Policy(prm_graphdef, prm_params, config)
+verifier = Network(prm_graphdef, prm_params, config)
 result["scores"] = scoring.last_step_scores(verifier, records, 8, mesh, rules).tolist()
 
 # Search batches on the mesh's devices, parameters replicated on the mesh

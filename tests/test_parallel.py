@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec
 from ml_collections import config_dict
 
 from ttscale import parallel, testing
-from ttscale.models import init_cache, policy_extend_fn, policy_forward_fn
+from ttscale.models import Network, init_cache, policy_extend_fn, policy_forward_fn
 from ttscale.search import sampling
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.objectives import next_token_loss
@@ -411,14 +411,14 @@ def revision_chains(tmp_path_factory) -> dict:
   2 chains of 3 attempts for each of 8 questions, sampled at temperature 1
   in batches of 16 rows (8 prompts × 2 copies, then 16 contexts)."""
   from ttscale.data.tokenizer import train_tokenizer
-  from ttscale.search import generate, revisions
+  from ttscale.search import revisions
   from ttscale.tasks.arith import ArithTask
 
   # Digits, "+" and the 5 special pieces: the tiny policy's 16 ids exactly.
   tokenizer = train_tokenizer(["1+2"], str(tmp_path_factory.mktemp("tokenizer") / "model"))
   assert tokenizer.vocab_size == testing.TINY_CONFIG.vocab_size
   graphdef, params, config = testing.tiny_policy()
-  policy = generate.Policy(graphdef, params, config)
+  policy = Network(graphdef, params, config)
   sampler_config = sampling.SamplerConfig(
       sampling.SamplingRule(temperature=1.0), sampling.StopAt.SOLUTION, max_new_tokens=8,
       step_id=tokenizer.step_id, eos_id=tokenizer.eos_id)

@@ -31,6 +31,7 @@ from flax import nnx
 
 from ttscale.models.config import ModelConfig
 from ttscale.models.kv_cache import KVCache, append_layout
+from ttscale.models.network import Network
 from ttscale.models.transformer import LanguageModel
 
 # Grouped-query attention (8 query heads in groups of 2 over 4 kv heads: both
@@ -126,14 +127,12 @@ class BigramModel(nnx.Module):
 
 def bigram_policy(transitions: dict[int, dict[int, float]], vocab_size: int,
                   default_next: int):
-  """A `generate.Policy` sampling from hand-given transition probabilities.
+  """A `Network` sampling from hand-given transition probabilities.
 
   Args:
     transitions: {token: {next token: probability}}; each row sums to 1.
     default_next: the certain next token of any token not in `transitions`.
   """
-  from ttscale.search.generate import Policy
-
   probs = np.zeros((vocab_size, vocab_size))
   probs[:, default_next] = 1.0
   for token, row in transitions.items():
@@ -145,7 +144,7 @@ def bigram_policy(transitions: dict[int, dict[int, float]], vocab_size: int,
   graphdef, params = nnx.split(BigramModel(log_probs))
   # The cache needs a model shape; the toy model never reads keys or values.
   config = dataclasses.replace(TINY_CONFIG, vocab_size=vocab_size, num_layers=1)
-  return Policy(graphdef, params, config)
+  return Network(graphdef, params, config)
 
 
 class LastContentValueModel(nnx.Module):

@@ -18,6 +18,7 @@ import pytest
 
 from ttscale import testing
 from ttscale.data.tokenizer import train_tokenizer
+from ttscale.models import Network
 from ttscale.search import generate, revisions, sampling
 from ttscale.search.budget import FlopsRate
 from ttscale.tasks.arith import ArithTask
@@ -86,7 +87,7 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(tokenizer):
   config = dataclasses.replace(testing.TINY_CONFIG, vocab_size=tokenizer.vocab_size)
-  return generate.Policy(*testing.tiny_policy(POLICY_SEED, config))
+  return Network(*testing.tiny_policy(POLICY_SEED, config))
 
 
 @pytest.fixture(scope="module")

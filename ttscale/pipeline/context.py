@@ -15,8 +15,7 @@ from flax import nnx
 from ttscale import io_utils, parallel
 from ttscale.data import arith_builder, math_builder, tfds_source
 from ttscale.data.pretrained_tokenizer import load_tokenizer
-from ttscale.models import LanguageModel, ModelConfig, ValueModel
-from ttscale.search import generate
+from ttscale.models import LanguageModel, ModelConfig, Network, ValueModel
 from ttscale.tasks import get_task, revision
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.optimizer import make_optimizer
@@ -109,7 +108,7 @@ class Context:
     return Checkpointer(self.path("large" if large else "policy"), self.policy_spec(large),
                         max_to_keep=self.config.train.max_checkpoints)
 
-  def load_policy(self, large: bool = False) -> generate.Policy:
+  def load_policy(self, large: bool = False) -> Network:
     """The trained policy (or the larger one) from its last checkpoint."""
     stage, directory = ("train_large", "large") if large else ("train_policy", "policy")
     if not epath.Path(self.path(directory)).is_dir():
@@ -139,7 +138,7 @@ class Context:
       raise ValueError(f"{checkpointer.directory}: the final step {step} does not restore; "
                        f"run the '{stage}' stage again (it resumes from "
                        f"{'scratch' if restored_step is None else f'step {restored_step}'})")
-    return generate.Policy(graphdef, state.params, model_config)
+    return Network(graphdef, state.params, model_config)
 
   # ---------------------------------------------------------- verifiers
 
@@ -198,7 +197,7 @@ class Context:
     return (Checkpointer(self.path(kind, "state"), spec, max_to_keep=keep),
             Checkpointer(self.path(kind, "best"), spec, max_to_keep=1))
 
-  def load_verifier(self, kind: str, stage_done: bool = True) -> generate.Policy:
+  def load_verifier(self, kind: str, stage_done: bool = True) -> Network:
     """The best validated verifier of `kind` ("prm", "orm", "revision_verifier").
 
     `stage_done=False` skips the check that its training stage finished (for
@@ -208,7 +207,7 @@ class Context:
                            self.verifier_module(kind), stage_done)
 
   def _load_best(self, kind: str, spec: dict, model_config: ModelConfig,
-                 module, stage_done: bool = True) -> generate.Policy:
+                 module, stage_done: bool = True) -> Network:
     """The parameters in `<kind>/best`, kept there by early stopping."""
     stage = f"train_{kind}"
     if stage_done and not epath.Path(self.path("stages", f"{stage}.json")).exists():
@@ -224,7 +223,7 @@ class Context:
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
     params = best.restore(step, abstract)
     best.close()
-    return generate.Policy(graphdef, params, model_config)
+    return Network(graphdef, params, model_config)
 
   # ---------------------------------------------------------- revisions
 
@@ -246,7 +245,7 @@ class Context:
     return (Checkpointer(self.path("revision", "state"), spec, max_to_keep=keep),
             Checkpointer(self.path("revision", "best"), spec, max_to_keep=1))
 
-  def load_revision_model(self) -> generate.Policy:
+  def load_revision_model(self) -> Network:
     """The revision model with the lowest validation loss."""
     return self._load_best("revision", self.revision_spec(), self.policy_config(),
                            LanguageModel)

@@ -19,7 +19,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ttscale.models import init_cache, policy_extend_fn
+from ttscale.models import ExtendFn, init_cache, policy_extend_fn
 from ttscale.models.config import ModelConfig
 from ttscale.models.kv_cache import KVCache
 from ttscale.search import sampling
@@ -45,11 +45,11 @@ class SearchModels:
     return self.with_prm and self.exact_verifier is None
 
   @property
-  def policy_extend(self):
+  def policy_extend(self) -> ExtendFn:
     return policy_extend_fn(self.policy_graphdef)
 
   @property
-  def prm_extend(self):
+  def prm_extend(self) -> ExtendFn:
     # `ValueModel.extend` has the policy's signature: (params, tokens, valid, cache).
     return policy_extend_fn(self.prm_graphdef)
 

@@ -19,20 +19,12 @@ import numpy as np
 from ttscale import parallel
 from ttscale.data.batching import left_pad
 from ttscale.data.tokenizer import Tokenizer
-from ttscale.models import ModelConfig, init_cache, policy_extend_fn
+from ttscale.models import ModelConfig, Network, init_cache, policy_extend_fn
 from ttscale.progress import Progress
 from ttscale.search import sampling
 from ttscale.tasks.base import Task
 
 _PROMPT_WIDTH_MULTIPLE = 16  # few distinct prompt widths → few compilations
-
-
-@dataclasses.dataclass(frozen=True)
-class Policy:
-  """A policy ready to sample: `nnx.split` halves and the model's config."""
-  graphdef: object
-  params: object
-  config: ModelConfig
 
 
 @dataclasses.dataclass
@@ -86,7 +78,7 @@ def context_width(contexts: list[list[int]], multiple: int = _PROMPT_WIDTH_MULTI
   return -(-longest // multiple) * multiple
 
 
-def sample_continuations(policy: Policy, contexts: list[list[int]], *,
+def sample_continuations(policy: Network, contexts: list[list[int]], *,
                          sampler_config: sampling.SamplerConfig,
                          batch_size: int, key: jax.Array, width: int | None = None,
                          width_multiple: int = _PROMPT_WIDTH_MULTIPLE,
@@ -161,7 +153,7 @@ def sample_continuations(policy: Policy, contexts: list[list[int]], *,
                        seconds=time.time() - started)
 
 
-def sample_solutions(policy: Policy, tokenizer: Tokenizer, task: Task,
+def sample_solutions(policy: Network, tokenizer: Tokenizer, task: Task,
                      questions: list[str], *, num_samples: int,
                      rule: sampling.SamplingRule, max_new_tokens: int,
                      batch_size: int, seed: int, mesh=None, rules=None,

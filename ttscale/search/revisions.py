@@ -26,6 +26,7 @@ import numpy as np
 
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.data.verifier_data import find_step_ends
+from ttscale.models import Network
 from ttscale.search import generate, sampling, scoring
 from ttscale.search.budget import FlopsRate
 from ttscale.tasks.base import Task
@@ -88,7 +89,7 @@ def context_tokens(tokenizer: Tokenizer, task: Task, question: str,
       revision_context(task, question, previous, MAX_PREVIOUS_ATTEMPTS))
 
 
-def run_chains(model: generate.Policy, tokenizer: Tokenizer, task: Task,
+def run_chains(model: Network, tokenizer: Tokenizer, task: Task,
                questions: list[str], *, sequential: int, parallel: int,
                sampler_config: sampling.SamplerConfig, batch_size: int, key: jax.Array,
                mesh=None, rules=None) -> Chains:
@@ -136,7 +137,7 @@ def run_chains(model: generate.Policy, tokenizer: Tokenizer, task: Task,
                 seconds=time.time() - started)
 
 
-def score_attempts(verifier: generate.Policy, tokenizer: Tokenizer, task: Task,
+def score_attempts(verifier: Network, tokenizer: Tokenizer, task: Task,
                    questions: list[str], chains: Chains, *, with_context: bool,
                    batch_size: int, mesh=None, rules=None) -> tuple[np.ndarray, np.ndarray]:
   """A verifier's score of every attempt: its last step's score.

@@ -13,9 +13,9 @@ becomes the pending token; after sampling, the token that ended a row is
 pending. So a beam can be continued, re-ordered with `gather_rows`, or
 extended by other rows of different lengths, without re-reading its prefix.
 
-The model comes in as a callable `extend_fn(params, tokens, token_valid,
-cache) -> (logits, cache)` (see `ttscale.models.policy_extend_fn`); the
-caller jits.
+The model comes in as a callable, an `ExtendFn` `(params, tokens,
+token_valid, cache) -> (logits, cache)` (`ttscale.models.policy_extend_fn`
+makes one); the caller jits.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from ttscale.models.kv_cache import KVCache
+from ttscale.models.network import ExtendFn
 
 
 class StopAt(enum.Enum):
@@ -99,14 +100,14 @@ class _LoopState:
   rng: jax.Array             # PRNG key
 
 
-def sample(extend_fn, params, cache: KVCache, pending: jax.Array,
+def sample(extend_fn: ExtendFn, params, cache: KVCache, pending: jax.Array,
            active: jax.Array, rng: jax.Array,
            config: SamplerConfig) -> SampleOutput:
   """Samples a continuation for every active row, each stopping on its own.
 
   Args:
-    extend_fn: `(params, tokens [B, T], token_valid [B, T], cache) -> (logits
-      [B, T, vocab], cache)`.
+    extend_fn: the model, `(params, tokens [B, T], token_valid [B, T], cache)
+      -> (logits [B, T, vocab], cache)`.
     params: the model's parameters, passed through to `extend_fn`.
     cache: context so far; needs `max_new_tokens` free slots for a row to use
       its whole budget (rows stop, `truncated`, when slots run out).
@@ -181,7 +182,7 @@ def sample(extend_fn, params, cache: KVCache, pending: jax.Array,
   )
 
 
-def prefill(extend_fn, params, cache: KVCache, prompts: jax.Array,
+def prefill(extend_fn: ExtendFn, params, cache: KVCache, prompts: jax.Array,
             lengths: jax.Array) -> tuple[KVCache, jax.Array]:
   """Writes all but the last token of each prompt into `cache`.
 

@@ -37,7 +37,7 @@ def score_steps(verifier, arrays: dict[str, np.ndarray], batch_size: int,
   """The verifier's score at every step end of every row.
 
   Args:
-    verifier: a `generate.Policy` holding a `ValueModel` (graphdef, params).
+    verifier: a `Network` holding a `ValueModel`.
     arrays: `inputs`, `positions` [n, W] and `step_ends`, `step_mask` [n, S].
     batch_size: rows per compiled batch (the last batch is padded).
 

@@ -11,11 +11,12 @@ import jax
 import numpy as np
 
 from ttscale.data.tokenizer import Tokenizer
+from ttscale.models import Network
 from ttscale.search import generate, sampling
 from ttscale.tasks.base import Example, Task
 
 
-def step_success_rates(policy: generate.Policy, tokenizer: Tokenizer, task: Task,
+def step_success_rates(policy: Network, tokenizer: Tokenizer, task: Task,
                        examples: list[Example], *, num_samples: int,
                        rule: sampling.SamplingRule, max_step_tokens: int,
                        batch_size: int, seed: int, mesh=None, rules=None

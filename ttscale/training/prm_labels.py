@@ -31,6 +31,7 @@ from etils import epath
 from ttscale import io_utils
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.data.verifier_data import find_step_ends
+from ttscale.models import Network
 from ttscale.progress import Progress
 from ttscale.search import generate, sampling
 from ttscale.tasks.base import Task
@@ -88,7 +89,7 @@ class RolloutSettings:
   seed: int
 
 
-def count_correct_rollouts(policy: generate.Policy, tokenizer: Tokenizer, task: Task,
+def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
                            solutions: list[SolutionToLabel], answers: list[str],
                            settings: RolloutSettings, parts_dir: str, *,
                            mesh=None, rules=None, log=print) -> dict:
