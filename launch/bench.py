@@ -25,13 +25,13 @@ the host's JAX devices (`--cpu_devices`) when they divide evenly.
 question of best-of-N, beam search (M=4) and lookahead (k=3, M=4) at each
 budget, their ratio to best-of-N, policy tokens decoded per second (rollouts
 included), and the PRM's share of the time (each program timed again with
-its PRM calls left out); see `ttscale.bench_lib.search_benchmark`.
+its PRM calls left out); see `launch.bench_lib.search_benchmark`.
 
 `train`: training steps per second of the policy, the larger policy and the
 PRM at their configs' batch sizes and a row width of `data.seq_len`, tokens/s,
 and the fraction of the matmul rate measured in the same run (a step counted
 as 3x the forward FLOPs, 1x for a PRM whose trunk stays as trained); see
-`ttscale.bench_lib.train_benchmark`.
+`launch.bench_lib.train_benchmark`.
 
 `grader`: the MATH grader on fuzzed answers (`ttscale.tasks.math_fuzz`):
 strings, errors raised (should be 0), mean and worst seconds per string.
@@ -44,7 +44,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ttscale import bench_lib, runtime
+from launch import bench_lib
+from ttscale import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", "configs/arith.py", "Config file (its model block is benchmarked).")

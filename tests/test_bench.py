@@ -3,7 +3,7 @@
 import pytest
 from conftest import tiny_config
 
-from ttscale import bench_lib
+from launch import bench_lib
 from ttscale.models import ModelConfig
 
 

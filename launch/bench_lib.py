@@ -1,4 +1,9 @@
-"""Measurements behind `launch/bench.py`: the machine's limits, the sampler, the grader."""
+"""Measurements behind `launch/bench.py`: the machine's limits, the sampler, the grader.
+
+It sits with the launchers, above the package: the search benchmark runs a
+trained workdir through the pipeline's context, which no library layer may
+import.
+"""
 
 from __future__ import annotations
 
