@@ -867,6 +867,7 @@ def test_revision_sweep_writes_the_attempt_analysis_of_its_longest_chains(finish
   before = np.concatenate([c[..., :-1].reshape(-1) for c in every])
   assert attempts["transitions"]["correct_to_incorrect"]["of"] == int(before.sum())
   assert attempts["transitions"]["incorrect_to_correct"]["of"] == int((~before).sum())
+  assert attempts["fresh_baseline"]["num_questions"] == _tiny_config().sweep_revisions.num_questions
 
 
 def test_tiny_revision_sweep_is_every_split_of_budgets_up_to_four():
@@ -1268,6 +1269,7 @@ def test_train_revision_resumed_keeps_the_uninterrupted_best_parameters(
     ("model.head_dim", 0, "model.head_dim=0"),
     ("large_model.num_heads", 3, "large_model.num_heads=3"),
     ("data.too_long", "sometimes", "data.too_long='sometimes'"),
+    ("revision.keep_fraction", 1.5, "revision.keep_fraction=1.5"),
 ])
 def test_bad_network_or_sampling_values_are_refused_before_any_stage_writes(
     tmp_path, field, value, needle):

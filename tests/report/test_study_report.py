@@ -154,6 +154,10 @@ def test_revision_section_reports_attempts_splits_and_the_verifier(built):
   later = _finding(results, "later revisions improve on the first attempt")
   assert later["ours"].startswith("gain 0.500 [")
   assert "incorrect one into a correct one 3 of 7 times (0.429)" in markdown
+  # Fresh accuracy from first attempts: q2 1, the others 0. After the 5 correct
+  # attempts, 2 are q2's; after the 7 incorrect ones, 1 is.
+  assert ("would have been right 0.400 of the time after a correct attempt (revising "
+          "kept 0.800) and 0.143 after an incorrect one (revising fixed 0.429)") in markdown
   # N=4 in bin 1 (q0, q1): only the hierarchical splits s=1,2,4 (all wrong) -> ties go
   # to the most parallel split.
   assert section["splits_by_bin"]["budget"] == 4

@@ -44,6 +44,24 @@ def test_transitions_count_both_directions_over_units_of_any_shape():
       "rate"] is None
 
 
+def test_fresh_baseline_pools_first_attempts_per_question_across_units():
+  # Fresh accuracy from attempt 1 of every chain: q0 0/2, q1 2/2, q2 0/2 in
+  # GRADED; a second unit on q1..q2 (one chain of 2 attempts) adds q1 0/1 and
+  # q2 1/1, so q0 0, q1 2/3, q2 1/3.
+  second = np.array([[[False, True]], [[True, True]]])
+  baseline = revision_analysis.fresh_baseline([(0, GRADED), (1, second)])
+  fresh = {0: 0.0, 1: 2 / 3, 2: 1 / 3}
+  # Pairs whose first attempt is incorrect: GRADED q0: 3, q1: 1, q2: 4; second
+  # unit q1: 1, q2: 0.
+  after_incorrect = (3 * fresh[0] + 2 * fresh[1] + 4 * fresh[2]) / 9
+  # Correct first of a pair: GRADED q0: 1, q1: 3, q2: 0; second unit q2: 1.
+  after_correct = (1 * fresh[0] + 3 * fresh[1] + 1 * fresh[2]) / 5
+  assert baseline == {"after_incorrect": pytest.approx(after_incorrect),
+                      "after_correct": pytest.approx(after_correct), "num_questions": 3}
+  assert revision_analysis.fresh_baseline([(0, np.zeros((1, 1, 1), bool))])[
+      "after_correct"] is None
+
+
 def test_graded_attempts_must_be_three_dimensional():
   with pytest.raises(ValueError, match=r"expected \[questions, chains, attempts\]"):
     revision_analysis.attempt_accuracy(np.ones((2, 3), bool))

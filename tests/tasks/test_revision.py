@@ -13,6 +13,7 @@ import pytest
 from ttscale.tasks.arith import ArithTask
 from ttscale.tasks.revision import (
   MAX_PREVIOUS_ATTEMPTS,
+  build_keep_trajectory,
   build_trajectory,
   edit_distances,
   revision_context,
@@ -168,6 +169,25 @@ def test_trajectory_is_a_function_of_the_rng():
   for seed in range(20):
     first = build_trajectory(CORRECT, INCORRECT, np.random.default_rng(seed))
     assert first == build_trajectory(CORRECT, INCORRECT, np.random.default_rng(seed))
+
+
+def test_keep_trajectory_ends_with_a_correct_attempt_that_is_its_target():
+  """Fails if a keep trajectory's last attempt in context is not correct or
+  not its target, if an earlier one is correct or repeated, or if k leaves
+  1..MAX_PREVIOUS_ATTEMPTS."""
+  assert build_keep_trajectory([], INCORRECT, np.random.default_rng(0)) is None
+  seen_k = set()
+  for seed in range(NUM_SEEDS):
+    trajectory = build_keep_trajectory(CORRECT, INCORRECT, np.random.default_rng(seed))
+    previous = trajectory["previous"]
+    assert previous[-1] == trajectory["target"] and trajectory["target"] in CORRECT
+    assert all(p in INCORRECT for p in previous[:-1])
+    assert len(set(previous)) == len(previous)
+    seen_k.add(len(previous))
+  assert seen_k == set(range(1, MAX_PREVIOUS_ATTEMPTS + 1))
+  only_correct = {len(build_keep_trajectory(CORRECT, [], np.random.default_rng(s))["previous"])
+                  for s in range(20)}
+  assert only_correct == {1}
 
 
 # ------------------------------------------------------------ contexts

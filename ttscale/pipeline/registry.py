@@ -322,6 +322,9 @@ def check_config(config) -> None:
   if not 0 <= config.revision.policy_data_fraction < 1:
     raise ValueError(f"revision.policy_data_fraction={config.revision.policy_data_fraction}: "
                      "expected a fraction in [0, 1)")
+  if not 0 <= config.revision.get("keep_fraction", 0.0) <= 1:
+    raise ValueError(f"revision.keep_fraction={config.revision.keep_fraction}: "
+                     "expected a fraction in [0, 1]")
   pool = config.eval_prm.pool_size
   if pool < 1 or pool & (pool - 1):
     raise ValueError(f"eval_prm.pool_size={pool}: expected a power of 2 (the budget "

@@ -29,6 +29,7 @@ from etils import epath
 
 from ttscale import io_utils, outcomes, parallel
 from ttscale.data import batching
+from ttscale.data.verifier_data import find_step_ends
 from ttscale.models import policy_forward_fn
 from ttscale.pipeline.context import Context
 from ttscale.pipeline.verifier_stages import holdout_questions, train_value_model
@@ -38,8 +39,7 @@ from ttscale.scaling import revision_analysis, verifier_quality
 from ttscale.search import generate, revisions, sampling, scoring, select
 from ttscale.search.budget import budget_grid
 from ttscale.search.exact_verifier import ExactVerifier
-from ttscale.tasks.revision import build_trajectory, revision_context
-from ttscale.training import prm_labels
+from ttscale.tasks.revision import build_keep_trajectory, build_trajectory, revision_context
 from ttscale.training.objectives import next_token_loss
 from ttscale.training.trainer import EarlyStopping, train
 
@@ -139,11 +139,13 @@ def stage_revision_data(ctx: Context) -> dict:
     if r.with_reference_solution:
       correct.append(example.solution)
     for _ in range(r.trajectories_per_question):
-      trajectory = build_trajectory(correct, incorrect, rng)
+      # No draw when off: the paper's trajectories stay those of earlier runs.
+      keep = r.keep_fraction > 0 and rng.random() < r.keep_fraction
+      trajectory = (build_keep_trajectory if keep else build_trajectory)(correct, incorrect, rng)
       if trajectory is not None:
         records.append({"question_index": q, "question": example.question,
                         "level": example.level, "holdout": q in holdout,
-                        "source": "trajectory", **trajectory})
+                        "source": "keep" if keep else "trajectory", **trajectory})
   records += _policy_data_records(ctx, train_examples, len(records))
   if not any(t["holdout"] for t in records) or all(t["holdout"] for t in records):
     raise ValueError(
@@ -162,6 +164,7 @@ def stage_revision_data(ctx: Context) -> dict:
       "sample_accuracy": float(np.mean(sample_correct)),
       "questions_with_a_correct_sample": len({t["question_index"] for t in records}),
       "num_trajectories": sources["trajectory"],
+      "num_keep_trajectories": sources["keep"],
       "num_policy_data_records": sources["policy_data"],
       "previous_attempts_histogram": {str(k): ks[k] for k in sorted(ks)},
       "sampled_tokens": tokens, "sampled_tokens_per_second": round(tokens / max(seconds, 1e-9)),
@@ -292,7 +295,7 @@ def _chain_records(ctx: Context, examples, chains: revisions.Chains) -> list[dic
         records.append({
             "question_index": q, "chain": c, "attempt": j, "question": example.question,
             "answer": example.answer, "prompt": attempt.context, "tokens": tokens,
-            "step_ends": prm_labels.find_step_ends(tokens, ctx.tokenizer),
+            "step_ends": find_step_ends(tokens, ctx.tokenizer),
             "ended": attempt.ended,
             "correct": ctx.task.grade(ctx.task.extract_answer(attempt.text), example.answer)})
   return records
@@ -439,6 +442,15 @@ def _unit_flops(unit: dict, selection: str, q: int) -> float:
   return unit["flops"]["policy"][q] + (unit["flops"][verifier][q] if verifier else 0.0)
 
 
+def _unit_file_name(budget: int, sequential: int, first: int) -> str:
+  """A sweep unit's file: its budget, split and first question (sorts by them)."""
+  return f"N{budget:04d}_s{sequential:04d}_q{first:05d}.json"
+
+
+def _unit_first_question(name: str) -> int:
+  return int(name.rsplit("_q", 1)[1].removesuffix(".json"))
+
+
 def stage_sweep_revisions(ctx: Context) -> dict:
   """Every (s, p) split of every budget on the test questions; appends to the table."""
   cfg, sw = ctx.config, ctx.config.sweep_revisions
@@ -463,7 +475,7 @@ def stage_sweep_revisions(ctx: Context) -> dict:
     params = {sel: _row_params(sequential, chains, sel) for sel in selections}
     missing = [(i, sel) for i in range(first, last) for sel in selections
                if not table.has((i, "revisions", params[sel], budget, seed))]
-    path = os.path.join(unit_dir, f"N{budget:04d}_s{sequential:04d}_q{first:05d}.json")
+    path = os.path.join(unit_dir, _unit_file_name(budget, sequential, first))
     if missing:
       unit = io_utils.read_json(path) if epath.Path(path).exists() else None
       # A unit saved before the exact verifier was swept is run again (same key).
@@ -497,7 +509,9 @@ def _attempt_analysis(units: dict[str, np.ndarray], seed: int) -> dict:
   for name, correct in units.items():
     if correct.shape[1] == 1:
       longest.setdefault(correct.shape[2], []).append((name, correct))
+  first_questions = [(_unit_first_question(name), correct) for name, correct in units.items()]
   analysis = {"transitions": revision_analysis.transitions(units.values()),
+              "fresh_baseline": revision_analysis.fresh_baseline(first_questions),
               "longest_chains": None}
   if longest:
     sequential = max(longest)
@@ -508,6 +522,10 @@ def _attempt_analysis(units: dict[str, np.ndarray], seed: int) -> dict:
                                                       seed)
     analysis["longest_chains"] = accuracy
   return analysis
+
+
+def _rate_text(rate: float | None) -> str:
+  return "n/a" if rate is None else f"{rate:.3f}"
 
 
 def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
@@ -537,7 +555,10 @@ def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
   ctx.log("sweep_revisions: a correct attempt is revised into an incorrect one "
           f"{turned['correct_to_incorrect']['count']}/{turned['correct_to_incorrect']['of']} "
           f"times, an incorrect one into a correct one "
-          f"{turned['incorrect_to_correct']['count']}/{turned['incorrect_to_correct']['of']}")
+          f"{turned['incorrect_to_correct']['count']}/{turned['incorrect_to_correct']['of']}"
+          " times (a fresh sample in their place: right "
+          f"{_rate_text(attempts['fresh_baseline']['after_correct'])} after a correct attempt, "
+          f"{_rate_text(attempts['fresh_baseline']['after_incorrect'])} after an incorrect one)")
   if attempts["longest_chains"]:
     by_attempt = attempts["longest_chains"]["accuracy"]
     gain = attempts["longest_chains"]["gain"]
@@ -548,5 +569,5 @@ def _sweep_summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int,
   return {"num_rows": len(rows), "units_run": ran, "num_units": num_units,
           "accuracy": {k: dict(v) for k, v in curves.items()},
           "sequential_vs_parallel": sequential_vs_parallel,
-          "transitions": attempts["transitions"],
+          "transitions": attempts["transitions"], "fresh_baseline": attempts["fresh_baseline"],
           "longest_chains": attempts["longest_chains"]}

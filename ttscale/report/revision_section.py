@@ -92,6 +92,14 @@ def markdown(section: dict) -> list[str]:
               f"incorrect one {c2i['count']} of {c2i['of']} times ({_fmt(c2i['rate'])}; "
               f"paper: about 0.38), an incorrect one into a correct one {i2c['count']} of "
               f"{i2c['of']} times ({_fmt(i2c['rate'])})."]
+    fresh = attempts.get("fresh_baseline")
+    if fresh:
+      lines += ["", "A fresh first attempt of the revision model on the same questions, "
+                "in place of each revision, would have been right "
+                f"{_fmt(fresh['after_correct'])} of the time after a correct attempt "
+                f"(revising kept {_fmt(None if c2i['rate'] is None else 1 - c2i['rate'])}) "
+                f"and {_fmt(fresh['after_incorrect'])} after an incorrect one (revising "
+                f"fixed {_fmt(i2c['rate'])})."]
   by_bin = section["splits_by_bin"]
   if by_bin:
     n = by_bin["budget"]

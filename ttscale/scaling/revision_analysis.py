@@ -7,6 +7,9 @@
 - `transitions`: how often a correct attempt is revised into an incorrect one,
   and an incorrect one into a correct one (paper: about 38% of correct
   answers turned incorrect).
+- `fresh_baseline`: what a fresh first attempt of the same model would have
+  scored in place of each revision, so that a revision model that hurts can be
+  told from one whose chains land on hard questions.
 """
 
 from __future__ import annotations
@@ -79,3 +82,41 @@ def transitions(graded) -> dict:
             "rate": float(count / total) if total else None}
 
   return {"correct_to_incorrect": rate(*counts[:2]), "incorrect_to_correct": rate(*counts[2:])}
+
+
+def fresh_baseline(units) -> dict:
+  """The chance that a fresh sample would be right where the chains revised.
+
+  Attempt 1 of every chain is a fresh sample of the revision model (no
+  previous attempt in context), so the mean over a question's first attempts
+  (pooled over all units) estimates its fresh accuracy p_q. For each
+  consecutive pair of attempts, a fresh sample in place of the second would
+  be right with chance p_q: averaged over pairs whose first attempt is
+  incorrect, this is what `incorrect_to_correct` would be if revising were
+  no better and no worse than resampling; over pairs whose first attempt is
+  correct, what 1 − `correct_to_incorrect` would be.
+
+  Args:
+    units: (first question index, graded bool [questions, chains, attempts])
+      pairs; units may cover the same questions (different splits).
+
+  Returns:
+    {"after_incorrect", "after_correct"}: mean p_q over those pairs (None when
+    there are none), and "num_questions" with a first attempt.
+  """
+  units = [(first, _checked(correct)) for first, correct in units]
+  size = max((first + c.shape[0] for first, c in units), default=0)
+  right, seen = np.zeros(size), np.zeros(size)
+  for first, correct in units:
+    right[first:first + correct.shape[0]] += correct[:, :, 0].sum(axis=1)
+    seen[first:first + correct.shape[0]] += correct.shape[1]
+  fresh = np.divide(right, seen, out=np.zeros(size), where=seen > 0)
+  totals = np.zeros(4)  # sum of p_q after incorrect, count, after correct, count
+  for first, correct in units:
+    p = np.broadcast_to(fresh[first:first + correct.shape[0], None, None],
+                        correct[:, :, :-1].shape)
+    before = correct[:, :, :-1]
+    totals += [p[~before].sum(), (~before).sum(), p[before].sum(), before.sum()]
+  return {"after_incorrect": float(totals[0] / totals[1]) if totals[1] else None,
+          "after_correct": float(totals[2] / totals[3]) if totals[3] else None,
+          "num_questions": int((seen > 0).sum())}

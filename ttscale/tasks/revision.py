@@ -124,3 +124,26 @@ def build_trajectory(correct: Sequence[str], incorrect: Sequence[str],
   rest = [i for i in range(len(incorrect)) if i != closest]
   others = [incorrect[i] for i in rng.permutation(rest)[:k - 1]]
   return {"previous": others + [incorrect[closest]], "target": target}
+
+
+def build_keep_trajectory(correct: Sequence[str], incorrect: Sequence[str],
+                          rng: np.random.Generator,
+                          max_previous: int = MAX_PREVIOUS_ATTEMPTS) -> dict | None:
+  """A trajectory whose last attempt in context is already correct, kept as is.
+
+  Beside the paper's trajectories (every attempt in context incorrect), these
+  teach the revision model that a correct attempt stays: at test time a chain
+  does show it its own correct attempts, which the paper's data never does.
+  k ~ Uniform{1..max_previous} attempts in context: k − 1 incorrect ones at
+  random (as many as exist), then a correct one, which is also the target.
+
+  Returns:
+    {"previous": [texts, oldest first], "target": the last of them}, or None
+    when there is no correct attempt.
+  """
+  if not correct:
+    return None
+  kept = correct[int(rng.integers(len(correct)))]
+  k = min(int(rng.integers(1, max_previous + 1)) - 1, len(incorrect))
+  others = [incorrect[i] for i in rng.permutation(len(incorrect))[:k]]
+  return {"previous": others + [kept], "target": kept}
