@@ -9,6 +9,7 @@ is, in expectation, exactly p; with p in {0, 1} it is exact for every draw.
 from __future__ import annotations
 
 import functools
+import json
 import os
 
 import numpy as np
@@ -59,10 +60,17 @@ def _settings(tokenizer, prefixes_per_part: int = 64,
           max_new_tokens=max_new_tokens, step_id=tokenizer.step_id, eos_id=tokenizer.eos_id))
 
 
-def _solution(tokenizer, text: str, ended: bool = True):
-  prompt = [tokenizer.bos_id] + tokenizer.encode(TASK.prompt(QUESTION))
+def _solution(tokenizer, text: str, ended: bool = True, question: str = QUESTION):
+  prompt = [tokenizer.bos_id] + tokenizer.encode(TASK.prompt(question))
   return prm_labels.solution_to_label(prompt, np.array(_ids(tokenizer, text)), ended,
                                       tokenizer, TASK, ANSWER)
+
+
+def _questions(count: int) -> list[str]:
+  """Distinct questions (the toy policy ignores them; only distinct prefixes
+  get rollouts of their own)."""
+  digits = "34789"
+  return [f"{digits[k // 25]}+{digits[k // 5 % 5]}+{digits[k % 5]}" for k in range(count)]
 
 
 def _labels(tokenizer, solutions, p_right, parts_dir, prefixes_per_part=64,
@@ -86,7 +94,8 @@ def test_labels_are_exact_when_the_policy_is_certain(tokenizer, tmp_path, p_righ
 
 def test_labels_estimate_the_policys_chance_of_success(tokenizer, tmp_path):
   p_right, num_solutions = 0.75, 64
-  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7") for _ in range(num_solutions)]
+  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7", question=q)
+               for q in _questions(num_solutions)]
   labels, _ = _labels(tokenizer, solutions, p_right, tmp_path)
   first = np.array([row[0] for row in labels])
   assert set(np.unique(first * NUM_ROLLOUTS)) <= set(range(NUM_ROLLOUTS + 1))
@@ -114,7 +123,7 @@ def test_an_unfinished_solution_has_no_outcome_step(tokenizer, tmp_path):
 
 
 def test_parts_are_resumed_and_give_the_same_labels(tokenizer, tmp_path):
-  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7") for _ in range(12)]
+  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7", question=q) for q in _questions(12)]
   whole, _ = _labels(tokenizer, solutions, 0.5, tmp_path / "whole", prefixes_per_part=4)
   assert len(os.listdir(tmp_path / "whole")) == 3
   resumed_dir = tmp_path / "resumed"
@@ -127,8 +136,34 @@ def test_parts_are_resumed_and_give_the_same_labels(tokenizer, tmp_path):
   assert resumed == whole
 
 
+def test_a_repeated_prefix_is_rolled_out_once_and_shares_its_label(tokenizer, tmp_path):
+  """Fails if identical prefixes of one question draw rollouts of their own
+  (wasted), or if a repeat does not get its first occurrence's label, or if
+  the same prefix of another question is merged with it."""
+  same = [_solution(tokenizer, text) for text in
+          ("3+4=7\nAnswer: 7", "3+4=7\nAnswer: 8", "3+4=7\n4+3=7\nAnswer: 7")]
+  other = _solution(tokenizer, "3+4=7\nAnswer: 7", question=_questions(1)[0])
+  labels, counts = _labels(tokenizer, [*same, other], 0.5, tmp_path)
+  # Prefixes: "3+4=7\n" in all four (three of one question), "3+4=7\n4+3=7\n" once.
+  assert (counts["num_prefixes"], counts["num_distinct_prefixes"]) == (5, 3)
+  assert labels[0][0] == labels[1][0] == labels[2][0]
+  assert counts["correct"][(0, 0)] == counts["correct"][(2, 0)]
+  part = json.loads((tmp_path / "00000.json").read_text())
+  assert len(part["num_correct"]) == 3
+
+
+def test_a_part_of_other_prefixes_is_an_error(tokenizer, tmp_path):
+  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7", question=q) for q in _questions(4)]
+  _labels(tokenizer, solutions, 0.5, tmp_path / "a")
+  saved = json.loads((tmp_path / "a" / "00000.json").read_text())
+  (tmp_path / "b").mkdir()
+  (tmp_path / "b" / "00000.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="00000.json: counts of other prefixes"):
+    _labels(tokenizer, solutions[::-1], 0.5, tmp_path / "b")
+
+
 def test_a_part_of_another_size_is_an_error(tokenizer, tmp_path):
-  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7") for _ in range(4)]
+  solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7", question=q) for q in _questions(4)]
   (tmp_path / "00000.json").write_text('{"num_correct": [1, 2]}')
   with pytest.raises(ValueError, match="00000.json: 2 counts for a part of 4"):
     _labels(tokenizer, solutions, 0.5, tmp_path)

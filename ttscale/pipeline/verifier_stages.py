@@ -138,7 +138,8 @@ def stage_prm_labels(ctx: Context) -> dict:
   summary = {
       "num_questions": len(examples), "num_holdout_questions": len(holdout),
       "num_solutions": len(records), "num_steps": int(soft.size),
-      "num_prefixes_rolled_out": len(rollouts["correct"]),
+      "num_prefixes": rollouts["num_prefixes"],
+      "num_prefixes_rolled_out": rollouts["num_distinct_prefixes"],
       "num_rollouts": p.num_rollouts,
       "solution_accuracy": float(np.mean([r["correct"] for r in records])),
       "mean_soft_label": float(soft.mean()),
@@ -148,7 +149,8 @@ def stage_prm_labels(ctx: Context) -> dict:
       "parts_resumed": rollouts["parts_resumed"], "num_parts": rollouts["num_parts"],
   }
   ctx.log(f"prm_labels: {summary['num_steps']} steps of {summary['num_solutions']} "
-          f"solutions; {total_tokens:,} rollout tokens at "
+          f"solutions; {summary['num_prefixes_rolled_out']} distinct of "
+          f"{summary['num_prefixes']} prefixes rolled out; {total_tokens:,} rollout tokens at "
           f"{summary['rollout_tokens_per_second']:,} tokens/s")
   return summary
 

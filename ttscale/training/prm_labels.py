@@ -12,6 +12,12 @@ is a run of tokens ending in the step delimiter or the end-of-solution token,
 and not blank. The step end (the index of that last token) is where the PRM
 reads its score.
 
+Identical prefixes are rolled out once: two samples of a question often
+share their first steps token for token, and the label is a property of the
+prefix (the policy's chance of success from it), so they share one estimate
+from `num_rollouts` rollouts instead of drawing two (on the embedded task a
+third of all prefixes are such repeats).
+
 The labelling is resumable. Prefixes are cut into parts of a fixed size; a
 part's rollouts draw from `fold_in(key(seed), part)` and its counts are
 written to `parts/<part>.json` atomically, so a killed run loses at most the
@@ -23,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -100,11 +107,17 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
     parts_dir: where `<part>.json` files go (and are found on a re-run).
 
   Returns:
-    {"correct": {(solution, step): number of correct rollouts},
-     "generated_tokens", "seconds": of the rollouts run now,
-     "parts_resumed": parts found on disk}.
+    {"correct": {(solution, step): number of correct rollouts} for every
+     prefix (repeats share their first occurrence's count), "num_prefixes",
+     "num_distinct_prefixes": of them rolled out, "generated_tokens",
+     "seconds": of the rollouts run now, "parts_resumed": parts found on disk,
+     "num_parts"}.
   """
-  pairs = rollout_prefixes(solutions)
+  every_pair = rollout_prefixes(solutions)
+  first_of: dict[tuple, tuple[int, int]] = {}
+  for s, i in every_pair:
+    first_of.setdefault(_prefix_key(solutions[s], i, answers[s]), (s, i))
+  pairs = list(first_of.values())
   order = _rollout_order(solutions, pairs)
 
   # Parts never mix width buckets, so each is one fixed-shape program.
@@ -126,11 +139,17 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
   generated, seconds, resumed = 0, 0.0, 0
   for number, part in enumerate(parts):
     path = os.path.join(parts_dir, f"{number:05d}.json")
+    prefixes = _prefixes_digest([_prefix_key(solutions[s], i, answers[s])
+                                 for s, i in (pairs[k] for k in part)])
     if epath.Path(path).exists():
-      counts = io_utils.read_json(path)["num_correct"]
+      saved = io_utils.read_json(path)
+      counts = saved["num_correct"]
       if len(counts) != len(part):
         raise ValueError(f"{path}: {len(counts)} counts for a part of {len(part)} "
                          "prefixes; the workdir is damaged or from another setup")
+      if saved.get("prefixes") != prefixes:
+        raise ValueError(f"{path}: counts of other prefixes than this part's; the workdir "
+                         "is from another setup or version: delete its prm_labels/parts")
       resumed += 1
       progress.update(batches[number])
     else:
@@ -146,15 +165,29 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
         counts.append(sum(
             _is_correct(prefix + r[:remaining[j]].tolist(), tokenizer, task, answers[s])
             for r in rollouts))
-      io_utils.write_json_atomic(path, {"num_correct": counts,
+      io_utils.write_json_atomic(path, {"num_correct": counts, "prefixes": prefixes,
                                         "generated_tokens": out.num_generated_tokens,
                                         "seconds": time.time() - started})
       generated += out.num_generated_tokens
       seconds += time.time() - started
     for k, count in zip(part, counts, strict=True):
       correct[pairs[k]] = count
-  return {"correct": correct, "generated_tokens": generated, "seconds": seconds,
-          "parts_resumed": resumed, "num_parts": len(parts)}
+  for s, i in every_pair:
+    correct[(s, i)] = correct[first_of[_prefix_key(solutions[s], i, answers[s])]]
+  return {"correct": correct, "num_prefixes": len(every_pair),
+          "num_distinct_prefixes": len(pairs), "generated_tokens": generated,
+          "seconds": seconds, "parts_resumed": resumed, "num_parts": len(parts)}
+
+
+def _prefix_key(solution: SolutionToLabel, step: int, answer: str) -> tuple:
+  """What a rollout from the prefix ending with `step` depends on."""
+  return (tuple(solution.prompt), tuple(solution.tokens[:solution.step_ends[step] + 1]), answer)
+
+
+def _prefixes_digest(keys: list[tuple]) -> str:
+  """Names a part's prefixes (`_prefix_key`s), so that a part file written for
+  other prefixes (another setup or version) is refused, not misread."""
+  return f"{zlib.crc32(repr(keys).encode()):08x}"
 
 
 def _roll_out_part(policy, solutions, pairs, settings: RolloutSettings, number: int,
