@@ -22,7 +22,7 @@ from conftest import tiny_config as _tiny_config
 from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder, tfds_source
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
-from ttscale.pipeline import revision_stages, search_stages
+from ttscale.pipeline import registry, revision_stages, search_stages
 from ttscale.tasks import get_task
 from ttscale.tasks.arith import ERROR_KINDS
 from ttscale.testing import tree_digest
@@ -627,6 +627,21 @@ def test_tiny_sweep_settings_are_the_papers_at_budgets_up_to_four():
   assert (search.max_budget, search.best_of_n_max_budget) == (4, 4)
   settings = search_stages.sweep_settings(search)
   assert tuple((s.method, s.params, s.budget) for s in settings) == TINY_SEARCH_SETTINGS
+
+
+def test_exact_verifier_sweeps_only_its_methods():
+  """Fails if `search.exact_methods` does not restrict the exact verifier's
+  settings (and only its: the PRM's stay), or if an unknown one is accepted."""
+  search = _tiny_config().search
+  search.update(max_budget=16, best_of_n_max_budget=16, exact_max_budget=16,
+                exact_methods=("beam",))
+  settings = search_stages.sweep_settings(search)
+  assert {s.method for s in settings if s.verifier == "exact"} == {"beam"}
+  assert {s.method for s in settings if s.verifier == "prm"} == set(search.methods)
+  config = _tiny_config()
+  config.search.exact_methods = ("beam", "greedy")
+  with pytest.raises(ValueError, match="search.exact_methods: unknown method 'greedy'"):
+    registry.check_config(config)
 
 
 def test_finished_sweep_has_one_graded_row_per_question_and_setting(finished):

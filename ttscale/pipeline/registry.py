@@ -305,10 +305,11 @@ def check_config(config) -> None:
     raise ValueError(f"search.best_of_n_max_budget={config.search.best_of_n_max_budget}: "
                      f"expected >= search.max_budget={config.search.max_budget}")
   budget_grid(config.search.best_of_n_max_budget, "search.best_of_n_max_budget")
-  for method in config.search.methods:
-    if method not in METHODS:
-      raise ValueError(f"search.methods: unknown method {method!r}; expected some of "
-                       f"{', '.join(METHODS)}")
+  for field in ("methods", "exact_methods"):
+    for method in config.search.get(field, ()):
+      if method not in METHODS:
+        raise ValueError(f"search.{field}: unknown method {method!r}; expected some of "
+                         f"{', '.join(METHODS)}")
   search_stages.sweep_settings(config.search)
   revision_stages.sweep_splits(config.sweep_revisions)
   swept = min(config.search.num_questions, config.sweep_revisions.num_questions)

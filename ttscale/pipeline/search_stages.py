@@ -49,7 +49,8 @@ def search_table_meta(ctx: Context) -> dict:
   # hold: a table can be extended with more of them.
   search = {k: v for k, v in ctx.config.search.to_dict().items()
             if k not in ("methods", "max_budget", "best_of_n_max_budget", "extra_settings",
-                         "verifiers", "exact_max_budget", "distinct_beams")}
+                         "verifiers", "exact_max_budget", "exact_methods",
+                         "distinct_beams")}
   return {"policy": ctx.policy_spec(), "prm": ctx.verifier_spec("prm"),
           "sampling": ctx.config.sampling.to_dict(), "search": search,
           "seed": ctx.config.seed}
@@ -57,7 +58,8 @@ def search_table_meta(ctx: Context) -> dict:
 
 def sweep_settings(search_config) -> list[SearchSetting]:
   """The paper's settings of `search.methods` for each of `search.verifiers`
-  (the exact verifier's up to `search.exact_max_budget`), then
+  (the exact verifier's only of `search.exact_methods`, up to
+  `search.exact_max_budget`), then
   `search.extra_settings` (texts for `budget.parse_setting`), each once."""
   grid = budget_grid(search_config.max_budget)
   best_of_n_grid = budget_grid(search_config.best_of_n_max_budget)
@@ -66,11 +68,14 @@ def sweep_settings(search_config) -> list[SearchSetting]:
     if verifier not in VERIFIERS:
       raise ValueError(f"search.verifiers: unknown verifier {verifier!r}; expected some of "
                        f"{', '.join(VERIFIERS)}")
-    cap = search_config.exact_max_budget if verifier == "exact" else None
+    exact = verifier == "exact"
+    methods = [m for m in search_config.methods
+               if not exact or m in search_config.get("exact_methods", search_config.methods)]
     settings += [s for s in paper_settings(
                      grid, best_of_n_grid, distinct=search_config.distinct_beams,
                      verifier=verifier)
-                 if s.method in search_config.methods and (cap is None or s.budget <= cap)]
+                 if s.method in methods
+                 and (not exact or s.budget <= search_config.exact_max_budget)]
   for text in search_config.extra_settings:
     setting = parse_setting(text, grid)
     if setting not in settings:
