@@ -22,10 +22,9 @@ and every tensor's shape). Every other block is the embedded study's
 (`configs/arith.py`), with the values below changed.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
+
+from configs import arith
 
 VARIANTS = ("gemma_2b_v5e", "gemma_2b_v4", "local_tiny")
 
@@ -46,19 +45,11 @@ _FSDP_TP_RULES = (("batch", "data"), ("embed", "data"), ("mlp", "model"),
                   ("length", None), ("head_dim", None))
 
 
-def _arith_config(variant: str) -> config_dict.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arith.py")
-  spec = importlib.util.spec_from_file_location("ttscale_configs_arith", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   variant = arg or "local_tiny"
   if variant not in VARIANTS:
     raise ValueError(f"config variant {variant!r}: expected one of {', '.join(VARIANTS)}")
-  c = _arith_config("tiny" if variant == "local_tiny" else "default")
+  c = arith.get_config("tiny" if variant == "local_tiny" else "default")
   c.variant = variant
   c.task = config_dict.ConfigDict(dict(name="math", few_shot_file=""))
   # `test_split` "test500" (the paper's) needs `test_ids_file`.
