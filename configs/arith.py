@@ -11,6 +11,8 @@ Any field can be overridden on the command line, e.g.
 
 from ml_collections import config_dict
 
+from configs import common
+
 VARIANTS = ("tiny", "default", "paper")
 
 
@@ -50,10 +52,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True))
 
   c.train = config_dict.ConfigDict(dict(
-      batch_size=50, num_steps=750, learning_rate=3e-3, warmup_steps=50,
-      end_learning_rate_fraction=0.05, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, checkpoint_every=100, log_every=25,
-      max_checkpoints=2))
+      batch_size=50, num_steps=750,
+      **common.adamw(learning_rate=3e-3, warmup_steps=50, end_learning_rate_fraction=0.05),
+      checkpoint_every=100, log_every=25, max_checkpoints=2))
 
   # How the policy samples, in every stage that samples. Temperature 0.8:
   # at 1.0 the small policy's tail cost ~10 points of pass@1 on every level.
@@ -96,9 +97,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # 0.76 (policy's trunk) and 0.99 (larger trunk): the defaults.
   c.verifier_train = config_dict.ConfigDict(dict(
       trunk="large", step_labels="soft", step_likelihood=True, batch_size=64,
-      num_steps=600, learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1,
-      weight_decay=0.01, b1=0.9, b2=0.95, grad_clip_norm=1.0, dropout_rate=0.05,
-      checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
+      num_steps=600,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      dropout_rate=0.05, checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
 
   # eval_prm: a pool of `pool_size` samples for each of the first
   # `num_questions` test questions; accuracy at N = 1, 2, 4, ..., pool_size
@@ -166,18 +167,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # train_revision: fine-tuning the policy on the trajectories (loss on the
   # final attempt), early stopping on held-out next-token loss.
   c.revision_train = config_dict.ConfigDict(dict(
-      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
-      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, checkpoint_every=50, log_every=25, max_checkpoints=2,
-      patience=3))
+      batch_size=16, num_steps=300,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
 
   # train_revision_verifier: as `verifier_train`, with smaller batches: its
   # rows hold up to 4 previous attempts (~700 tokens, against ~180 for the PRM).
   c.revision_verifier_train = config_dict.ConfigDict(dict(
-      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
-      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
-      max_checkpoints=2, patience=2))
+      batch_size=16, num_steps=300,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      dropout_rate=0.05, checkpoint_every=50, log_every=25, max_checkpoints=2, patience=2))
 
   # sweep_revisions: every split s × p = N (s = 1, 2, ..., N) of every budget
   # N = 1, 2, 4, ..., max_budget on the first `num_questions` test questions,
