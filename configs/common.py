@@ -1,4 +1,58 @@
-"""What the config files share: the optimiser fields of every training block."""
+"""What the config files share: the config argument and the optimiser fields.
+
+A config argument is `VARIANT[,OPTION...]`, as in
+`--config=configs/arith.py:paper,runlocal`: one variant (the file's default
+when left out) and boolean options that adjust any variant.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+  """A parsed config argument."""
+
+  variant: str
+  options: tuple[str, ...]  # in the order given, each once
+
+  @property
+  def text(self) -> str:
+    """The argument in full, e.g. "paper,runlocal"; the variant alone without options."""
+    return ",".join((self.variant, *self.options))
+
+
+def parse_arg(arg: str | None, *, variants: Sequence[str], default: str,
+              options: Sequence[str] = ()) -> ConfigArg:
+  """Parses `VARIANT[,OPTION...]` (big_vision's `parse_arg`, with plain flags).
+
+  Args:
+    arg: the text after the config file's colon; None or "" is `default`.
+      A first item that names an option, not a variant, also means `default`
+      (`runlocal` alone is `default,runlocal`).
+    variants: the file's variants.
+    default: the variant when none is named.
+    options: the options the file defines.
+
+  Returns:
+    The variant and the options named.
+
+  Raises:
+    ValueError: one line naming an unknown variant or option and the known ones.
+  """
+  # A name that is both would make `runlocal`-style arguments ambiguous.
+  assert not set(variants) & set(options), (variants, options)
+  items = [item.strip() for item in (arg or "").split(",")]
+  if items[0] in options:
+    items.insert(0, "")
+  variant = items[0] or default
+  if variant not in variants:
+    raise ValueError(f"config variant {variant!r}: expected one of {', '.join(variants)}")
+  for option in items[1:]:
+    if option not in options:
+      known = f"expected one of {', '.join(options)}" if options else "this file has none"
+      raise ValueError(f"config option {option!r} in {arg!r}: {known}")
+  return ConfigArg(variant, tuple(dict.fromkeys(items[1:])))
 
 
 def adamw(*, learning_rate: float, warmup_steps: int, end_learning_rate_fraction: float,
