@@ -1,9 +1,24 @@
 """The embedded arithmetic-chain study.
 
-Variants (`--config=configs/arith.py:VARIANT`):
+`--config=configs/arith.py:VARIANT[,OPTION...]` (`configs/common.py`).
+
+Variants:
   tiny     seconds on a CPU; what the tests use.
-  default  the embedded study on a laptop CPU (minutes).
+  default  the embedded study on a laptop CPU (minutes); also when none is named.
   paper    a bigger policy and data set, for an accelerator.
+
+Options, on any variant:
+  runlocal  sets every field that `tiny` sets, as `tiny` does, after the
+            variant's own changes: the task's levels; the sizes of the data,
+            of both models (not their activation), of batches and `seq_len`s;
+            the steps, warm-up, patience, checkpoint and log intervals of
+            every training (not the learning rates); the samples, questions,
+            tokens, rollouts, rounds, rows and budgets of every stage; the
+            revision data's small-run mix (reference solutions counted,
+            smaller policy-data and held-out fractions). The variant keeps
+            the rest: `paper,runlocal` is `tiny` with paper's gelu
+            activations and policy learning rate, as fast; `default,runlocal`
+            is `tiny`.
 
 Any field can be overridden on the command line, e.g.
 `--config.model.num_layers=4 --config.train.num_steps=2000`.
@@ -11,16 +26,24 @@ Any field can be overridden on the command line, e.g.
 
 from ml_collections import config_dict
 
+from configs import common
+
 VARIANTS = ("tiny", "default", "paper")
+OPTIONS = ("runlocal",)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  variant = arg or "default"
-  if variant not in VARIANTS:
-    raise ValueError(
-        f"config variant {variant!r}: expected one of {', '.join(VARIANTS)}")
+  """The study's settings for `arg`, `VARIANT[,OPTION...]` (module docstring).
+
+  `variant` holds the argument in full ("paper,runlocal").
+
+  Raises:
+    ValueError: one line naming an unknown variant or option.
+  """
+  parsed = common.parse_arg(arg, variants=VARIANTS, default="default", options=OPTIONS)
+  variant = parsed.variant
   c = config_dict.ConfigDict()
-  c.variant = variant
+  c.variant = parsed.text
   c.seed = 0
 
   # Chains of +, -, * on a running value; level = number of operations.
@@ -50,10 +73,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
       mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True))
 
   c.train = config_dict.ConfigDict(dict(
-      batch_size=50, num_steps=750, learning_rate=3e-3, warmup_steps=50,
-      end_learning_rate_fraction=0.05, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, checkpoint_every=100, log_every=25,
-      max_checkpoints=2))
+      batch_size=50, num_steps=750,
+      **common.adamw(learning_rate=3e-3, warmup_steps=50, end_learning_rate_fraction=0.05),
+      checkpoint_every=100, log_every=25, max_checkpoints=2))
 
   # How the policy samples, in every stage that samples. Temperature 0.8:
   # at 1.0 the small policy's tail cost ~10 points of pass@1 on every level.
@@ -96,9 +118,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # 0.76 (policy's trunk) and 0.99 (larger trunk): the defaults.
   c.verifier_train = config_dict.ConfigDict(dict(
       trunk="large", step_labels="soft", step_likelihood=True, batch_size=64,
-      num_steps=600, learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1,
-      weight_decay=0.01, b1=0.9, b2=0.95, grad_clip_norm=1.0, dropout_rate=0.05,
-      checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
+      num_steps=600,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      dropout_rate=0.05, checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
 
   # eval_prm: a pool of `pool_size` samples for each of the first
   # `num_questions` test questions; accuracy at N = 1, 2, 4, ..., pool_size
@@ -170,18 +192,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # train_revision: fine-tuning the policy on the trajectories (loss on the
   # final attempt), early stopping on held-out next-token loss.
   c.revision_train = config_dict.ConfigDict(dict(
-      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
-      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, checkpoint_every=50, log_every=25, max_checkpoints=2,
-      patience=3))
+      batch_size=16, num_steps=300,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      checkpoint_every=50, log_every=25, max_checkpoints=2, patience=3))
 
   # train_revision_verifier: as `verifier_train`, with smaller batches: its
   # rows hold up to 4 previous attempts (~700 tokens, against ~180 for the PRM).
   c.revision_verifier_train = config_dict.ConfigDict(dict(
-      batch_size=16, num_steps=300, learning_rate=1e-3, warmup_steps=30,
-      end_learning_rate_fraction=0.1, weight_decay=0.01, b1=0.9, b2=0.95,
-      grad_clip_norm=1.0, dropout_rate=0.05, checkpoint_every=50, log_every=25,
-      max_checkpoints=2, patience=2))
+      batch_size=16, num_steps=300,
+      **common.adamw(learning_rate=1e-3, warmup_steps=30, end_learning_rate_fraction=0.1),
+      dropout_rate=0.05, checkpoint_every=50, log_every=25, max_checkpoints=2, patience=2))
 
   # sweep_revisions: every split s × p = N (s = 1, 2, ..., N) of every budget
   # N = 1, 2, 4, ..., max_budget on the first `num_questions` test questions,
@@ -217,7 +237,20 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
              ("heads", "model"), ("kv_heads", "model"), ("vocab", None),
              ("length", None), ("head_dim", None))))
 
-  if variant == "tiny":
+  if variant == "paper":
+    c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
+    c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,
+                   head_dim=64, mlp_dim=3072, activation="gelu")
+    # 14x the policy's parameters, as in the paper's comparison.
+    c.large_model.update(num_layers=32, embed_dim=2048, num_heads=16, num_kv_heads=4,
+                         head_dim=128, mlp_dim=5632, activation="gelu")
+    c.train.update(batch_size=256, num_steps=50_000, learning_rate=6e-4,
+                   warmup_steps=2_000, checkpoint_every=2_000, log_every=100)
+    c.sampling.batch_size = 1024
+    c.eval.num_samples = 64
+    c.mesh.update(data=-1, model=1)
+  # After the variant's own changes, so that runlocal's sizes win over them.
+  if variant == "tiny" or "runlocal" in parsed.options:
     c.task.max_ops = 3
     c.data.update(num_train=300, num_validation=40, num_test=48, seq_len=80)
     c.model.update(num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1,
@@ -246,16 +279,4 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     c.difficulty.update(num_questions=6, num_samples=4, num_bins=2, step_success_samples=4)
     c.large_model.update(num_layers=1, embed_dim=64, num_heads=2, num_kv_heads=2,
                          head_dim=32, mlp_dim=128)
-  elif variant == "paper":
-    c.data.update(num_train=1_000_000, num_validation=5_000, num_test=4_000)
-    c.model.update(num_layers=12, embed_dim=768, num_heads=12, num_kv_heads=4,
-                   head_dim=64, mlp_dim=3072, activation="gelu")
-    # 14x the policy's parameters, as in the paper's comparison.
-    c.large_model.update(num_layers=32, embed_dim=2048, num_heads=16, num_kv_heads=4,
-                         head_dim=128, mlp_dim=5632, activation="gelu")
-    c.train.update(batch_size=256, num_steps=50_000, learning_rate=6e-4,
-                   warmup_steps=2_000, checkpoint_every=2_000, log_every=100)
-    c.sampling.batch_size = 1024
-    c.eval.num_samples = 64
-    c.mesh.update(data=-1, model=1)
   return c

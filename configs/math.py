@@ -5,7 +5,12 @@ Variants (`--config=configs/math.py:VARIANT`):
                 TPU v5e slice (e.g. v5litepod-16); budgets as in the paper.
   gemma_2b_v4   the same on a TPU v4 slice (e.g. v4-32).
   local_tiny    a tiny Llama-format checkpoint and a small MATH-layout
-                directory, end to end on a CPU in minutes (what the tests run).
+                directory, end to end on a CPU in minutes (what the tests run);
+                also when none is named.
+
+No options (`configs/common.py`): a released checkpoint fixes the model
+block of the Gemma variants, so nothing can shrink them as arith.py's
+`runlocal` does; `local_tiny` is the CPU-sized study.
 
 Paths come from flags, e.g.
 
@@ -22,10 +27,9 @@ and every tensor's shape). Every other block is the embedded study's
 (`configs/arith.py`), with the values below changed.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
+
+from configs import arith, common
 
 VARIANTS = ("gemma_2b_v5e", "gemma_2b_v4", "local_tiny")
 
@@ -46,19 +50,14 @@ _FSDP_TP_RULES = (("batch", "data"), ("embed", "data"), ("mlp", "model"),
                   ("length", None), ("head_dim", None))
 
 
-def _arith_config(variant: str) -> config_dict.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "arith.py")
-  spec = importlib.util.spec_from_file_location("ttscale_configs_arith", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
-
-
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
-  variant = arg or "local_tiny"
-  if variant not in VARIANTS:
-    raise ValueError(f"config variant {variant!r}: expected one of {', '.join(VARIANTS)}")
-  c = _arith_config("tiny" if variant == "local_tiny" else "default")
+  """The MATH study's settings for the variant `arg` (module docstring).
+
+  Raises:
+    ValueError: one line naming an unknown variant, or any option.
+  """
+  variant = common.parse_arg(arg, variants=VARIANTS, default="local_tiny").variant
+  c = arith.get_config("tiny" if variant == "local_tiny" else "default")
   c.variant = variant
   c.task = config_dict.ConfigDict(dict(name="math", few_shot_file=""))
   # `test_split` "test500" (the paper's) needs `test_ids_file`.

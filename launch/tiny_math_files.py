@@ -13,11 +13,11 @@ and prints the launcher command that runs the study on them. The models are
 random: the study runs end to end, its accuracies are not meaningful.
 """
 
-import importlib.util
 import os
 
 from absl import app, flags
 
+from configs import math as math_config
 from ttscale import testing_files
 from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.models.config import ModelConfig
@@ -26,16 +26,11 @@ from ttscale.tasks.math import MathTask
 _OUT = flags.DEFINE_string("out", None, "Directory to write (made if missing).",
                            required=True)
 _CONFIG = "configs/math.py:local_tiny"
-_CONFIG_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "configs", "math.py")
 
 
 def local_tiny_config():
-  """`configs/math.py:local_tiny`, loaded from its file (configs/ is no package)."""
-  spec = importlib.util.spec_from_file_location("ttscale_configs_math", _CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("local_tiny")
+  """`configs/math.py:local_tiny`."""
+  return math_config.get_config("local_tiny")
 
 
 def write_files(out: str, checkpoint_vocab: int | None = None) -> dict:

@@ -8,11 +8,12 @@ session, shared by the pipeline tests and the notebook test (tests copy it
 before changing anything).
 """
 
-import importlib.util
 import os
 import shutil
 
 import pytest
+
+from configs import arith
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count=8"
 
@@ -21,15 +22,9 @@ if _DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):
       flag for flag in (os.environ.get("XLA_FLAGS", ""), _DEVICE_COUNT_FLAG) if flag)
 
 
-ARITH_CONFIG = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
-
-
 def tiny_config():
   """A fresh `configs/arith.py:tiny` (tests may change it)."""
-  spec = importlib.util.spec_from_file_location("arith_config", ARITH_CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
+  return arith.get_config("tiny")
 
 
 class FinishedStudy:

@@ -100,7 +100,7 @@ def executed(tmp_path_factory, finished):
   workdir = finished.copy(str(tmp_path_factory.mktemp("colab") / "workdir"))
   namespace = {"__name__": "__notebook__"}
   with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
-    patch.chdir(REPO)  # the notebook's `%cd`: it reads configs/arith.py
+    patch.chdir(REPO)  # the notebook's `%cd`: it imports configs from there
     patch.setenv("MPLBACKEND", "Agg")
     warnings.filterwarnings("ignore", message=".*non-interactive.*")  # plt.show() on Agg
     for number, cell in enumerate(_read_notebook()["cells"]):

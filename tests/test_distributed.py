@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_dict
 
+from configs import arith
 from ttscale import distributed, io_utils, outcomes, parallel, pipeline, testing
 
 # Every variable `distributed.several_hosts` reads.
@@ -300,8 +301,7 @@ _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def _tiny_config():
-  return _load(os.path.join(_TESTS, os.pardir, "configs", "arith.py"),
-               "arith_config").get_config("tiny")
+  return arith.get_config("tiny")
 
 
 def test_a_gs_workdir_stays_a_url_and_a_local_one_becomes_absolute(tmp_path, monkeypatch):

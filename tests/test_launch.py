@@ -67,6 +67,26 @@ def test_unknown_config_variant_is_reported_on_the_last_line(unknown_variant):
   assert "'huge'" in last and "tiny, default, paper" in last
 
 
+
+def test_unknown_config_option_fails_with_one_line_naming_it_and_the_known_ones(workdir):
+  before = tree_digest(workdir)
+  process = _launch("--config=configs/arith.py:paper,bogus", f"--workdir={workdir}")
+  assert process.returncode == 2, process.stderr[-2000:]
+  lines = [line for line in process.stderr.splitlines() if line.strip()]
+  assert lines == ["error: config option 'bogus' in 'paper,bogus': expected one of runlocal"]
+  assert tree_digest(workdir) == before
+
+
+def test_a_variant_with_an_option_parses_so_only_the_unknown_stage_fails(workdir):
+  """`paper,runlocal` goes through absl's --config as one argument."""
+  before = tree_digest(workdir)
+  process = _launch("--config=configs/arith.py:paper,runlocal", f"--workdir={workdir}",
+                    "--stages=bogus")
+  assert process.returncode == 2, process.stderr[-2000:]
+  assert "'bogus'" in _last_line(process.stderr)
+  assert "Traceback" not in process.stderr
+  assert tree_digest(workdir) == before
+
 def test_unknown_stage_fails_with_one_line_naming_it(workdir):
   """Fails if an unknown stage is accepted, or its error line does not name it
   and the flag and list every stage in order (through `sweep_revisions`), or if

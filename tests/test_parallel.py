@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import json
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ from flax import nnx, struct
 from jax.sharding import PartitionSpec
 from ml_collections import config_dict
 
+from configs import arith
 from ttscale import parallel, testing
 from ttscale.models import Network, init_cache, policy_extend_fn, policy_forward_fn
 from ttscale.search import sampling
@@ -41,11 +40,7 @@ TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
 def _arith_config(variant: str = "tiny") -> config_dict.ConfigDict:
-  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "arith.py"
-  spec = importlib.util.spec_from_file_location("arith_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return arith.get_config(variant)
 
 
 RULES = tuple(_arith_config().mesh.rules)

@@ -27,7 +27,7 @@ from ttscale.tasks import get_task
 from ttscale.tasks.arith import ERROR_KINDS
 from ttscale.testing import tree_digest
 
-CONFIG_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "arith.py")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
 POLICY_STAGES = ("data", "train_policy", "eval_policy")
 REVISION_STAGES = ("revision_data", "train_revision", "train_revision_verifier",
                    "sweep_revisions")
@@ -238,13 +238,11 @@ def test_evaluation_with_another_tokenizer_names_it_and_leaves_the_workdir_untou
 
 
 _LOAD_POLICY_CHECKSUM = """
-import importlib.util, sys
+import sys
 import jax, numpy as np
+from configs import arith
 from ttscale import pipeline
-spec = importlib.util.spec_from_file_location("arith_config", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-policy = pipeline.Context(module.get_config("tiny"), sys.argv[2]).load_policy()
+policy = pipeline.Context(arith.get_config("tiny"), sys.argv[1]).load_policy()
 print(jax.device_count(), sum(float(np.abs(np.asarray(x)).sum())
                               for x in jax.tree.leaves(policy.params)))
 """
@@ -253,11 +251,11 @@ print(jax.device_count(), sum(float(np.abs(np.asarray(x)).sum())
 def test_a_policy_saved_on_eight_devices_loads_on_one(finished):
   # The session trained on 8 devices; a user may evaluate on one.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  # The repository only: configs/ on the path would shadow the stdlib `math`
-  # with configs/math.py.
-  env["PYTHONPATH"] = os.path.join(os.path.dirname(CONFIG_PATH), os.pardir)
+  # The repository root, where `configs` is a package (configs/ itself on the
+  # path would shadow the stdlib `math` with configs/math.py).
+  env["PYTHONPATH"] = REPO
   process = subprocess.run(
-      [sys.executable, "-c", _LOAD_POLICY_CHECKSUM, CONFIG_PATH, finished.workdir],
+      [sys.executable, "-c", _LOAD_POLICY_CHECKSUM, finished.workdir],
       capture_output=True, text=True, env=env, timeout=120, check=False)
   assert process.returncode == 0, process.stderr[-2000:]
   devices, checksum = process.stdout.split()
