@@ -28,6 +28,7 @@ TOP_LEVEL_MODULES = {
     "outcomes": _UTILS,
     "parallel": _UTILS,
     "progress": _UTILS,
+    "resumable": _UTILS,
     "runtime": _UTILS,
     # Stand-in models and files for tests and demos.
     "testing": "models",

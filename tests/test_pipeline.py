@@ -995,6 +995,8 @@ def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
                 "revision_verifier": [10.0 * (q + 1) for q in range(6)],
                 "prm": [1.0 * (q + 1) for q in range(6)]},
       "seconds": 6.0, "generated_tokens": 0,
+      # What the unit is (`resumable`): else it is refused as another unit's.
+      "part": {"sequential": 2, "chains": 2, "first": 0, "last": 6},
   }
   return unit, expected
 

@@ -158,12 +158,16 @@ def test_a_part_of_other_prefixes_is_an_error(tokenizer, tmp_path):
   saved = json.loads((tmp_path / "a" / "00000.json").read_text())
   (tmp_path / "b").mkdir()
   (tmp_path / "b" / "00000.json").write_text(json.dumps(saved))
-  with pytest.raises(ValueError, match="00000.json: counts of other prefixes"):
+  with pytest.raises(ValueError, match=r"00000.json: written for another part \(prefixes "
+                     r".*delete .*b$"):
     _labels(tokenizer, solutions[::-1], 0.5, tmp_path / "b")
 
 
 def test_a_part_of_another_size_is_an_error(tokenizer, tmp_path):
+  """Fails if a damaged part (its prefixes right, too few counts) is read."""
   solutions = [_solution(tokenizer, "3+4=7\nAnswer: 7", question=q) for q in _questions(4)]
-  (tmp_path / "00000.json").write_text('{"num_correct": [1, 2]}')
+  _labels(tokenizer, solutions, 0.5, tmp_path)
+  saved = json.loads((tmp_path / "00000.json").read_text())
+  (tmp_path / "00000.json").write_text(json.dumps({**saved, "num_correct": [1, 2]}))
   with pytest.raises(ValueError, match="00000.json: 2 counts for a part of 4"):
     _labels(tokenizer, solutions, 0.5, tmp_path)

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from ttscale import io_utils, outcomes, parallel
+from ttscale import io_utils, outcomes, parallel, resumable
 from ttscale.data import batching
 from ttscale.data.verifier_data import find_step_ends
 from ttscale.models import policy_forward_fn
@@ -82,23 +82,18 @@ def _sampler_config(ctx: Context) -> sampling.SamplerConfig:
       step_id=ctx.tokenizer.step_id, eos_id=ctx.tokenizer.eos_id)
 
 
-def _in_parts(directory: str, num_items: int, per_part: int, run_part, log, name: str):
-  """Runs `run_part(first, last) -> dict` for each missing part and writes it
-  atomically to `directory/NNNNN.json`; returns every part, in order."""
-  epath.Path(directory).mkdir(parents=True, exist_ok=True)
-  starts = list(range(0, num_items, per_part))
-  progress = Progress(name, len(starts), log)
-  parts = []
-  for number, first in enumerate(starts):
-    path = os.path.join(directory, f"{number:05d}.json")
-    if epath.Path(path).exists():
-      part = io_utils.read_json(path)
-    else:
-      part = run_part(first, min(first + per_part, num_items))
-      io_utils.write_json_atomic(path, part)
-    parts.append(part)
-    progress.update()
-  return parts
+def _in_parts(directory: str, num_items: int, per_part: int, run_part, log,
+              name: str) -> list[dict]:
+  """Runs `run_part(first, last) -> dict` for each part of `per_part` items not
+  yet in `directory/NNNNN.json` (`resumable.map_parts`; a part is described by
+  its item range); returns every part's dict, in order."""
+  parts = [resumable.Part(resumable.part_path(directory, number),
+                          {"first": first, "last": min(first + per_part, num_items)}, None)
+           for number, first in enumerate(range(0, num_items, per_part))]
+  progress = Progress(name, len(parts), log)
+  return resumable.map_parts(
+      parts, lambda part: run_part(part.description["first"], part.description["last"]),
+      delete=directory, on_part=lambda *_: progress.update()).results
 
 
 # ------------------------------------------------------------------ data
@@ -321,9 +316,9 @@ def stage_train_revision_verifier(ctx: Context) -> dict:
                     r.questions_per_part, chain_part, ctx.log,
                     "train_revision_verifier (chains)")
   records = []
-  for number, part in enumerate(parts):
+  for part in parts:
     for record in part["records"]:
-      record["question_index"] += number * r.questions_per_part
+      record["question_index"] += part["part"]["first"]
       records.append(record)
   holdout = holdout_questions(len(examples), r.holdout_fraction, _seed(ctx, "rv_holdout"))
   for record in records:
@@ -467,37 +462,61 @@ def stage_sweep_revisions(ctx: Context) -> dict:
                     min(first + per_unit, len(test))))
   progress = Progress("sweep_revisions", len(units), ctx.log)
   seed = cfg.seed
-  ran = 0
   unit_dir = ctx.path("revisions", "sweep")
   epath.Path(unit_dir).mkdir(parents=True, exist_ok=True)
   selections = _selections(ctx)
+  # Units whose rows are all in the table are neither read nor run (their
+  # files may be gone); the others are read from their files or run.
+  to_run = []
   for budget, sequential, chains, first, last in units:
     params = {sel: _row_params(sequential, chains, sel) for sel in selections}
     missing = [(i, sel) for i in range(first, last) for sel in selections
                if not table.has((i, "revisions", params[sel], budget, seed))]
-    path = os.path.join(unit_dir, _unit_file_name(budget, sequential, first))
     if missing:
-      unit = io_utils.read_json(path) if epath.Path(path).exists() else None
-      # A unit saved before the exact verifier was swept is run again (same key).
-      if unit is None or any(_SELECTIONS[sel][0] not in (None, *unit["scores"])
-                             for _, sel in missing):
-        key = jax.random.key(_seed(ctx, "sweep_revisions", budget, sequential, first))
-        unit = _run_unit(ctx, models, test[first:last], sequential, chains, key)
-        io_utils.write_json_atomic(path, unit)
-        ran += 1
-      chosen = {sel: _choose(unit, sel) for sel in {sel for _, sel in missing}}
-      rows = []
-      for i, sel in missing:
-        q = i - first
-        pick = chosen[sel][q]
-        answer = None if pick is None else unit["answers"][q][pick[0]][pick[1]]
-        rows.append(outcomes.Outcome(
-            question_index=i, level=test[i].level, method="revisions", params=params[sel],
-            budget=budget, seed=seed, answer=answer,
-            correct=ctx.task.grade(answer, test[i].answer), generations=budget,
-            flops=_unit_flops(unit, sel, q), seconds=unit["seconds"] / (last - first)))
-      table.append(rows)
+      to_run.append(resumable.Part(
+          os.path.join(unit_dir, _unit_file_name(budget, sequential, first)),
+          {"sequential": sequential, "chains": chains, "first": first, "last": last},
+          (params, missing)))
+    else:
+      progress.update(note=f"N={budget} s={sequential} p={chains}")
+
+  def run(part: resumable.Part) -> dict:
+    unit = part.description
+    budget = unit["sequential"] * unit["chains"]
+    key = jax.random.key(_seed(ctx, "sweep_revisions", budget, unit["sequential"],
+                               unit["first"]))
+    return _run_unit(ctx, models, test[unit["first"]:unit["last"]], unit["sequential"],
+                     unit["chains"], key)
+
+  def scores_every_missing_row(part: resumable.Part, unit: dict) -> bool:
+    # A unit saved before the exact verifier was swept is run again (same key).
+    return all(_SELECTIONS[sel][0] in (None, *unit["scores"]) for _, sel in part.item[1])
+
+  def append_rows(index: int, unit: dict, resumed: bool) -> None:
+    del resumed
+    part = to_run[index]
+    sequential, chains = part.description["sequential"], part.description["chains"]
+    first, last = part.description["first"], part.description["last"]
+    budget = sequential * chains
+    params, missing = part.item
+    chosen = {sel: _choose(unit, sel) for sel in {sel for _, sel in missing}}
+    rows = []
+    for i, sel in missing:
+      q = i - first
+      pick = chosen[sel][q]
+      answer = None if pick is None else unit["answers"][q][pick[0]][pick[1]]
+      rows.append(outcomes.Outcome(
+          question_index=i, level=test[i].level, method="revisions", params=params[sel],
+          budget=budget, seed=seed, answer=answer,
+          correct=ctx.task.grade(answer, test[i].answer), generations=budget,
+          flops=_unit_flops(unit, sel, q), seconds=unit["seconds"] / (last - first)))
+    # Appended unit by unit: a kill keeps the rows of every unit finished.
+    table.append(rows)
     progress.update(note=f"N={budget} s={sequential} p={chains}")
+
+  mapped = resumable.map_parts(to_run, run, delete=unit_dir,
+                               reusable=scores_every_missing_row, on_part=append_rows)
+  ran = len(to_run) - mapped.num_resumed
   return _sweep_summary(ctx, table.rows(), unit_dir, ran, len(units))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from ttscale import io_utils, parallel
+from ttscale import io_utils, parallel, resumable
 from ttscale.data.batching import TrainBatches
 from ttscale.data.verifier_data import verifier_arrays
 from ttscale.models import policy_forward_fn
@@ -75,20 +75,30 @@ def labelled_records(ctx: Context, examples, samples: dict, holdout: set[int],
 
 def sample_pool(ctx: Context, path: str, questions: list[str], num_samples: int,
                  seed: int, name: str) -> dict:
-  """Samples solutions once and keeps them in `path` (a re-run reads them)."""
-  if epath.Path(path).exists():
-    return io_utils.read_json(path)
+  """Samples solutions once and keeps them in `path` (a re-run reads them; a
+  file sampled for other questions, another count or seed is refused).
+
+  Returns:
+    {"tokens": [question][sample] solution tokens, "ended": [question][sample]
+     bool, "generated_tokens", "seconds", "part": what was sampled}.
+  """
   cfg = ctx.config
-  samples = generate.sample_solutions(
-      ctx.load_policy(), ctx.tokenizer, ctx.task, questions, num_samples=num_samples,
-      rule=_sampling_rule(ctx), max_new_tokens=cfg.sampling.max_new_tokens,
-      batch_size=cfg.sampling.batch_size, seed=seed, mesh=ctx.mesh, rules=ctx.rules,
-      progress_name=name, log=ctx.log)
-  pool = {"tokens": [[t.tolist() for t in row] for row in samples.tokens],
-          "ended": samples.ended, "generated_tokens": samples.num_generated_tokens,
-          "seconds": samples.seconds}
-  io_utils.write_json_atomic(path, pool)
-  return pool
+
+  def sample(part: resumable.Part) -> dict:
+    del part
+    samples = generate.sample_solutions(
+        ctx.load_policy(), ctx.tokenizer, ctx.task, questions, num_samples=num_samples,
+        rule=_sampling_rule(ctx), max_new_tokens=cfg.sampling.max_new_tokens,
+        batch_size=cfg.sampling.batch_size, seed=seed, mesh=ctx.mesh, rules=ctx.rules,
+        progress_name=name, log=ctx.log)
+    return {"tokens": [[t.tolist() for t in row] for row in samples.tokens],
+            "ended": samples.ended, "generated_tokens": samples.num_generated_tokens,
+            "seconds": samples.seconds}
+
+  # One part: the whole pool (`sample_solutions` batches across questions).
+  description = {"questions": resumable.digest(questions), "num_questions": len(questions),
+                 "num_samples": num_samples, "seed": seed}
+  return resumable.map_parts([resumable.Part(path, description, None)], sample).results[0]
 
 
 def holdout_questions(num_questions: int, fraction: float, seed: int) -> set[int]:

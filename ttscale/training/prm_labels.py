@@ -18,24 +18,23 @@ prefix (the policy's chance of success from it), so they share one estimate
 from `num_rollouts` rollouts instead of drawing two (on the embedded task a
 third of all prefixes are such repeats).
 
-The labelling is resumable. Prefixes are cut into parts of a fixed size; a
-part's rollouts draw from `fold_in(key(seed), part)` and its counts are
-written to `parts/<part>.json` atomically, so a killed run loses at most the
-part in flight and a re-run produces the same labels.
+The labelling is resumable (`ttscale.resumable`). Prefixes are cut into
+parts of a fixed size; a part's rollouts draw from `fold_in(key(seed), part)`
+and its counts are written to `parts/<part>.json` atomically with a digest of
+its prefixes, so a killed run loses at most the part in flight, a re-run
+produces the same labels, and a part file of other prefixes is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 import zlib
 
 import jax
 import numpy as np
-from etils import epath
 
-from ttscale import io_utils
+from ttscale import resumable
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.data.verifier_data import find_step_ends
 from ttscale.models import Network
@@ -135,48 +134,55 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
   rows_per_part = [len(p) * settings.num_rollouts for p in parts]
   batches = [-(-rows // settings.batch_size) for rows in rows_per_part]
   progress = Progress("prm_labels (rollouts)", sum(batches), log)
+
+  def run(part: resumable.Part) -> dict:
+    number, ks = part.item
+    started = time.time()
+    out, remaining = _roll_out_part(policy, solutions, [pairs[k] for k in ks],
+                                    settings, number, mesh, rules, progress)
+    counts = []
+    for j, k in enumerate(ks):
+      s, i = pairs[k]
+      prefix = solutions[s].tokens[:solutions[s].step_ends[i] + 1]
+      rollouts = out.tokens[j * settings.num_rollouts:(j + 1) * settings.num_rollouts]
+      # A rollout keeps only what is left of the solution's token budget.
+      counts.append(sum(
+          _is_correct(prefix + r[:remaining[j]].tolist(), tokenizer, task, answers[s])
+          for r in rollouts))
+    return {"num_correct": counts, "generated_tokens": out.num_generated_tokens,
+            "seconds": time.time() - started}
+
   correct: dict[tuple[int, int], int] = {}
-  generated, seconds, resumed = 0, 0.0, 0
-  for number, part in enumerate(parts):
-    path = os.path.join(parts_dir, f"{number:05d}.json")
-    prefixes = _prefixes_digest([_prefix_key(solutions[s], i, answers[s])
-                                 for s, i in (pairs[k] for k in part)])
-    if epath.Path(path).exists():
-      saved = io_utils.read_json(path)
-      counts = saved["num_correct"]
-      if len(counts) != len(part):
-        raise ValueError(f"{path}: {len(counts)} counts for a part of {len(part)} "
-                         "prefixes; the workdir is damaged or from another setup")
-      if saved.get("prefixes") != prefixes:
-        raise ValueError(f"{path}: counts of other prefixes than this part's; the workdir "
-                         "is from another setup or version: delete its prm_labels/parts")
-      resumed += 1
-      progress.update(batches[number])
-    else:
-      started = time.time()
-      out, remaining = _roll_out_part(policy, solutions, [pairs[k] for k in part],
-                                      settings, number, mesh, rules, progress)
-      counts = []
-      for j, k in enumerate(part):
-        s, i = pairs[k]
-        prefix = solutions[s].tokens[:solutions[s].step_ends[i] + 1]
-        rollouts = out.tokens[j * settings.num_rollouts:(j + 1) * settings.num_rollouts]
-        # A rollout keeps only what is left of the solution's token budget.
-        counts.append(sum(
-            _is_correct(prefix + r[:remaining[j]].tolist(), tokenizer, task, answers[s])
-            for r in rollouts))
-      io_utils.write_json_atomic(path, {"num_correct": counts, "prefixes": prefixes,
-                                        "generated_tokens": out.num_generated_tokens,
-                                        "seconds": time.time() - started})
-      generated += out.num_generated_tokens
-      seconds += time.time() - started
-    for k, count in zip(part, counts, strict=True):
+
+  def take_counts(number: int, saved: dict, resumed: bool) -> None:
+    counts = saved["num_correct"]
+    if len(counts) != len(parts[number]):
+      raise ValueError(f"{resumable.part_path(parts_dir, number)}: {len(counts)} counts for "
+                       f"a part of {len(parts[number])} prefixes; the workdir is damaged: "
+                       f"delete {parts_dir}")
+    for k, count in zip(parts[number], counts, strict=True):
       correct[pairs[k]] = count
+    if resumed:  # a part run now counted its batches as it sampled them
+      progress.update(batches[number])
+
+  # A part is described by its prefixes (`_prefixes_digest`): parts cut
+  # otherwise (another setup, or a version that cut them otherwise) are refused.
+  mapped = resumable.map_parts(
+      [resumable.Part(resumable.part_path(parts_dir, number),
+                      _prefixes_digest([_prefix_key(solutions[s], i, answers[s])
+                                        for s, i in (pairs[k] for k in part)]),
+                      (number, part))
+       for number, part in enumerate(parts)],
+      run, key="prefixes", delete=parts_dir, on_part=take_counts)
+  ran = [saved for saved, resumed in zip(mapped.results, mapped.resumed, strict=True)
+         if not resumed]
+  generated = sum(saved["generated_tokens"] for saved in ran)
+  seconds = sum(saved["seconds"] for saved in ran)
   for s, i in every_pair:
     correct[(s, i)] = correct[first_of[_prefix_key(solutions[s], i, answers[s])]]
   return {"correct": correct, "num_prefixes": len(every_pair),
           "num_distinct_prefixes": len(pairs), "generated_tokens": generated,
-          "seconds": seconds, "parts_resumed": resumed, "num_parts": len(parts)}
+          "seconds": seconds, "parts_resumed": mapped.num_resumed, "num_parts": len(parts)}
 
 
 def _prefix_key(solution: SolutionToLabel, step: int, answer: str) -> tuple:
