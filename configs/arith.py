@@ -152,7 +152,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # to `exact_max_budget`; its rows say `verifier=exact` and stay out of
   # compute-optimal selection unless `select_exact` is set). `exact_methods`:
   # the methods swept with the exact verifier. Lookahead is left out: its
-  # exact rows cost a quarter of the sweep (233 s of 1,060 s) and the engine
+  # exact rows cost a quarter of the sweep (233 s of 1,052 s) and the engine
   # check's perfect-search prediction covers best-of-N, beam and DVTS only.
   # `step_aggregation`: a candidate's score from its step scores, "last" (the
   # paper's) or "min" (its lowest step: a slip early in a solution keeps it
