@@ -146,14 +146,14 @@ def search_benchmark(config, workdir: str, budgets: list[int] | None,
   of the time is measured by running each program again with every PRM call
   left out (scores 0): 1 - (time without PRM) / (time with PRM).
   """
-  from ttscale.pipeline import Context, search_stages
-  from ttscale.search import common, runner
+  from ttscale.pipeline import Context
+  from ttscale.search import common, runner, search_sweep
   from ttscale.search.budget import SearchSetting, budget_grid, check_on_grid
 
   ctx = Context(config, workdir, log=lambda _: None)
   policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
   devices = list(ctx.mesh.devices.flat)
-  options = search_stages.search_options(ctx)
+  options = search_sweep.search_options(config)
   test = ctx.examples("test")
   questions = [e.question for e in test]
   width = runner.prompt_width(ctx.tokenizer, ctx.task, questions)

@@ -25,6 +25,7 @@ TOP_LEVEL_MODULES = {
     "diffs": _UTILS,
     "distributed": _UTILS,
     "io_utils": _UTILS,
+    "layout": _UTILS,
     "outcomes": _UTILS,
     "parallel": _UTILS,
     "progress": _UTILS,

@@ -22,7 +22,8 @@ from conftest import tiny_config as _tiny_config
 from ttscale import io_utils, outcomes, pipeline
 from ttscale.data import arith_builder, tfds_source
 from ttscale.data.tokenizer import Tokenizer, train_tokenizer
-from ttscale.pipeline import registry, revision_stages, search_stages
+from ttscale.pipeline import registry
+from ttscale.search import revision_sweep, search_sweep
 from ttscale.tasks import get_task
 from ttscale.tasks.arith import ERROR_KINDS
 from ttscale.testing import tree_digest
@@ -623,7 +624,7 @@ def test_tiny_sweep_settings_are_the_papers_at_budgets_up_to_four():
   below expect (so their counts would test another sweep)."""
   search = _tiny_config().search
   assert (search.max_budget, search.best_of_n_max_budget) == (4, 4)
-  settings = search_stages.sweep_settings(search)
+  settings = search_sweep.sweep_settings(search)
   assert tuple((s.method, s.params, s.budget) for s in settings) == TINY_SEARCH_SETTINGS
 
 
@@ -633,7 +634,7 @@ def test_exact_verifier_sweeps_only_its_methods():
   search = _tiny_config().search
   search.update(max_budget=16, best_of_n_max_budget=16, exact_max_budget=16,
                 exact_methods=("beam",))
-  settings = search_stages.sweep_settings(search)
+  settings = search_sweep.sweep_settings(search)
   assert {s.method for s in settings if s.verifier == "exact"} == {"beam"}
   assert {s.method for s in settings if s.verifier == "prm"} == set(search.methods)
   config = _tiny_config()
@@ -888,7 +889,7 @@ def test_tiny_revision_sweep_is_every_split_of_budgets_up_to_four():
   revision tests below expect (so their counts would test another sweep)."""
   config = _tiny_config()
   assert config.sweep_revisions.max_budget == 4 and not config.sweep_revisions.splits
-  assert tuple(revision_stages.sweep_splits(config.sweep_revisions)) == TINY_REVISION_SPLITS
+  assert tuple(revision_sweep.sweep_splits(config.sweep_revisions)) == TINY_REVISION_SPLITS
 
 
 def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selector(finished):

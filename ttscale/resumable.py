@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar
 from etils import epath
 
 from ttscale import io_utils
+from ttscale.progress import Progress
 
 Item = TypeVar("Item")
 
@@ -132,3 +133,26 @@ def digest(value: Any) -> str:
 def part_path(directory: str | os.PathLike, number: int) -> str:
   """The file of part `number` in `directory`: `NNNNN.json` (sorts by number)."""
   return os.path.join(os.fspath(directory), f"{number:05d}.json")
+
+
+def stream_seed(*parts) -> int:
+  """A stable seed per purpose, e.g. `stream_seed(run_seed, "revision_data",
+  first_question)`: each part draws its own random stream, the same whether
+  it runs in one go or after a resume."""
+  return zlib.crc32("/".join(str(p) for p in parts).encode())
+
+
+def map_ranges(directory: str | os.PathLike, num_items: int, per_part: int,
+               run_range: Callable[[int, int], dict], name: str,
+               log: Callable[[str], None] = print) -> list[dict]:
+  """`map_parts` over items 0..num_items-1 cut in ranges of `per_part`: runs
+  `run_range(first, last)` for each range not yet in `directory/NNNNN.json`
+  (a part is described by its range; a stale one means the whole directory
+  is), logging progress as `name`; returns every part's dict, in order."""
+  parts = [Part(part_path(directory, number),
+                {"first": first, "last": min(first + per_part, num_items)}, None)
+           for number, first in enumerate(range(0, num_items, per_part))]
+  progress = Progress(name, len(parts), log)
+  return map_parts(
+      parts, lambda part: run_range(part.description["first"], part.description["last"]),
+      delete=os.fspath(directory), on_part=lambda *_: progress.update()).results

@@ -8,10 +8,8 @@ import pytest
 
 from ttscale import io_utils
 from ttscale.outcomes import Outcome, OutcomeTable, uses_exact_verifier
-from ttscale.pipeline import revision_stages
-from ttscale.pipeline.study_stages import FAMILIES, KINDS
 from ttscale.report import study_report
-from ttscale.scaling import compute_optimal
+from ttscale.scaling import compute_optimal, revision_analysis
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 QUESTIONS = [0, 1, 2, 3]
@@ -67,8 +65,9 @@ def _write_workdir(workdir, with_select=True):
                           "prm_flops_per_question": 5.0e5}})
   # Attempt by attempt: one 4-attempt chain per question (see ATTEMPT_CHAINS).
   io_utils.write_json_atomic(os.path.join(workdir, "revisions", "attempts.json"),
-                             revision_stages._attempt_analysis(
-                                 {"N0004_s0004_q00000.json": np.array(ATTEMPT_CHAINS)}, SEED))
+                             revision_analysis.attempt_analysis(
+                                 {"N0004_s0004_q00000.json": (0, np.array(ATTEMPT_CHAINS))},
+                                 SEED))
   io_utils.write_json_atomic(os.path.join(workdir, "stages", "train_revision_verifier.json"), {
       "stage": "train_revision_verifier", "seconds": 1.0, "summary": {
           "heldout_outcome_auc": {"revision_verifier": 0.8, "base_prm": 0.7},
@@ -79,10 +78,10 @@ def _write_workdir(workdir, with_select=True):
             if not uses_exact_verifier(row["params"])]
     select = {"num_questions": len(QUESTIONS), "num_bins": 2}
     for kind, bins in (("oracle", ORACLE_BINS), ("predicted", PREDICTED_BINS)):
-      assert kind in KINDS
+      assert kind in compute_optimal.KINDS
       select[kind] = {family: compute_optimal.compute_optimal(
           rows, QUESTIONS, np.asarray(bins), SEED + 21, keep, baseline)
-          for family, (keep, baseline) in FAMILIES.items()}
+          for family, (keep, baseline) in compute_optimal.FAMILIES.items()}
     io_utils.write_json_atomic(os.path.join(workdir, "select.json"),
                                json.loads(json.dumps(select)))
 

@@ -249,3 +249,24 @@ def left_pad(
       tokens[index, length - len(sequence) :] = sequence
     lengths[index] = len(sequence)
   return tokens, lengths
+
+
+def fit_to_seq_len(encoded: list, seq_len: int, how: str) -> tuple[list, int]:
+  """Training sequences ([(tokens, loss mask)]) that fit `seq_len`, by
+  `data.too_long`: "skip" drops longer ones, "truncate" cuts them, "refuse"
+  raises naming how many are longer. Returns (sequences, how many were longer).
+  """
+  longer = [i for i, (tokens, _) in enumerate(encoded) if len(tokens) > seq_len]
+  if not longer:
+    return encoded, 0
+  if how == "refuse":
+    longest = max(len(encoded[i][0]) for i in longer)
+    raise ValueError(f"data.seq_len={seq_len}: {len(longer)} of {len(encoded)} training "
+                     f"examples are longer (up to {longest} tokens); raise it, or set "
+                     "data.too_long='skip' or 'truncate'")
+  if how == "truncate":
+    return [(t[:seq_len], m[:seq_len]) for t, m in encoded], len(longer)
+  kept = [pair for pair in encoded if len(pair[0]) <= seq_len]
+  if not kept:
+    raise ValueError(f"data.seq_len={seq_len}: every training example is longer")
+  return kept, len(longer)

@@ -7,26 +7,17 @@ import functools
 import os
 from collections.abc import Callable
 
-import jax
-import numpy as np
 from etils import epath
-from flax import nnx
 
-from ttscale import io_utils, parallel
+from ttscale import io_utils, layout, parallel
 from ttscale.data import arith_builder, math_builder, tfds_source
 from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.models import LanguageModel, ModelConfig, Network, ValueModel
-from ttscale.tasks import get_task, revision
+from ttscale.pipeline import fingerprints
+from ttscale.search import generate, sampling
+from ttscale.tasks import get_task
 from ttscale.training.checkpoints import Checkpointer
-from ttscale.training.optimizer import make_optimizer
-from ttscale.training.trainer import TrainState
-
-# Fields that change how a stage reports or checkpoints, never its result.
-BOOKKEEPING = ("log_every", "checkpoint_every", "max_checkpoints")
-
-
-def without(block: dict, keys) -> dict:
-  return {k: v for k, v in block.items() if k not in keys}
+from ttscale.training.restore import restore_language_model, restore_parameters
 
 
 class Context:
@@ -49,10 +40,10 @@ class Context:
       if not data.manual_dir:
         raise ValueError("data.manual_dir is required for task.name='math': a directory "
                          "in the public MATH layout (train/<subject>/<id>.json, test/...)")
-      return math_builder.build_math_data(data.manual_dir, self.path("data"),
+      return math_builder.build_math_data(data.manual_dir, self.path(layout.DATA),
                                           data.test_ids_file or None)
     return arith_builder.build_arith_data(self.config.task, self.config.data,
-                                          self.path("data"))
+                                          self.path(layout.DATA))
 
   def examples(self, split: str):
     """The `Example`s of a split; "test" is `data.test_split` where the config has one
@@ -67,7 +58,7 @@ class Context:
   @functools.cached_property
   def tokenizer(self):
     """The workdir's `Tokenizer`, or a released model's `PretrainedTokenizer`."""
-    path = self.path("tokenizer.model")
+    path = self.path(layout.TOKENIZER)
     if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'data' stage first")
     return load_tokenizer(path)
@@ -80,19 +71,30 @@ class Context:
   def rules(self):
     return tuple(tuple(rule) for rule in self.config.mesh.rules)
 
+  def sampling_rule(self) -> sampling.SamplingRule:
+    return sampling.SamplingRule(self.config.sampling.temperature, self.config.sampling.top_p)
+
+  def sampler_config(self) -> sampling.SamplerConfig:
+    """The policy's sampler for whole solutions (`sampling` block)."""
+    return sampling.SamplerConfig(
+        rule=self.sampling_rule(), stop_at=sampling.StopAt.SOLUTION,
+        max_new_tokens=self.config.sampling.max_new_tokens,
+        step_id=self.tokenizer.step_id, eos_id=self.tokenizer.eos_id)
+
+  def sample_pool(self, path: str, questions: list[str], num_samples: int, seed: int,
+                  name: str) -> dict:
+    """`generate.sample_pool` of the policy, kept at `path` in the workdir."""
+    cfg = self.config
+    return generate.sample_pool(
+        self.path(path), self.load_policy, self.tokenizer, self.task, questions,
+        num_samples=num_samples, rule=self.sampling_rule(),
+        max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.sampling.batch_size,
+        seed=seed, mesh=self.mesh, rules=self.rules, progress_name=name, log=self.log)
+
   def policy_config(self, large: bool = False) -> ModelConfig:
     """The policy's network; `large=True`: the larger policy of the comparison."""
     block = self.config.large_model if large else self.config.model
     return ModelConfig.from_config(block, self.tokenizer.vocab_size)
-
-  def policy_spec(self, large: bool = False) -> dict:
-    """What a policy checkpoint must have been trained with to be reused."""
-    return {"tokenizer": self.tokenizer.fingerprint,
-            "model": dataclasses.asdict(self.policy_config(large)),
-            "train": without(self.config.train.to_dict(), BOOKKEEPING),
-            "data": self.config.data.to_dict(),
-            "task": self.config.task.to_dict(),
-            "init": self.init_checkpoint("large" if large else "policy")}
 
   def init_checkpoint(self, model: str = "policy") -> dict | None:
     """{"format", "path", "trim_vocab"} of the released checkpoint `model`
@@ -105,12 +107,14 @@ class Context:
     return {"format": block.format, "path": path, "trim_vocab": block.trim_vocab}
 
   def policy_checkpointer(self, large: bool = False) -> Checkpointer:
-    return Checkpointer(self.path("large" if large else "policy"), self.policy_spec(large),
+    return Checkpointer(self.path(layout.LARGE if large else layout.POLICY),
+                        fingerprints.policy_spec(self, large),
                         max_to_keep=self.config.train.max_checkpoints)
 
   def load_policy(self, large: bool = False) -> Network:
     """The trained policy (or the larger one) from its last checkpoint."""
-    stage, directory = ("train_large", "large") if large else ("train_policy", "policy")
+    stage, directory = ("train_large", layout.LARGE) if large else ("train_policy",
+                                                                     layout.POLICY)
     if not epath.Path(self.path(directory)).is_dir():
       raise ValueError(f"{self.path(directory)} is missing: run the "
                        f"'{stage}' stage first")
@@ -119,26 +123,17 @@ class Context:
     if step is None or step < self.config.train.num_steps:
       raise ValueError(f"{checkpointer.directory}: no finished policy "
                        f"checkpoint; run the '{stage}' stage first")
-    model_config = self.policy_config(large)
-    graphdef, params = nnx.split(nnx.eval_shape(
-        lambda: LanguageModel(model_config, rngs=nnx.Rngs(0))))
-    optimizer = make_optimizer(self.config.train)
-    abstract = jax.eval_shape(lambda p: TrainState(
-        step=np.int32(0), params=p, opt_state=optimizer.init(p)), params)
-    # Restored replicated on this run's mesh, whatever mesh saved it.
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract)
-    restored_step, state = checkpointer.restore_latest(abstract, self.log)
+    restored_step, network = restore_language_model(
+        checkpointer, self.policy_config(large), self.config.train, self.mesh, self.log)
     checkpointer.close()
     if restored_step != step:
       # The finished step was damaged: the stage must train again from the
       # last good step (or from scratch), so it is no longer done.
-      epath.Path(self.path("stages", f"{stage}.json")).unlink(missing_ok=True)
+      epath.Path(self.path(layout.marker(stage))).unlink(missing_ok=True)
       raise ValueError(f"{checkpointer.directory}: the final step {step} does not restore; "
                        f"run the '{stage}' stage again (it resumes from "
                        f"{'scratch' if restored_step is None else f'step {restored_step}'})")
-    return Network(graphdef, state.params, model_config)
+    return network
 
   # ---------------------------------------------------------- verifiers
 
@@ -169,33 +164,15 @@ class Context:
     ends = (self.tokenizer.step_id, self.tokenizer.eos_id) if reads_likelihood else ()
     return functools.partial(ValueModel, step_likelihood=ends)
 
-  def verifier_spec(self, kind: str) -> dict:
-    """What a verifier checkpoint must have been trained with to be reused.
-
-    The vocabulary comes first, so that a checkpoint of another tokenizer is
-    reported as such. The revision verifier also depends on the revision
-    model that wrote its training data.
-    """
-    spec = {"vocab_size": self.tokenizer.vocab_size,
-            "tokenizer": self.tokenizer.fingerprint,
-            "kind": kind,
-            "model": dataclasses.asdict(self.verifier_config(kind)),
-            "verifier_train": without(self.verifier_train_config(kind).to_dict(), BOOKKEEPING),
-            "prm": self.config.prm.to_dict(),
-            "policy": self.policy_spec(),
-            # The trunk's own training, when it is not the policy's.
-            "trunk": self.policy_spec(large=True) if self.verifier_trunk_is_large(kind) else None,
-            "init": self.init_checkpoint("prm") if kind == "prm" else None}
-    if kind == "revision_verifier":
-      spec.update(revision=self.revision_spec(), prm=None)
-    return spec
-
-  def verifier_checkpointers(self, kind: str) -> tuple[Checkpointer, Checkpointer]:
-    """(training state, best parameters) checkpointers of `kind` ("prm", "orm")."""
-    spec = self.verifier_spec(kind)
-    keep = self.verifier_train_config(kind).max_checkpoints
-    return (Checkpointer(self.path(kind, "state"), spec, max_to_keep=keep),
-            Checkpointer(self.path(kind, "best"), spec, max_to_keep=1))
+  def checkpointers(self, kind: str) -> tuple[Checkpointer, Checkpointer]:
+    """(training state, best parameters) checkpointers of an early-stopped
+    model of `kind` ("prm", "orm", "revision", "revision_verifier")."""
+    spec = fingerprints.model_spec(self, kind)
+    block = (self.config.revision_train if kind == "revision"
+             else self.verifier_train_config(kind))
+    return (Checkpointer(self.path(layout.checkpoints(kind, "state")), spec,
+                         max_to_keep=block.max_checkpoints),
+            Checkpointer(self.path(layout.checkpoints(kind, "best")), spec, max_to_keep=1))
 
   def load_verifier(self, kind: str, stage_done: bool = True) -> Network:
     """The best validated verifier of `kind` ("prm", "orm", "revision_verifier").
@@ -203,63 +180,41 @@ class Context:
     `stage_done=False` skips the check that its training stage finished (for
     that stage itself, after training).
     """
-    return self._load_best(kind, self.verifier_spec(kind), self.verifier_config(kind),
-                           self.verifier_module(kind), stage_done)
+    return self._load_best(kind, self.verifier_config(kind), self.verifier_module(kind),
+                           stage_done)
 
-  def _load_best(self, kind: str, spec: dict, model_config: ModelConfig,
-                 module, stage_done: bool = True) -> Network:
+  def _load_best(self, kind: str, model_config: ModelConfig, module,
+                 stage_done: bool = True) -> Network:
     """The parameters in `<kind>/best`, kept there by early stopping."""
     stage = f"train_{kind}"
-    if stage_done and not epath.Path(self.path("stages", f"{stage}.json")).exists():
+    if stage_done and not epath.Path(self.path(layout.marker(stage))).exists():
       raise ValueError(f"no trained {kind} in {self.workdir}: run the "
                        f"'{stage}' stage first")
-    best = Checkpointer(self.path(kind, "best"), spec, max_to_keep=1)
+    best = Checkpointer(self.path(layout.checkpoints(kind, "best")),
+                        fingerprints.model_spec(self, kind), max_to_keep=1)
     step = best.latest_step()
     if step is None:
       raise ValueError(f"{best.directory}: no checkpoint; the workdir is damaged")
-    graphdef, params = nnx.split(nnx.eval_shape(lambda: module(model_config, rngs=nnx.Rngs(0))))
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), params)
-    params = best.restore(step, abstract)
+    network = restore_parameters(best, step, module, model_config, self.mesh)
     best.close()
-    return Network(graphdef, params, model_config)
+    return network
 
   # ---------------------------------------------------------- revisions
 
-  def revision_spec(self) -> dict:
-    """What a revision-model checkpoint must have been trained with."""
-    return {"vocab_size": self.tokenizer.vocab_size,
-            "tokenizer": self.tokenizer.fingerprint,
-            "kind": "revision",
-            "prompt_format": revision.PROMPT_FORMAT,
-            "model": dataclasses.asdict(self.policy_config()),
-            "revision": self.config.revision.to_dict(),
-            "revision_train": without(self.config.revision_train.to_dict(), BOOKKEEPING),
-            "policy": self.policy_spec()}
-
-  def revision_checkpointers(self) -> tuple[Checkpointer, Checkpointer]:
-    """(training state, best parameters) checkpointers of the revision model."""
-    spec = self.revision_spec()
-    keep = self.config.revision_train.max_checkpoints
-    return (Checkpointer(self.path("revision", "state"), spec, max_to_keep=keep),
-            Checkpointer(self.path("revision", "best"), spec, max_to_keep=1))
-
   def load_revision_model(self) -> Network:
     """The revision model with the lowest validation loss."""
-    return self._load_best("revision", self.revision_spec(), self.policy_config(),
-                           LanguageModel)
+    return self._load_best("revision", self.policy_config(), LanguageModel)
 
   def revision_trajectories(self) -> list[dict]:
     """The records written by the `revision_data` stage."""
-    path = self.path("revision", "trajectories.jsonl")
+    path = self.path(layout.REVISION_TRAJECTORIES)
     if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'revision_data' stage first")
     return io_utils.read_jsonl(path)
 
   def labelled_solutions(self) -> list[dict]:
     """The records written by the `prm_labels` stage."""
-    path = self.path("prm_labels", "labels.jsonl")
+    path = self.path(layout.PRM_LABELS)
     if not epath.Path(path).exists():
       raise ValueError(f"{path} is missing: run the 'prm_labels' stage first")
     return io_utils.read_jsonl(path)

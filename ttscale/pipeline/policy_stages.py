@@ -8,15 +8,15 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from ttscale import io_utils
+from ttscale import io_utils, layout
 from ttscale.data import batching
 from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.data.tokenizer import train_tokenizer
-from ttscale.models import LanguageModel, policy_forward_fn
+from ttscale.models import LanguageModel
 from ttscale.models.checkpoint_import import import_language_model
 from ttscale.pipeline.context import Context
 from ttscale.search import generate, sampling
-from ttscale.training.objectives import next_token_loss
+from ttscale.training.language_model import next_token_loss_fn
 from ttscale.training.trainer import train
 
 
@@ -24,7 +24,7 @@ def stage_data(ctx: Context) -> dict:
   """Builds the TFDS splits and the tokenizer: trained on the train split, or
   the imported checkpoint's (`checkpoint.tokenizer`), copied into the workdir."""
   data = ctx.data
-  path = ctx.path("tokenizer.model")
+  path = ctx.path(layout.TOKENIZER)
   if not epath.Path(path).exists():
     source = ctx.config.checkpoint.tokenizer
     if source:
@@ -40,32 +40,11 @@ def stage_data(ctx: Context) -> dict:
           "tokenizer_fingerprint": tokenizer.fingerprint}
 
 
-def fit_to_seq_len(encoded: list, seq_len: int, how: str) -> tuple[list, int]:
-  """Training sequences ([(tokens, loss mask)]) that fit `seq_len`, by
-  `data.too_long`: "skip" drops longer ones, "truncate" cuts them, "refuse"
-  raises naming how many are longer. Returns (sequences, how many were longer).
-  """
-  longer = [i for i, (tokens, _) in enumerate(encoded) if len(tokens) > seq_len]
-  if not longer:
-    return encoded, 0
-  if how == "refuse":
-    longest = max(len(encoded[i][0]) for i in longer)
-    raise ValueError(f"data.seq_len={seq_len}: {len(longer)} of {len(encoded)} training "
-                     f"examples are longer (up to {longest} tokens); raise it, or set "
-                     "data.too_long='skip' or 'truncate'")
-  if how == "truncate":
-    return [(t[:seq_len], m[:seq_len]) for t, m in encoded], len(longer)
-  kept = [pair for pair in encoded if len(pair[0]) <= seq_len]
-  if not kept:
-    raise ValueError(f"data.seq_len={seq_len}: every training example is longer")
-  return kept, len(longer)
-
-
 def _packed_train_batches(ctx: Context) -> batching.TrainBatches:
   encoded = [batching.encode_example(ctx.tokenizer, ctx.task, e)
              for e in ctx.examples("train")]
   data = ctx.config.data
-  encoded, longer = fit_to_seq_len(encoded, data.seq_len, data.too_long)
+  encoded, longer = batching.fit_to_seq_len(encoded, data.seq_len, data.too_long)
   if longer:
     ctx.log(f"data: {longer} training examples longer than data.seq_len={data.seq_len}: "
             f"{'cut to it' if data.too_long == 'truncate' else 'left out'} "
@@ -89,7 +68,7 @@ def stage_train_large(ctx: Context) -> dict:
 
 def _has_checkpoint(ctx: Context, large: bool) -> bool:
   """Whether the policy (or the larger one) has a checkpoint to resume from."""
-  if not epath.Path(ctx.path("large" if large else "policy")).is_dir():
+  if not epath.Path(ctx.path(layout.LARGE if large else layout.POLICY)).is_dir():
     return False
   checkpointer = ctx.policy_checkpointer(large)
   step = checkpointer.latest_step()
@@ -117,19 +96,12 @@ def train_language_model(ctx: Context, large: bool) -> dict:
       params = import_language_model(init["format"], init["path"], model_config,
                                      trim_vocab=ctx.config.checkpoint.trim_vocab)
   checkpointer = ctx.policy_checkpointer(large)
-  forward = policy_forward_fn(graphdef)
-
-  def loss_fn(params, batch, dropout_rng):
-    logits = forward(params, batch["inputs"], batch["positions"],
-                     batch["segment_ids"], dropout_rng)
-    return next_token_loss(logits, batch["targets"], batch["loss_mask"])
-
   batches = _packed_train_batches(ctx)
   ctx.log(f"{name}: {model_config.num_params():,} parameters, "
           f"{batches.steps_per_epoch} steps per epoch")
-  train(name=name, loss_fn=loss_fn, params=params, batches=batches,
+  train(name=name, loss_fn=next_token_loss_fn(graphdef), params=params, batches=batches,
         train_config=ctx.config.train, checkpointer=checkpointer,
-        metrics_path=ctx.path("metrics.jsonl"), seed=ctx.config.seed,
+        metrics_path=ctx.path(layout.METRICS), seed=ctx.config.seed,
         mesh=ctx.mesh, rules=ctx.rules, log=ctx.log)
   checkpointer.close()
   return {"num_params": model_config.num_params(),
@@ -176,7 +148,7 @@ def stage_eval_policy(ctx: Context) -> dict:
       "overall": {"pass_at_1": float(np.mean(sampled_correct)),
                   "greedy_accuracy": float(np.mean(greedy_correct))},
   }
-  io_utils.write_json_atomic(ctx.path("eval_policy.json"), result)
+  io_utils.write_json_atomic(ctx.path(layout.EVAL_POLICY), result)
   for level, row in per_level.items():
     ctx.log(f"eval_policy: level {level}: pass@1 {row['pass_at_1']:.3f} "
             f"greedy {row['greedy_accuracy']:.3f}")

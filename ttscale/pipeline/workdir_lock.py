@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator
 
 import jax
 
-LOCK = "lock.json"
+from ttscale import layout
+
+LOCK = layout.LOCK
 
 
 def check_usable(workdir: str) -> None:

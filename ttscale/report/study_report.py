@@ -16,7 +16,7 @@ import os
 import numpy as np
 from etils import epath
 
-from ttscale import io_utils, outcomes
+from ttscale import io_utils, layout, outcomes
 from ttscale.report import (
     revision_figure,
     revision_section,
@@ -27,11 +27,10 @@ from ttscale.report import (
 from ttscale.report.search_checks_section import interval_text
 from ttscale.scaling import search_checks
 
-REQUIRED = ("outcomes/search.jsonl", "outcomes/revisions.jsonl", "difficulty.json",
-            "select.json")
-OPTIONAL = ("eval_policy.json", "eval_prm.json", "flops_matched.json")
-ATTEMPTS = "revisions/attempts.json"  # the revision sweep's attempt-by-attempt analysis
-REVISION_VERIFIER = "stages/train_revision_verifier.json"
+REQUIRED = (layout.SEARCH_TABLE, layout.REVISION_TABLE, layout.DIFFICULTY, layout.SELECT)
+OPTIONAL = (layout.EVAL_POLICY, layout.EVAL_PRM, layout.FLOPS_MATCHED)
+ATTEMPTS = layout.REVISION_ATTEMPTS  # the revision sweep's attempt-by-attempt analysis
+REVISION_VERIFIER = layout.marker("train_revision_verifier")
 
 
 def _read_optional(workdir: str, name: str):
@@ -193,10 +192,10 @@ def build(workdir: str) -> tuple[str, dict]:
                        "stages first (difficulty, sweep_search, sweep_revisions, select)")
   rows = (outcomes.read_table(os.path.join(workdir, REQUIRED[0]))
           + outcomes.read_table(os.path.join(workdir, REQUIRED[1])))
-  difficulty = io_utils.read_json(os.path.join(workdir, "difficulty.json"))
-  select = io_utils.read_json(os.path.join(workdir, "select.json"))
+  difficulty = io_utils.read_json(os.path.join(workdir, layout.DIFFICULTY))
+  select = io_utils.read_json(os.path.join(workdir, layout.SELECT))
   extra = {name: _read_optional(workdir, name) for name in OPTIONAL}
-  flops = extra["flops_matched.json"]
+  flops = extra[layout.FLOPS_MATCHED]
   attempts = _read_optional(workdir, ATTEMPTS)
   bins = dict(zip(difficulty["questions"], difficulty["oracle_bins"], strict=True))
   # The exact verifier's rows check the engine; the figures show the study's.
@@ -223,7 +222,7 @@ def build(workdir: str) -> tuple[str, dict]:
   for name, draw in figures.items():
     draw(os.path.join(workdir, name))
   timings = {}
-  for path in _sorted_glob(os.path.join(workdir, "stages"), "*.json"):
+  for path in _sorted_glob(os.path.join(workdir, layout.STAGES), "*.json"):
     record = io_utils.read_json(path)
     timings[record["stage"]] = round(record["seconds"], 1)
   curves = collections.defaultdict(dict)
@@ -234,10 +233,10 @@ def build(workdir: str) -> tuple[str, dict]:
               for name, by_g in curves.items()}
   accuracy_intervals = {name: {g: search_checks.mean_interval(v) for g, v in sorted(by_g.items())}
                         for name, by_g in curves.items()}
-  eval_prm = extra["eval_prm.json"] or {}
+  eval_prm = extra[layout.EVAL_PRM] or {}
   step_rates = {int(q): rates for q, rates in
                 difficulty.get("step_success", {}).get("rates", {}).items()}
-  checks = search_checks_section.results(rows, bins, extra["eval_prm.json"],
+  checks = search_checks_section.results(rows, bins, extra[layout.EVAL_PRM],
                                          step_rates=step_rates)
   findings = _findings(rows, select, attempts, flops, checks)
   context = {  # measured facts that explain the findings
@@ -251,7 +250,7 @@ def build(workdir: str) -> tuple[str, dict]:
              "difficulty": {k: difficulty[k] for k in ("num_samples", "num_bins",
                                                        "bin_agreement", "prediction_cost")},
              "revisions": revisions, "flops_matched": flops,
-             "eval_policy": extra["eval_policy.json"], "eval_prm": extra["eval_prm.json"],
+             "eval_policy": extra[layout.EVAL_POLICY], "eval_prm": extra[layout.EVAL_PRM],
              "findings": findings, "stage_seconds": timings, "figures": sorted(figures)}
   return _markdown(results, len(difficulty["questions"])), json.loads(json.dumps(results))
 

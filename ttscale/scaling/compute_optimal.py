@@ -228,3 +228,53 @@ def percentile_interval(values, level: float = 0.95) -> list[float | None]:
   low, high = np.percentile(np.asarray(values, np.float64), [tail, 100 - tail],
                             method="lower")
   return [_finite(float(low)), _finite(float(high))]
+
+
+KINDS = ("oracle", "predicted")  # the difficulty bins selection runs on
+# Family: (which strategies it may choose, None: all; its baseline at budget N,
+# None: weighted best-of-N of the base policy). "revisions_vs_parallel" is
+# the paper's comparison within the revision model: against its own parallel
+# samples (s = 1, chosen by the revision verifier).
+FAMILIES = {
+    "search": (lambda name: not name.startswith("revisions"), None),
+    "revisions": (lambda name: name.startswith("revisions"), None),
+    "both": (None, None),
+    "revisions_vs_parallel": (lambda name: name.startswith("revisions"),
+                              lambda n: f"revisions s=1,p={n},select=hierarchical"),
+}
+
+
+def check_budgets(rows: list[dict], questions: list[int], needed: dict[str, list[int]]) -> None:
+  """Raises ValueError naming a method and a budget with no row for a studied question."""
+  have = {}
+  for row in rows:
+    have.setdefault((row["method"], row["budget"]), set()).add(row["question_index"])
+  for method, budgets in needed.items():
+    for budget in budgets:
+      missing = set(questions) - have.get((method, budget), set())
+      if missing:
+        raise ValueError(f"outcome table: no {method} rows at budget N={budget} for "
+                         f"{len(missing)} of the {len(questions)} studied questions (e.g. "
+                         f"question {min(missing)}); run its sweep with this config")
+
+
+def select_strategies(rows: list[dict], difficulty: dict, seed: int,
+                      needed: dict[str, list[int]]) -> dict:
+  """Compute-optimal selection per kind of bins and family (`select.json`).
+
+  Args:
+    rows: the outcome table's rows the selection may choose among.
+    difficulty: `difficulty.json` ("questions", "num_bins", "<kind>_bins").
+    needed: {method: budgets} that must have a row for every studied question.
+
+  Returns:
+    {"num_questions", "num_bins", kind: {family: `compute_optimal`}}.
+  """
+  questions = difficulty["questions"]
+  check_budgets(rows, questions, needed)
+  result = {"num_questions": len(questions), "num_bins": difficulty["num_bins"]}
+  for kind in KINDS:
+    bins = np.asarray(difficulty[f"{kind}_bins"])
+    result[kind] = {family: compute_optimal(rows, questions, bins, seed, keep, baseline)
+                    for family, (keep, baseline) in FAMILIES.items()}
+  return result

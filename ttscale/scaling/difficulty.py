@@ -7,6 +7,8 @@ those samples, which needs no ground truth. Bin 1 is the easiest.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 
@@ -39,3 +41,34 @@ def quantile_bins(easiness, num_bins: int = 5) -> np.ndarray:
   mean_rank = np.bincount(groups, weights=ranks) / np.bincount(groups)
   ranks = mean_rank[groups]
   return np.minimum((ranks * num_bins / n).astype(np.int64), num_bins - 1) + 1
+
+
+class DecodeFlops(Protocol):
+  """FLOPs of decoding with a network (`search.budget.FlopsRate`)."""
+
+  def decode(self, start: int, count: int) -> float:
+    """FLOPs of `count` tokens decoded after `start` tokens in the cache."""
+
+
+def prediction_cost(samples: list[tuple[int, int]], num_samples: int, policy: DecodeFlops,
+                    verifier: DecodeFlops) -> dict:
+  """What predicted difficulty costs per question: the policy's samples and
+  the verifier's scoring of them.
+
+  Args:
+    samples: (prompt tokens, solution tokens) per sample, question-major,
+      `num_samples` per question (the prompt with its bos token).
+
+  Returns:
+    {"generations_per_question", "policy_flops_per_question" (each prompt
+     prefilled once, every sample decoded), "prm_flops_per_question"}.
+  """
+  num_questions = len(samples) // num_samples
+  prompt_flops = sum(float(policy.decode(0, samples[q * num_samples][0] - 1))
+                     for q in range(num_questions))
+  sample_flops = sum(float(policy.decode(prompt - 1, solution)) for prompt, solution in samples)
+  verifier_flops = sum(float(verifier.decode(0, prompt + solution))
+                       for prompt, solution in samples)
+  return {"generations_per_question": num_samples,
+          "policy_flops_per_question": (prompt_flops + sample_flops) / num_questions,
+          "prm_flops_per_question": verifier_flops / num_questions}

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def budget_multiplier(params_ratio: float, inference_ratio: float,
                       count_verifier: bool = False) -> float:
@@ -68,3 +70,48 @@ def accuracy_at(curve: dict[int, float], budget: float) -> tuple[float | None, s
       t = (math.log2(budget) - math.log2(low)) / (math.log2(high) - math.log2(low))
       return curve[low] + t * (curve[high] - curve[low]), ""
   raise AssertionError("unreachable")
+
+
+def flops_matched_table(*, small_params: int, large_params: int, large_correct: np.ndarray,
+                        large_flops: float, tokens_per_query: float,
+                        small_per_generation: float, bins: np.ndarray,
+                        budgets: dict, inference_ratios) -> dict:
+  """The small policy with compute-optimal test-time compute against the
+  larger policy's greedy answers, per oracle bin and inference ratio R.
+
+  Args:
+    large_correct: bool [Q], the larger policy's greedy answers graded.
+    large_flops: its mean FLOPs per query; tokens_per_query: prompt + answer.
+    small_per_generation: the small policy's mean FLOPs per generation.
+    bins: int [Q], oracle bins.
+    budgets: `select.json`'s oracle/both budgets ({G: {"per_bin": ...}}).
+
+  Returns:
+    `flops_matched.json`: the parameter counts, the larger policy's accuracy
+    and FLOPs, and per R the multipliers k and, per bin, who wins at k.
+  """
+  result = {"params": {"small": small_params, "large": large_params,
+                       "ratio": large_params / small_params},
+            "large_greedy_accuracy": float(large_correct.mean()),
+            "large_flops_per_query": large_flops, "tokens_per_query": tokens_per_query,
+            "small_flops_per_generation": small_per_generation, "ratios": {}}
+  for r in inference_ratios:
+    multipliers = {
+        "paper": budget_multiplier(large_params / small_params, r),
+        "paper_with_verifier": budget_multiplier(large_params / small_params, r,
+                                                 count_verifier=True),
+        "exact": exact_multiplier(small_params, large_params, r, large_flops,
+                                  tokens_per_query, small_per_generation)}
+    per_bin = {}
+    for b in sorted(np.unique(bins).tolist()):
+      curve = {int(g): v["per_bin"][str(b)]["accuracy"] for g, v in budgets.items()}
+      large_accuracy = float(large_correct[bins == b].mean())
+      verdicts = {}
+      for name, k in multipliers.items():
+        small_accuracy, note = accuracy_at(curve, k)
+        verdicts[name] = {
+            "budget": k, "small_accuracy": small_accuracy, "note": note,
+            "small_wins": None if small_accuracy is None else small_accuracy > large_accuracy}
+      per_bin[int(b)] = {"large_accuracy": large_accuracy, **verdicts}
+    result["ratios"][str(r)] = {"multipliers": multipliers, "per_bin": per_bin}
+  return result

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from ttscale.scaling.search_checks import mean_interval
@@ -120,3 +122,60 @@ def fresh_baseline(units) -> dict:
   return {"after_incorrect": float(totals[0] / totals[1]) if totals[1] else None,
           "after_correct": float(totals[2] / totals[3]) if totals[3] else None,
           "num_questions": int((seen > 0).sum())}
+
+
+# Later attempts are judged against the first at this attempt (or the chains'
+# last, when shorter): the paper's window of previous attempts is 4.
+GAIN_ATTEMPT = 4
+
+
+def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int) -> dict:
+  """Per-attempt accuracy and gain of the longest single chains, and the
+  transitions and fresh baseline of every chain of every unit.
+
+  Args:
+    units: {unit name: (first question, graded bool [Q, p, s])}; names sort
+      by first question within a split. The longest single chains are the
+      units of p = 1 with the largest s.
+
+  Returns:
+    {"transitions", "fresh_baseline", "longest_chains": `attempt_accuracy`
+     with its "gain", or None without a unit of p = 1}.
+  """
+  longest = {}
+  for name, (_, correct) in units.items():
+    if correct.shape[1] == 1:
+      longest.setdefault(correct.shape[2], []).append((name, correct))
+  analysis = {"transitions": transitions([c for _, c in units.values()]),
+              "fresh_baseline": fresh_baseline(list(units.values())),
+              "longest_chains": None}
+  if longest:
+    sequential = max(longest)
+    # Unit names sort by first question: the chains in question order.
+    correct = np.concatenate([c for _, c in sorted(longest[sequential])])
+    accuracy = attempt_accuracy(correct, seed)
+    accuracy["gain"] = attempt_gain(correct, min(GAIN_ATTEMPT, sequential), seed)
+    analysis["longest_chains"] = accuracy
+  return analysis
+
+
+def sweep_accuracy(rows: list[dict], selectors) -> tuple[dict, dict]:
+  """Accuracy of the revision rows per setting, and sequential against parallel.
+
+  Returns:
+    ({params: {budget: accuracy}}, budgets ascending, rounded to 4 places;
+     {selector: {budget: {"sequential": s=N,p=1, "parallel": s=1,p=N}}}).
+  """
+  accuracy = collections.defaultdict(list)
+  for row in rows:
+    accuracy[(row["params"], row["budget"])].append(row["correct"])
+  curves = collections.defaultdict(dict)
+  for (params, budget), values in sorted(accuracy.items(), key=lambda kv: kv[0][1]):
+    curves[params][budget] = round(float(np.mean(values)), 4)
+  sequential_vs_parallel = {}
+  for sel in selectors:
+    for budget in sorted({b for _, b in accuracy}):
+      seq = curves.get(f"s={budget},p=1,select={sel}", {}).get(budget)
+      par = curves.get(f"s=1,p={budget},select={sel}", {}).get(budget)
+      sequential_vs_parallel.setdefault(sel, {})[budget] = {"sequential": seq, "parallel": par}
+  return {k: dict(v) for k, v in curves.items()}, sequential_vs_parallel

@@ -157,3 +157,15 @@ def distinct_prefixes(rows: list[dict]) -> dict[str, dict[int, float]]:
   for (name, budget), per_question in sorted(values.items(), key=lambda kv: kv[0][1]):
     result[name][budget] = round(float(np.mean(per_question)), 3)
   return dict(result)
+
+
+def accuracy_curves(rows: list[dict]) -> dict[str, dict[int, float]]:
+  """{"method params": {budget: mean correctness}} of search rows, budgets
+  ascending, rounded to 4 places (the sweep's summary)."""
+  accuracy = collections.defaultdict(list)
+  for row in rows:
+    accuracy[(row["method"], row["params"], row["budget"])].append(row["correct"])
+  curves = {f"{m} {p}".strip(): {} for m, p, _ in accuracy}
+  for (m, p, n), values in sorted(accuracy.items(), key=lambda kv: kv[0][2]):
+    curves[f"{m} {p}".strip()][n] = round(float(np.mean(values)), 4)
+  return curves

@@ -448,3 +448,24 @@ def top_of_m(groups: Sequence[SiblingGroup], m: int, num_draws: int, seed: int) 
           "top_mixed": mean(mixed_top), "random_mixed": mean(mixed_random),
           "num_groups": used, "num_mixed_draws": len(mixed_top)}
 
+
+
+def transfer(scores: Mapping[str, np.ndarray], correct: np.ndarray, questions: Sequence[int],
+             seed: int) -> dict:
+  """Two verifiers' outcome AUCs on the same attempts, and the first's
+  advantage with an interval from resampling questions (`auc_difference`).
+
+  Args:
+    scores: {name: float [A]} of exactly two verifiers, the first compared
+      against the second.
+    correct: bool [A], each attempt's outcome.
+
+  Returns:
+    {"auc": {name: AUC or None}, "advantage": `auc_difference` or None}, None
+    where every attempt has the same outcome (AUC undefined).
+  """
+  both = 0 < correct.sum() < len(correct)
+  auc = {name: roc_auc(values, correct) if both else None for name, values in scores.items()}
+  first, second = scores.values()
+  advantage = auc_difference(first, second, correct, questions, seed=seed) if both else None
+  return {"auc": auc, "advantage": advantage}

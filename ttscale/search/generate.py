@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ttscale import parallel
+from ttscale import parallel, resumable
 from ttscale.data.batching import left_pad
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.models import ModelConfig, Network, init_cache, policy_extend_fn
@@ -193,3 +194,31 @@ def sample_solutions(policy: Network, tokenizer: Tokenizer, task: Task,
                  num_generated_tokens=out.num_generated_tokens,
                  num_prompt_tokens=num_samples * sum(len(p) for p in prompts),
                  seconds=time.time() - started)
+
+
+def sample_pool(path: str, load_policy: Callable[[], Network], tokenizer: Tokenizer,
+                task: Task, questions: list[str], *, num_samples: int,
+                rule: sampling.SamplingRule, max_new_tokens: int, batch_size: int, seed: int,
+                mesh=None, rules=None, progress_name: str | None = None, log=print) -> dict:
+  """`sample_solutions` once, kept in `path`: a re-run reads them (and never
+  loads the policy); a file sampled for other questions, another count or
+  seed is refused (`resumable.map_parts`).
+
+  Returns:
+    {"tokens": [question][sample] solution tokens, "ended": [question][sample]
+     bool, "generated_tokens", "seconds", "part": what was sampled}.
+  """
+  def sample(part: resumable.Part) -> dict:
+    del part
+    samples = sample_solutions(
+        load_policy(), tokenizer, task, questions, num_samples=num_samples, rule=rule,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, mesh=mesh,
+        rules=rules, progress_name=progress_name, log=log)
+    return {"tokens": [[t.tolist() for t in row] for row in samples.tokens],
+            "ended": samples.ended, "generated_tokens": samples.num_generated_tokens,
+            "seconds": samples.seconds}
+
+  # One part: the whole pool (`sample_solutions` batches across questions).
+  description = {"questions": resumable.digest(questions), "num_questions": len(questions),
+                 "num_samples": num_samples, "seed": seed}
+  return resumable.map_parts([resumable.Part(path, description, None)], sample).results[0]

@@ -109,8 +109,9 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
     {"correct": {(solution, step): number of correct rollouts} for every
      prefix (repeats share their first occurrence's count), "num_prefixes",
      "num_distinct_prefixes": of them rolled out, "generated_tokens",
-     "seconds": of the rollouts run now, "parts_resumed": parts found on disk,
-     "num_parts"}.
+     "seconds": of the rollouts run now, "total_generated_tokens",
+     "total_seconds": of every part, also those an interrupted run wrote,
+     "parts_resumed": parts found on disk, "num_parts"}.
   """
   every_pair = rollout_prefixes(solutions)
   first_of: dict[tuple, tuple[int, int]] = {}
@@ -182,7 +183,10 @@ def count_correct_rollouts(policy: Network, tokenizer: Tokenizer, task: Task,
     correct[(s, i)] = correct[first_of[_prefix_key(solutions[s], i, answers[s])]]
   return {"correct": correct, "num_prefixes": len(every_pair),
           "num_distinct_prefixes": len(pairs), "generated_tokens": generated,
-          "seconds": seconds, "parts_resumed": mapped.num_resumed, "num_parts": len(parts)}
+          "seconds": seconds,
+          "total_generated_tokens": sum(saved["generated_tokens"] for saved in mapped.results),
+          "total_seconds": sum(saved["seconds"] for saved in mapped.results),
+          "parts_resumed": mapped.num_resumed, "num_parts": len(parts)}
 
 
 def _prefix_key(solution: SolutionToLabel, step: int, answer: str) -> tuple:

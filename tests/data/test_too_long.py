@@ -2,7 +2,7 @@
 
 import pytest
 
-from ttscale.pipeline.policy_stages import fit_to_seq_len
+from ttscale.data.batching import fit_to_seq_len
 
 
 def _encoded(lengths):

@@ -1,8 +1,8 @@
-"""The select stage's check that the outcome table covers the budget grid."""
+"""Compute-optimal selection's check that the outcome table covers the budget grid."""
 
 import pytest
 
-from ttscale.pipeline.study_stages import check_budgets
+from ttscale.scaling.compute_optimal import check_budgets
 
 
 def _row(question, method, budget):
