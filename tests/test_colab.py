@@ -7,7 +7,7 @@ cell) are skipped, the current directory is the repository (the notebook's
 assigned right after the cell tagged `parameters` (papermill's convention).
 
 The notebook's workdir starts as a copy of the session's finished tiny study
-(the `finished` fixture of conftest.py, shared with tests/test_pipeline.py), so
+(the `finished` fixture of conftest.py, shared with the tests in tests/pipeline/), so
 its run finds every stage done: what runs fresh is the notebook's own code (the
 report, figures, the policy's samples, the re-run report stage).
 """

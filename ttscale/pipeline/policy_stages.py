@@ -15,6 +15,7 @@ from ttscale.data.tokenizer import train_tokenizer
 from ttscale.models import LanguageModel
 from ttscale.models.checkpoint_import import import_language_model
 from ttscale.pipeline.context import Context
+from ttscale.scaling import difficulty
 from ttscale.search import generate, sampling
 from ttscale.training.language_model import next_token_loss_fn
 from ttscale.training.trainer import train
@@ -120,8 +121,7 @@ def stage_eval_policy(ctx: Context) -> dict:
   sampled = generate.sample_solutions(
       policy, ctx.tokenizer, ctx.task, questions,
       num_samples=cfg.eval.num_samples,
-      rule=sampling.SamplingRule(cfg.sampling.temperature, cfg.sampling.top_p),
-      progress_name="eval_policy (sampled)", **common)
+      rule=ctx.sampling_rule(), progress_name="eval_policy (sampled)", **common)
   greedy = generate.sample_solutions(
       policy, ctx.tokenizer, ctx.task, questions, num_samples=1,
       rule=sampling.SamplingRule(temperature=0.0),
@@ -132,15 +132,8 @@ def stage_eval_policy(ctx: Context) -> dict:
 
   sampled_correct = [np.mean(correct(t, e)) for t, e in zip(sampled.texts, test, strict=True)]
   greedy_correct = [correct(t, e)[0] for t, e in zip(greedy.texts, test, strict=True)]
-  levels = sorted({e.level for e in test})
-  per_level = {}
-  for level in levels:
-    idx = [i for i, e in enumerate(test) if e.level == level]
-    per_level[str(level)] = {
-        "num_questions": len(idx),
-        "pass_at_1": float(np.mean([sampled_correct[i] for i in idx])),
-        "greedy_accuracy": float(np.mean([greedy_correct[i] for i in idx])),
-    }
+  per_level = difficulty.accuracy_by_level([e.level for e in test], sampled_correct,
+                                           greedy_correct)
   result = {
       "num_samples": cfg.eval.num_samples,
       "temperature": cfg.sampling.temperature,

@@ -72,3 +72,23 @@ def prediction_cost(samples: list[tuple[int, int]], num_samples: int, policy: De
   return {"generations_per_question": num_samples,
           "policy_flops_per_question": (prompt_flops + sample_flops) / num_questions,
           "prm_flops_per_question": verifier_flops / num_questions}
+
+
+def accuracy_by_level(levels: list[int], pass_at_1: list[float], greedy: list[bool]) -> dict:
+  """{level: {"num_questions", "pass_at_1", "greedy_accuracy"}} of the policy's
+  evaluation, levels ascending (as strings: JSON keys).
+
+  Args:
+    levels: [Q] each question's difficulty level (the task's own).
+    pass_at_1: [Q] each question's fraction of correct samples.
+    greedy: [Q] whether its greedy answer is correct.
+  """
+  per_level = {}
+  for level in sorted(set(levels)):
+    idx = [i for i, x in enumerate(levels) if x == level]
+    per_level[str(level)] = {
+        "num_questions": len(idx),
+        "pass_at_1": float(np.mean([pass_at_1[i] for i in idx])),
+        "greedy_accuracy": float(np.mean([greedy[i] for i in idx])),
+    }
+  return per_level
