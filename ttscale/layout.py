@@ -55,16 +55,10 @@ def marker(stage: str) -> str:
   return f"{STAGES}/{stage}.json"
 
 
-def model_dir(kind: str) -> str:
-  """Where a trained network of `kind` is kept: "policy", "large", or a model
-  trained with early stopping ("prm", "orm", "revision", "revision_verifier",
-  holding `state/` and `best/`)."""
-  return kind
-
-
 def checkpoints(kind: str, part: str) -> str:
   """`state` (training state, to resume) or `best` (best validated
-  parameters) of an early-stopped model of `kind`."""
+  parameters) of an early-stopped model of `kind` ("prm", "orm",
+  "revision", "revision_verifier")."""
   if part not in ("state", "best"):
     raise ValueError(f"checkpoints: part {part!r}; expected 'state' or 'best'")
-  return f"{model_dir(kind)}/{part}"
+  return f"{kind}/{part}"

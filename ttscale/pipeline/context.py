@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 from etils import epath
 
@@ -88,16 +89,16 @@ class Context(Networks):
         max_new_tokens=cfg.sampling.max_new_tokens, batch_size=cfg.sampling.batch_size,
         seed=seed, mesh=self.mesh, rules=self.rules, progress_name=name, log=self.log)
 
+  def read(self, path: str, stage: str, reader: Callable[[str], Any] = io_utils.read_json):
+    """`reader` of a file `stage` wrote, or a one-line error naming that stage."""
+    if not epath.Path(self.path(path)).exists():
+      raise ValueError(f"{self.path(path)} is missing: run the '{stage}' stage first")
+    return reader(self.path(path))
+
   def revision_trajectories(self) -> list[dict]:
     """The records written by the `revision_data` stage."""
-    path = self.path(layout.REVISION_TRAJECTORIES)
-    if not epath.Path(path).exists():
-      raise ValueError(f"{path} is missing: run the 'revision_data' stage first")
-    return io_utils.read_jsonl(path)
+    return self.read(layout.REVISION_TRAJECTORIES, "revision_data", io_utils.read_jsonl)
 
   def labelled_solutions(self) -> list[dict]:
     """The records written by the `prm_labels` stage."""
-    path = self.path(layout.PRM_LABELS)
-    if not epath.Path(path).exists():
-      raise ValueError(f"{path} is missing: run the 'prm_labels' stage first")
-    return io_utils.read_jsonl(path)
+    return self.read(layout.PRM_LABELS, "prm_labels", io_utils.read_jsonl)

@@ -166,7 +166,7 @@ def model_spec(ctx: Context, kind: str) -> dict:
   return revision_spec(ctx) if kind == "revision" else verifier_spec(ctx, kind)
 
 
-def checkpoints(kind: str) -> tuple[Fingerprint, ...]:
+def early_stopped(kind: str) -> tuple[Fingerprint, ...]:
   """The two checkpoint directories (`state`, `best`) of an early-stopped model."""
   return tuple(Fingerprint(layout.checkpoints(kind, part),
                            lambda ctx, kind=kind: model_spec(ctx, kind))

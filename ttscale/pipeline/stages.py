@@ -17,7 +17,7 @@ from ttscale.pipeline import (
 from ttscale.pipeline.context import Context
 from ttscale.pipeline.fingerprints import (
   Fingerprint,
-  checkpoints,
+  early_stopped,
   policy_spec,
   revision_table_meta,
   search_table_meta,
@@ -67,7 +67,8 @@ _REVISION_VERIFIER = (*_REVISION, "prm", "verifier_train", "revision_verifier_tr
 _STUDY = (*_REVISION_VERIFIER, "search", "sweep_revisions", "difficulty")
 
 
-def _early_stopped(kind: str) -> tuple[str, ...]:
+def _checkpoints(kind: str) -> tuple[str, ...]:
+  """The `state` and `best` directories of an early-stopped model."""
   return (layout.checkpoints(kind, "state"), layout.checkpoints(kind, "best"))
 
 
@@ -87,10 +88,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           (*_POLICY, "sampling", "prm"),
           (layout.PRM_LABELS_SOLUTIONS, layout.PRM_LABELS_PARTS, layout.PRM_LABELS)),
     Stage("train_prm", verifier_stages.stage_train_prm, ("prm_labels",), _PRM,
-          (*_early_stopped("prm"), layout.METRICS), made_with=checkpoints("prm"),
+          (*_checkpoints("prm"), layout.METRICS), made_with=early_stopped("prm"),
           reads_verifier_trunk=True),
     Stage("train_orm", verifier_stages.stage_train_orm, ("prm_labels",), _PRM,
-          (*_early_stopped("orm"), layout.METRICS), made_with=checkpoints("orm"),
+          (*_checkpoints("orm"), layout.METRICS), made_with=early_stopped("orm"),
           reads_verifier_trunk=True),
     Stage("eval_prm", verifier_stages.stage_eval_prm, ("train_prm", "train_orm"),
           (*_PRM, "eval_prm"),
@@ -103,14 +104,14 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           (*_POLICY, "sampling", "revision"),
           (layout.REVISION_SAMPLES, layout.REVISION_TRAJECTORIES)),
     Stage("train_revision", revision_stages.stage_train_revision, ("revision_data",),
-          _REVISION, (*_early_stopped("revision"), layout.METRICS),
-          made_with=checkpoints("revision")),
+          _REVISION, (*_checkpoints("revision"), layout.METRICS),
+          made_with=early_stopped("revision")),
     # It compares its verifier with the base PRM on held-out attempts.
     Stage("train_revision_verifier", revision_stages.stage_train_revision_verifier,
           ("train_revision", "train_prm"), _REVISION_VERIFIER,
-          (layout.REVISION_VERIFIER_CHAINS, *_early_stopped("revision_verifier"),
+          (layout.REVISION_VERIFIER_CHAINS, *_checkpoints("revision_verifier"),
            layout.METRICS),
-          made_with=checkpoints("revision_verifier")),
+          made_with=early_stopped("revision_verifier")),
     Stage("sweep_revisions", revision_sweep_stages.stage_sweep_revisions,
           ("train_revision_verifier",), (*_REVISION_VERIFIER, "sweep_revisions"),
           (layout.REVISION_UNITS, layout.REVISION_TABLE, layout.REVISION_ATTEMPTS,

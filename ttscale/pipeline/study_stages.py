@@ -12,7 +12,6 @@ FLOPs-matched comparison and the report (the analysis itself in `scaling/`).
 from __future__ import annotations
 
 import numpy as np
-from etils import epath
 
 from ttscale import io_utils, layout, outcomes
 from ttscale.pipeline.context import Context
@@ -23,18 +22,10 @@ from ttscale.search.budget import FlopsRate, budget_grid
 from ttscale.training.labelled_records import labelled_records, prompt_tokens
 
 
-def _read(ctx: Context, path: str, stage: str):
-  """A file another stage wrote, or a one-line error naming that stage."""
-  if not epath.Path(ctx.path(path)).exists():
-    raise ValueError(f"{ctx.path(path)} is missing: run the '{stage}' stage first")
-  return (outcomes.read_table(ctx.path(path)) if path.endswith(".jsonl")
-          else io_utils.read_json(ctx.path(path)))
-
-
 def read_outcome_rows(ctx: Context) -> list[dict]:
   """Rows of both parts of the outcome table (search, then revisions)."""
-  return (_read(ctx, layout.SEARCH_TABLE, "sweep_search")
-          + _read(ctx, layout.REVISION_TABLE, "sweep_revisions"))
+  return (ctx.read(layout.SEARCH_TABLE, "sweep_search", outcomes.read_table)
+          + ctx.read(layout.REVISION_TABLE, "sweep_revisions", outcomes.read_table))
 
 
 def stage_difficulty(ctx: Context) -> dict:
@@ -87,7 +78,7 @@ def stage_difficulty(ctx: Context) -> dict:
 def stage_select(ctx: Context) -> dict:
   """Compute-optimal selection by cross-validation, per family and kind of bins."""
   cfg = ctx.config
-  bins_file = _read(ctx, layout.DIFFICULTY, "difficulty")
+  bins_file = ctx.read(layout.DIFFICULTY, "difficulty")
   rows = read_outcome_rows(ctx)
   if not cfg.search.select_exact:  # the exact verifier checks the engine; it is no strategy
     rows = [row for row in rows if not outcomes.uses_exact_verifier(row["params"])]
@@ -111,8 +102,8 @@ def stage_flops_matched(ctx: Context) -> dict:
   """The small policy with compute-optimal test-time compute vs the larger
   policy's greedy answers, per oracle bin, at FLOPs-matched budgets."""
   cfg = ctx.config
-  bins_file = _read(ctx, layout.DIFFICULTY, "difficulty")
-  choice = _read(ctx, layout.SELECT, "select")
+  bins_file = ctx.read(layout.DIFFICULTY, "difficulty")
+  choice = ctx.read(layout.SELECT, "select")
   questions = bins_file["questions"]
   test = ctx.examples("test")[:len(questions)]
   large = ctx.load_policy(large=True)
