@@ -29,7 +29,7 @@ from ttscale.pipeline.context import Context
 from ttscale.report import prm_figure
 from ttscale.scaling import verifier_quality
 from ttscale.search import generate, sampling, scoring, select
-from ttscale.training import prm_labels
+from ttscale.training import frozen_trunk, prm_labels
 from ttscale.training.objectives import step_value_loss
 from ttscale.training.trainer import EarlyStopping, train
 
@@ -215,33 +215,45 @@ def train_value_model(ctx: Context, kind: str, records: list[dict], target: str,
   model_config = ctx.verifier_config(kind)
   graphdef, params = nnx.split(ctx.verifier_module(kind)(model_config, rngs=nnx.Rngs(cfg.seed)))
   params = init_from_policy(params, init_params)
-  forward = policy_forward_fn(graphdef)
-
-  def loss_fn(params, batch, dropout_rng):
-    logits = forward(params, batch["inputs"], batch["positions"], None, dropout_rng)
-    loss, metrics = step_value_loss(logits, batch["step_ends"], batch["step_mask"],
-                                    batch["targets"])
-    return loss, {**metrics, "tokens": batch["token_mask"].sum()}
-
-  batches = TrainBatches(train_arrays, vt.batch_size, seed=cfg.seed + 5)
   name = f"train_{kind}"
-  ctx.log(f"{name}: {train_arrays['inputs'].shape[0]} solutions, "
+  trainable = None
+  if vt.get("step_likelihood", False):
+    # The trunk is frozen: its features are computed once (`frozen_trunk`).
+    ctx.log(f"{name}: the trunk's features of every solution (trunk frozen)")
+    train_arrays, holdout_arrays = (
+        frozen_trunk.step_end_features(graphdef, params, arrays, cfg.sampling.batch_size,
+                                       ctx.mesh, ctx.rules)
+        for arrays in (train_arrays, holdout_arrays))
+    loss_fn = frozen_trunk.head_loss_fn(graphdef)
+    validate = frozen_trunk.validation_loss_fn(graphdef, holdout_arrays, vt.batch_size,
+                                               ctx.mesh)
+    trainable = frozen_trunk.trainable_head(params)
+  else:
+    forward = policy_forward_fn(graphdef)
+
+    def loss_fn(params, batch, dropout_rng):
+      logits = forward(params, batch["inputs"], batch["positions"], None, dropout_rng)
+      loss, metrics = step_value_loss(logits, batch["step_ends"], batch["step_mask"],
+                                      batch["targets"])
+      return loss, {**metrics, "tokens": batch["token_mask"].sum()}
+
+    validate = _validation_loss_fn(forward, holdout_arrays, vt.batch_size, ctx.mesh)
+  batches = TrainBatches(train_arrays, vt.batch_size, seed=cfg.seed + 5)
+  ctx.log(f"{name}: {train_arrays['step_mask'].shape[0]} solutions, "
           f"{int(train_arrays['step_mask'].sum())} labelled steps; "
-          f"{holdout_arrays['inputs'].shape[0]} held out; "
+          f"{holdout_arrays['step_mask'].shape[0]} held out; "
           f"{batches.steps_per_epoch} steps per epoch")
   state_checkpointer, best_checkpointer = ctx.verifier_checkpointers(kind)
-  stopping = EarlyStopping(
-      _validation_loss_fn(forward, holdout_arrays, vt.batch_size, ctx.mesh),
-      vt.patience, best_checkpointer)
+  stopping = EarlyStopping(validate, vt.patience, best_checkpointer)
   train(name=name, loss_fn=loss_fn, params=params, batches=batches, train_config=vt,
         checkpointer=state_checkpointer, metrics_path=ctx.path("metrics.jsonl"),
         seed=cfg.seed + 6, mesh=ctx.mesh, rules=ctx.rules, early_stopping=stopping,
-        log=ctx.log)
+        log=ctx.log, trainable=trainable)
   state_checkpointer.close()
   best_checkpointer.close()
   return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
           "stopped_early": stopping.stopped,
-          "num_train_solutions": int(train_arrays["inputs"].shape[0]),
+          "num_train_solutions": int(train_arrays["step_mask"].shape[0]),
           "num_train_labels": int(train_arrays["step_mask"].sum())}
 
 
@@ -306,8 +318,8 @@ def stage_eval_prm(ctx: Context) -> dict:
   width = _padded_width(records)
   arrays = verifier_arrays(records, None, width)
   batch = cfg.sampling.batch_size
-  prm_steps = scoring.score_steps(prm, arrays, batch, ctx.mesh, ctx.rules)
-  orm_steps = scoring.score_steps(orm, arrays, batch, ctx.mesh, ctx.rules)
+  # One trunk pass for both when they share a frozen trunk.
+  prm_steps, orm_steps = scoring.score_steps_of([prm, orm], arrays, batch, ctx.mesh, ctx.rules)
   mask = arrays["step_mask"] > 0
 
   # Step AUC against the exact labels (every step of the pool).
