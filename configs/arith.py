@@ -105,6 +105,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # comparison ("large": a verifier stronger than the policy, as open
   # reproductions pair a 1B policy with an 8B PRM; `train_large` then runs
   # before `train_prm`, and the PRM's FLOPs are the larger model's).
+  # `dropout_rate` applies to a trunk that trains: with `step_likelihood` the
+  # trunk is frozen and its features are computed once, without dropout.
   # `step_labels`: the PRM's targets, "soft" (the fraction of rollouts that
   # end correct, the paper's) or "hard" (1 when any rollout ends correct,
   # Math-Shepherd's hard estimate).

@@ -24,7 +24,7 @@ from ttscale.models import (
   policy_extend_fn,
   policy_forward_fn,
 )
-from ttscale.models.transformer import RMSNorm
+from ttscale.models.transformer import RMSNorm, _softmax_mix, dense_attention
 
 BATCH = 3
 GAP = 64       # rows that wait two whole attention blocks of the cache
@@ -286,3 +286,18 @@ def test_scale_embeddings_equals_an_embedding_table_times_sqrt_embed_dim():
 def test_config_rejects_bad_architecture_options_naming_the_field(field, value):
   with pytest.raises(ValueError, match=rf"model\.{field}="):
     ModelConfig(vocab_size=16, **{field: value})
+
+
+def test_blocked_causal_attention_equals_one_block_over_every_key():
+  """Fails if a query block drops a key it may attend or misplaces a group's
+  rows: 100 tokens (two blocks), two query groups per kv head, packed segments."""
+  batch, kv_heads, groups, length, head_dim = 2, 2, 2, 100, 8
+  keys = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(keys[0], (batch, kv_heads, groups * length, head_dim))
+  k = jax.random.normal(keys[1], (batch, kv_heads, length, head_dim))
+  v = jax.random.normal(keys[2], (batch, kv_heads, length, head_dim))
+  segments = jnp.asarray(np.repeat([[1, 2], [1, 1]], [37, 63], axis=1))
+  mask = (jnp.tril(jnp.ones((length, length), bool))[None]
+          & (segments[:, :, None] == segments[:, None, :]))
+  one_block = _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, 0.0)
+  np.testing.assert_allclose(dense_attention(q, k, v, mask), one_block, atol=1e-5)

@@ -97,20 +97,44 @@ def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
   return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
 
 
+# A query block of whole-sequence attention (`dense_attention`): ~40 queries.
+# Measured on 2 CPU cores (50 rows × 8 heads × 160 tokens, forward and
+# backward): 137 ms unblocked, 102 ms in 2 blocks, 83 ms in 4, 93 ms in 5.
+_QUERY_BLOCK = 40
+
+
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                     mask: jax.Array, softcap: float = 0.0) -> jax.Array:
-  """Softmax attention over all S keys.
+  """Causal softmax attention of whole sequences (no cache).
+
+  The queries go in blocks of about `_QUERY_BLOCK`, each over the keys up to
+  its last query only: a causal mask hides the later ones, so about half of
+  the score matrix is never computed. The result is that of one block up to
+  the order of float sums.
 
   Args:
     q: float [batch, kv_heads, groups * T, head_dim], already scaled.
-    k, v: float [batch, kv_heads, S, head_dim].
-    mask: bool [batch, T, S].
+    k, v: float [batch, kv_heads, T, head_dim].
+    mask: bool [batch, T, T], causal: no query attends a later key.
     softcap: soft cap of the scores (`soft_cap`); 0 is off.
 
   Returns:
     float [batch, kv_heads, groups * T, head_dim].
   """
-  return _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, softcap)
+  batch, kv_heads, rows, head_dim = q.shape
+  length = k.shape[2]
+  groups = rows // length
+  num_blocks = max(1, length // _QUERY_BLOCK)
+  bounds = [length * i // num_blocks for i in range(num_blocks + 1)]
+  # --> [batch, kv_heads, groups, T, head_dim]: a block takes its queries of every group.
+  q = q.reshape(batch, kv_heads, groups, length, head_dim)
+  mixed = []
+  for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+    block = q[:, :, :, start:end].reshape(batch, kv_heads, groups * (end - start), head_dim)
+    scores = jnp.einsum("bkqd,bksd->bkqs", block, k[:, :, :end])
+    mixed.append(_softmax_mix(scores, mask[:, start:end, :end], v[:, :, :end], softcap)
+                 .reshape(batch, kv_heads, groups, end - start, head_dim))
+  return jnp.concatenate(mixed, axis=3).reshape(batch, kv_heads, rows, head_dim)
 
 
 def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,

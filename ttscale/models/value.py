@@ -86,10 +86,39 @@ class ValueModel(nnx.Module):
       # would wreck the predictions the features read (measured: step
       # log-probs of right steps fell to about -10).
       hidden = jax.lax.stop_gradient(hidden)
+    likelihood = (self._step_likelihood(hidden, tokens, token_valid) if self.step_end_ids
+                  else None)
+    return self.head_logits(hidden, likelihood)
+
+  def head_logits(self, hidden: jax.Array, likelihood: jax.Array | None) -> jax.Array:
+    """The head alone: value logits float [...] from the trunk's hidden states
+    float [..., embed] and, with `step_likelihood`, the step's likelihood
+    features float [..., 2] at the same positions (else None)."""
     logits = hidden @ self.head[...] + self.head_bias[...]
     if self.step_end_ids:
-      logits += self._step_likelihood(hidden, tokens, token_valid) @ self.likelihood_weights[...]
+      logits += likelihood @ self.likelihood_weights[...]
     return logits
+
+  def step_end_inputs(self, tokens: jax.Array, positions: jax.Array,
+                      step_ends: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    """What the head reads at every step end of whole sequences (no dropout).
+
+    `head_logits` of these equals `__call__`'s logits gathered at `step_ends`.
+
+    Args:
+      tokens, positions: int32 [batch, T].
+      step_ends: int32 [batch, max_steps], positions in [0, T).
+
+    Returns:
+      hidden float [batch, max_steps, embed]; the step likelihood features
+      float [batch, max_steps, 2] with `step_likelihood`, else None.
+    """
+    hidden = self.decoder.forward(tokens, positions)
+    at_ends = jnp.take_along_axis(hidden, step_ends[..., None], axis=1)
+    if not self.step_end_ids:
+      return at_ends, None
+    likelihood = self._step_likelihood(hidden, tokens, jnp.ones(tokens.shape, bool))
+    return at_ends, jnp.take_along_axis(likelihood, step_ends[..., None], axis=1)
 
   def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
     """Value logits of whole sequences, float [batch, T]."""

@@ -125,8 +125,10 @@ def stage_eval_prm(ctx: Context) -> dict:
   prm, orm = ctx.load_verifier("prm"), ctx.load_verifier("orm")
   arrays = verifier_arrays(records, None, padded_width(records))
   batch = cfg.sampling.batch_size
-  steps = {name: scoring.score_steps(verifier, arrays, batch, ctx.mesh, ctx.rules)
-           for name, verifier in (("prm", prm), ("orm", orm))}
+  # One trunk pass for both when they share a frozen trunk.
+  steps = dict(zip(("prm", "orm"),
+                   scoring.score_steps_of([prm, orm], arrays, batch, ctx.mesh, ctx.rules),
+                   strict=True))
   # Calibration against the Monte-Carlo labels of the held-out training questions.
   holdout = [r for r in ctx.labelled_solutions() if r["holdout"]]
   holdout_arrays = verifier_arrays(holdout, "steps", padded_width(holdout))

@@ -147,7 +147,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
           train_config, checkpointer: Checkpointer, metrics_path: str,
           seed: int, mesh=None, rules=None,
           early_stopping: EarlyStopping | None = None,
-          log: Callable[[str], None] = print) -> nnx.State:
+          log: Callable[[str], None] = print, trainable=None) -> nnx.State:
   """Trains `params` for `train_config.num_steps`, resuming if checkpointed.
 
   Args:
@@ -163,6 +163,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     mesh, rules: run sharded on `mesh` (None: the default device).
     early_stopping: validate at every checkpoint, keep the best parameters
       and stop after `patience` validations without improvement.
+    trainable: which parameters learn (`make_optimizer`); None: all.
 
   Returns:
     The trained parameters: the last ones, or with `early_stopping` the
@@ -178,7 +179,7 @@ def train(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
     raise ValueError(
         f"{name}: batch_size={train_config.batch_size} must be a multiple of the "
         f"mesh's data axis ({mesh.shape['data']} devices)")
-  optimizer = make_optimizer(train_config)
+  optimizer = make_optimizer(train_config, trainable)
   train_step = make_train_step(loss_fn, optimizer, seed)
 
   with parallel.maybe_sharding(mesh, rules):

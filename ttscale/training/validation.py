@@ -24,7 +24,7 @@ def validation_loss_fn(batch_loss: BatchLoss, arrays: dict[str, np.ndarray], *,
     arrays: {name: [rows, ...]} of the held-out rows.
     mask: the field zeroed in the rows that pad the last batch (they count 0).
   """
-  n = arrays["inputs"].shape[0]
+  n = arrays[mask].shape[0]
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
   padded = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)]) for k, v in arrays.items()}

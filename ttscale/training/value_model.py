@@ -11,12 +11,14 @@ from ttscale.data.batching import TrainBatches
 from ttscale.data.verifier_data import verifier_arrays
 from ttscale.models import ModelConfig, ValueModel, policy_forward_fn
 from ttscale.models.value import init_from_policy
+from ttscale.training import frozen_trunk
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.objectives import step_value_loss
 from ttscale.training.trainer import EarlyStopping, train
 from ttscale.training.validation import validation_loss_fn
 
 _WIDTH_MULTIPLE = 16  # verifier rows are padded to a multiple of this
+_FEATURE_BATCH = 128  # rows per trunk pass when the trunk's features are computed once
 
 
 def padded_width(records: list[dict]) -> int:
@@ -47,24 +49,40 @@ def train_value_model(*, name: str, records: list[dict], target: str, init_param
   width = padded_width(records)
   train_arrays = verifier_arrays([r for r in records if not r["holdout"]], target, width)
   holdout_arrays = verifier_arrays([r for r in records if r["holdout"]], target, width)
-  graphdef, params = nnx.split(module(model_config, rngs=nnx.Rngs(seed)))
+  model = module(model_config, rngs=nnx.Rngs(seed))
+  frozen_trunk_features = bool(model.step_end_ids)
+  graphdef, params = nnx.split(model)
   params = init_from_policy(params, init_params)
-  forward = policy_forward_fn(graphdef)
+  trainable = None
+  if frozen_trunk_features:
+    # The trunk is not trained: its features are computed once (`frozen_trunk`).
+    log(f"{name}: the trunk's features of every solution (trunk frozen)")
+    train_arrays, holdout_arrays = (
+        frozen_trunk.step_end_features(graphdef, params, arrays, _FEATURE_BATCH, mesh, rules)
+        for arrays in (train_arrays, holdout_arrays))
+    loss_fn = frozen_trunk.head_loss_fn(graphdef)
 
-  def loss_fn(params, batch, dropout_rng):
-    logits = forward(params, batch["inputs"], batch["positions"], None, dropout_rng)
-    loss, metrics = step_value_loss(logits, batch["step_ends"], batch["step_mask"],
-                                    batch["targets"])
-    return loss, {**metrics, "tokens": batch["token_mask"].sum()}
+    def validation_loss(params, batch):
+      return loss_fn(params, batch, None)
 
-  def validation_loss(params, batch):
-    logits = forward(params, batch["inputs"], batch["positions"])
-    return step_value_loss(logits, batch["step_ends"], batch["step_mask"], batch["targets"])
+    trainable = frozen_trunk.trainable_head(params)
+  else:
+    forward = policy_forward_fn(graphdef)
+
+    def loss_fn(params, batch, dropout_rng):
+      logits = forward(params, batch["inputs"], batch["positions"], None, dropout_rng)
+      loss, metrics = step_value_loss(logits, batch["step_ends"], batch["step_mask"],
+                                      batch["targets"])
+      return loss, {**metrics, "tokens": batch["token_mask"].sum()}
+
+    def validation_loss(params, batch):
+      logits = forward(params, batch["inputs"], batch["positions"])
+      return step_value_loss(logits, batch["step_ends"], batch["step_mask"], batch["targets"])
 
   batches = TrainBatches(train_arrays, train_config.batch_size, seed=seed + 5)
-  log(f"{name}: {train_arrays['inputs'].shape[0]} solutions, "
+  log(f"{name}: {train_arrays['step_mask'].shape[0]} solutions, "
       f"{int(train_arrays['step_mask'].sum())} labelled steps; "
-      f"{holdout_arrays['inputs'].shape[0]} held out; "
+      f"{holdout_arrays['step_mask'].shape[0]} held out; "
       f"{batches.steps_per_epoch} steps per epoch")
   state_checkpointer, best_checkpointer = checkpointers
   stopping = EarlyStopping(
@@ -74,10 +92,10 @@ def train_value_model(*, name: str, records: list[dict], target: str, init_param
   train(name=name, loss_fn=loss_fn, params=params, batches=batches,
         train_config=train_config, checkpointer=state_checkpointer,
         metrics_path=metrics_path, seed=seed + 6, mesh=mesh, rules=rules,
-        early_stopping=stopping, log=log)
+        early_stopping=stopping, log=log, trainable=trainable)
   state_checkpointer.close()
   best_checkpointer.close()
   return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
           "stopped_early": stopping.stopped,
-          "num_train_solutions": int(train_arrays["inputs"].shape[0]),
+          "num_train_solutions": int(train_arrays["step_mask"].shape[0]),
           "num_train_labels": int(train_arrays["step_mask"].sum())}
