@@ -207,8 +207,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
   # sweep_revisions: every split s × p = N (s = 1, 2, ..., N) of every budget
   # N = 1, 2, 4, ..., max_budget on the first `num_questions` test questions,
-  # with three selectors; about `rows` chains advance together. `splits`
-  # ("SxP" texts, e.g. ("4x4", "16x1")) runs only those.
+  # with three selectors, all read off one pool of chains per question
+  # (`search/revision_pool.py`: 48 attempts up to N = 16, not 129); pools
+  # of about `rows` questions run together. `splits` ("SxP" texts, e.g.
+  # ("4x4", "16x1")) runs only those.
   c.sweep_revisions = config_dict.ConfigDict(dict(
       max_budget=16, num_questions=200, rows=512, splits=()))
 
@@ -277,7 +279,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
                             log_every=3, patience=2)
     c.revision_verifier_train.update(batch_size=8, num_steps=6, warmup_steps=2,
                                      checkpoint_every=3, log_every=3, patience=2)
-    c.sweep_revisions.update(max_budget=4, num_questions=6, rows=16)
+    # Pools of 2 questions: three units, for the resume tests.
+    c.sweep_revisions.update(max_budget=4, num_questions=6, rows=2)
     c.difficulty.update(num_questions=6, num_samples=4, num_bins=2, step_success_samples=4)
     c.large_model.update(num_layers=1, embed_dim=64, num_heads=2, num_kv_heads=2,
                          head_dim=32, mlp_dim=128)

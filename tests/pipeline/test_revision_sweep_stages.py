@@ -23,7 +23,8 @@ from stage_runs import (
 )
 
 from ttscale import io_utils, layout, outcomes, pipeline
-from ttscale.search import revision_sweep
+from ttscale.search import revision_pool, revision_sweep
+from ttscale.search.budget import FlopsRate
 from ttscale.tasks import get_task
 
 REVISION_TABLE = layout.REVISION_TABLE
@@ -58,33 +59,48 @@ def _revision_params(sequential: int, chains: int, selector: str) -> str:
 
 
 def _unit_files(workdir: str) -> list[str]:
-  """The sweep's saved unit files, sorted by name (= run order)."""
+  """The sweep's saved pool files, sorted by name (= run order)."""
   return sorted(os.listdir(os.path.join(workdir, REVISION_UNITS)))
 
 
-def _unit_for(workdir: str, budget: int, sequential: int, question: int) -> tuple[int, dict]:
-  """(first question, unit) of the saved unit of (N, s) that holds `question`."""
-  prefix = f"N{budget:04d}_s{sequential:04d}_q"
-  firsts = [int(name[len(prefix):-len(".json")]) for name in _unit_files(workdir)
-            if name.startswith(prefix)]
-  first = max(f for f in firsts if f <= question)
-  return first, read_json(os.path.join(workdir, REVISION_UNITS, f"{prefix}{first:05d}.json"))
+def _pools(workdir: str) -> list[tuple[revision_sweep.Unit, dict]]:
+  """Every saved pool, with its unit (chain lengths and questions)."""
+  pools = []
+  for name in _unit_files(workdir):
+    saved = read_json(os.path.join(workdir, REVISION_UNITS, name))
+    part = saved["part"]
+    pools.append((revision_sweep.Unit(tuple(part["chain_lengths"]), part["first"],
+                                      part["last"]), saved))
+  return pools
+
+
+def _split_for(workdir: str, sequential: int, chains: int, question: int):
+  """(unit, saved pool, split view) of the pool that holds `question`."""
+  for unit, saved in _pools(workdir):
+    if unit.first <= question < unit.last:
+      return unit, saved, revision_sweep.split_view(saved, unit, sequential, chains)
+  raise AssertionError(f"no pool holds question {question}")
+
+
+def _rates(config, workdir: str) -> dict:
+  ctx = pipeline.Context(config, workdir)
+  return {"revision": FlopsRate.of(ctx.policy_config()),
+          "revision_verifier": FlopsRate.of(ctx.verifier_config("revision_verifier")),
+          "prm": FlopsRate.of(ctx.verifier_config("prm"))}
 
 
 def test_revision_sweep_writes_the_attempt_analysis_of_its_longest_chains(finished):
   """Fails if `revisions/attempts.json` is not the per-attempt accuracy of the
-  s=4, p=1 units' chains (the tiny sweep's longest) and the transitions of
-  every unit."""
+  pools' 4-attempt chains (the tiny sweep's longest, one per question) and
+  the transitions of every chain of every pool, each counted once."""
   attempts = read_json(os.path.join(finished.workdir, "revisions", "attempts.json"))
-  longest = [np.asarray(read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
-                        ["correct"], bool)
-             for name in _unit_files(finished.workdir) if name.startswith("N0004_s0004_")]
-  correct = np.concatenate(longest)
+  pools = _pools(finished.workdir)
+  assert [unit.lengths for unit, _ in pools] == [(4, 2, 1, 1)] * len(pools)
+  correct = np.concatenate([np.asarray(saved["correct"][0], bool) for _, saved in pools])
   assert correct.shape == (tiny_config().sweep_revisions.num_questions, 1, 4)
   assert attempts["longest_chains"]["accuracy"] == pytest.approx(
       correct.mean(axis=(0, 1)).tolist())
-  every = [np.asarray(read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
-                      ["correct"], bool) for name in _unit_files(finished.workdir)]
+  every = [np.asarray(group, bool) for _, saved in pools for group in saved["correct"]]
   before = np.concatenate([c[..., :-1].reshape(-1) for c in every])
   assert attempts["transitions"]["correct_to_incorrect"]["of"] == int(before.sum())
   assert attempts["transitions"]["incorrect_to_correct"]["of"] == int((~before).sum())
@@ -104,8 +120,9 @@ def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selec
   revisions table misses or repeats a (question, split, selector) of the tiny
   sweep or holds another question, seed or method, counts generations other
   than the budget s·p, or grades a row other than by its answer against the
-  test question's reference; or if a saved unit holds other than p chains of
-  s attempts per question, or a row's answer is not one of its attempts'."""
+  test question's reference; or if a split read off a saved pool holds other
+  than p chains of s attempts per question, or a row's answer is not one of
+  its attempts'."""
   config = tiny_config()
   for name in REVISION_STAGES:
     assert any(line.startswith(f"stage {name}: done") for line in finished.log), name
@@ -129,10 +146,10 @@ def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selec
     assert row["flops"] > 0 and row["seconds"] >= 0, where
     assert row["correct"] == task.grade(row["answer"], example.answer), where
     assert row["level"] == example.level, where
-    first, unit = _unit_for(finished.workdir, s * p, s, row["question_index"])
-    attempts = unit["answers"][row["question_index"] - first]
-    assert [len(chain) for chain in attempts] == [s] * p, where
-    flat = [a for chain in attempts for a in chain]
+    unit, _, split = _split_for(finished.workdir, s, p, row["question_index"])
+    attempts = split["answers"][row["question_index"] - unit.first]
+    assert attempts.shape == (p, s), where
+    flat = list(attempts.reshape(-1))
     assert row["answer"] in flat or (row["answer"] is None and all(a is None for a in flat)), \
         where
   summary = marker(finished.workdir, "sweep_revisions")["summary"]
@@ -142,26 +159,30 @@ def test_finished_revision_sweep_has_one_graded_row_per_question_split_and_selec
 
 
 def test_finished_revision_sweep_counts_the_flops_of_what_each_selector_runs(finished):
-  """Fails if a revisions row's FLOPs are not its question's policy FLOPs in
-  the saved unit plus those of the verifier its selector reads (the revision
-  verifier for hierarchical, the base PRM for hierarchical_prm, none for
-  majority and the exact verifier)."""
+  """Fails if a revisions row's FLOPs are not the revision model's FLOPs of
+  its split's attempts (`revision_pool.policy_flops`) plus those of the
+  verifier its selector reads (the revision verifier for hierarchical, the
+  base PRM for hierarchical_prm, none for majority and the exact verifier)."""
+  config = tiny_config()
+  rates = _rates(config, finished.workdir)
   verifier = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}
   for row in _revision_rows(finished.workdir):
     s, p, selector = _split_of(row["params"])
     q = row["question_index"]
-    first, unit = _unit_for(finished.workdir, s * p, s, q)
-    expected = unit["flops"]["policy"][q - first]
-    assert expected > 0, (q, row["params"])
+    unit, saved, split = _split_for(finished.workdir, s, p, q)
+    flops = revision_sweep.split_flops(split, saved["prompt_lengths"], rates)
+    expected = revision_pool.policy_flops(rates["revision"], split["context_lengths"],
+                                          split["token_counts"])[q - unit.first]
+    assert expected == flops["policy"][q - unit.first] > 0, (q, row["params"])
     if selector in verifier:
-      assert unit["flops"][verifier[selector]][q - first] > 0, (q, row["params"])
-      expected += unit["flops"][verifier[selector]][q - first]
+      assert flops[verifier[selector]][q - unit.first] > 0, (q, row["params"])
+      expected += flops[verifier[selector]][q - unit.first]
     assert row["flops"] == pytest.approx(expected, rel=1e-9), (q, row["params"])
 
 
-def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
-  """A saved unit of split s=2, p=2 for questions 0-5 whose selectors pick
-  different answers, and {(question, selector): the answer each must pick}.
+def _crafted_split(references: list[str]) -> tuple[dict, dict]:
+  """Split s=2, p=2 of questions 0-5 whose selectors pick different answers,
+  and {(question, selector): the answer each must pick}.
 
   Even questions: chains [W1, W1] and [R, W2] (R the reference). Majority
   picks W1; by revision-verifier scores [.1, .1], [.9, .2] chain 2 picks R
@@ -191,32 +212,51 @@ def _crafted_unit(references: list[str]) -> tuple[dict, dict]:
   rv.append([[.9, .9], [.9, .9]])
   prm.append([[.9, .9], [.9, .9]])
   expected.update({(5, selector): None for selector in REVISION_SELECTORS})
-  unit = {
+  split = {"answers": answers, "revision_verifier": rv, "prm": prm,
+           # The exact verifier: 1 for a right attempt (here: the right answer).
+           "exact": [[[float(a == r) for a in chain] for chain in question]
+                     for question, r in zip(answers, references, strict=True)]}
+  return split, expected
+
+
+def _crafted_pool(unit: revision_sweep.Unit, split: dict, references: list[str]) -> dict:
+  """A saved pool of `unit` (chains of 4, 2, 1, 1 attempts) whose split
+  s=2, p=2 is `split`'s questions: its chains 0 and 1 start with them; every
+  other attempt has no answer. Contexts grow by 40 tokens an attempt."""
+  assert unit.lengths == (4, 2, 1, 1)
+  questions = range(unit.first, unit.last)
+
+  def pool(values, filler):
+    return [[[values[q][0] + [filler] * 2] for q in questions],
+            [[values[q][1]] for q in questions],
+            [[[filler]] * 2 for _ in questions]]
+
+  answers = pool(split["answers"], None)
+  return {
       "answers": answers,
-      "correct": [[[a == r for a in chain] for chain in question]
-                  for question, r in zip(answers, references, strict=True)],
-      # The exact verifier: 1 for a right attempt (here: the right answer).
-      "scores": {"revision_verifier": rv, "prm": prm,
-                 "exact": [[[float(a == r) for a in chain] for chain in question]
-                           for question, r in zip(answers, references, strict=True)]},
-      "flops": {"policy": [100.0 * (q + 1) for q in range(6)], "exact": [0.0] * 6,
-                "revision_verifier": [10.0 * (q + 1) for q in range(6)],
-                "prm": [1.0 * (q + 1) for q in range(6)]},
-      "seconds": 6.0, "generated_tokens": 0,
+      "correct": [[[[a == references[q] for a in chain] for chain in question]
+                   for q, question in zip(questions, group, strict=True)] for group in answers],
+      "scores": {name: pool(split[name], 0.0) for name in ("revision_verifier", "prm", "exact")},
+      "context_lengths": [[[[10 + 40 * j for j in range(length)]] * count for _ in questions]
+                          for length, count in ((4, 1), (2, 1), (1, 2))],
+      "token_counts": [[[[30] * length] * count for _ in questions]
+                       for length, count in ((4, 1), (2, 1), (1, 2))],
+      "prompt_lengths": [10] * len(questions),
+      "seconds": 4.0, "generated_tokens": 0,
       # What the unit is (`resumable`): else it is refused as another unit's.
-      "part": {"sequential": 2, "chains": 2, "first": 0, "last": 6},
+      "part": unit.description,
   }
-  return unit, expected
 
 
-def test_revision_sweep_rows_come_from_the_saved_unit_by_each_selector(finished, tmp_path):
-  """Fails if a re-run sweep runs again a unit saved before a kill instead of
+def test_revision_sweep_rows_come_from_the_saved_pools_by_each_selector(finished, tmp_path):
+  """Fails if a re-run sweep runs again a pool saved before a kill instead of
   reusing it, or makes its rows otherwise than: majority the most frequent
   answer; hierarchical the answer of the largest total of per-chain picks
   weighted by their score sums, with the revision verifier's scores
   (hierarchical) or the base PRM's (hierarchical_prm), not the flat sum;
   none when no attempt has an answer; graded against the reference; FLOPs
-  of what the selector ran; wall time shared by the unit's questions.
+  of the split's attempts and of the verifier the selector read; the pool's
+  wall time per question times the split's share of its FLOPs.
   (The tiny models never write an answer, so the finished run cannot tell.)"""
   config = tiny_config()
   assert config.sweep_revisions.num_questions == 6
@@ -227,16 +267,33 @@ def test_revision_sweep_rows_come_from_the_saved_unit_by_each_selector(finished,
   with open(path, "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in kept)
   test = pipeline.Context(config, workdir).examples("test")
-  unit, expected = _crafted_unit([e.answer for e in test[:6]])
-  io_utils.write_json_atomic(os.path.join(workdir, REVISION_UNITS, "N0004_s0002_q00000.json"),
-                             unit)
+  references = [e.answer for e in test[:6]]
+  split, expected = _crafted_split(references)
+  units = [unit for unit, _ in _pools(workdir)]
+  assert [(u.first, u.last) for u in units] == [(0, 2), (2, 4), (4, 6)]
+  for unit in units:
+    io_utils.write_json_atomic(os.path.join(workdir, REVISION_UNITS, unit.file_name),
+                               _crafted_pool(unit, split, references))
   log = run_stages(config, workdir, ["sweep_revisions"])
   assert any(line.startswith("stage sweep_revisions: done") for line in log), log
   assert marker(workdir, "sweep_revisions")["summary"]["units_run"] == 0
   rows = _revision_rows(workdir)
   assert rows[:len(kept)] == kept
   task = get_task(config.task)
-  flops = {"hierarchical": "revision_verifier", "hierarchical_prm": "prm"}
+  rates = _rates(config, workdir)
+  # Per question: the split's policy FLOPs (a shared first context prefilled
+  # once), the pool's, and the two verifiers' over the split's 4 attempts.
+  contexts, tokens = np.array([[[10, 50], [10, 50]]]), np.full((1, 2, 2), 30)
+  split_policy = revision_pool.policy_flops(rates["revision"], contexts, tokens)[0]
+  # The pool ran a group at a time; each group's chains share a first context.
+  pool_policy = sum(revision_pool.policy_flops(rates["revision"], np.array([group]),
+                                               np.full((1, len(group), len(group[0])), 30))[0]
+                    for group in ([[10, 50, 90, 130]], [[10, 50]], [[10], [10]]))
+  verifier_flops = {
+      "hierarchical": revision_pool.verifier_flops(rates["revision_verifier"], contexts,
+                                                   tokens)[0],
+      "hierarchical_prm": revision_pool.verifier_flops(rates["prm"], np.full((1, 2, 2), 10),
+                                                       tokens)[0]}
   added = rows[len(kept):]
   assert sorted((r["question_index"], _split_of(r["params"])[2]) for r in added) == sorted(
       expected)
@@ -247,10 +304,8 @@ def test_revision_sweep_rows_come_from_the_saved_unit_by_each_selector(finished,
     assert row["correct"] == (expected[where] == test[q].answer), where
     assert row["correct"] == task.grade(row["answer"], test[q].answer), where
     assert (row["budget"], row["generations"], row["level"]) == (4, 4, test[q].level), where
-    assert row["flops"] == pytest.approx(
-        unit["flops"]["policy"][q] + (unit["flops"][flops[selector]][q]
-                                      if selector in flops else 0.0)), where
-    assert row["seconds"] == pytest.approx(1.0), where
+    assert row["flops"] == pytest.approx(split_policy + verifier_flops.get(selector, 0.0)), where
+    assert row["seconds"] == pytest.approx(4.0 / 2 * split_policy / pool_policy), where
 
 
 def _without_revision_sweep(finished: FinishedStudy, destination: str) -> str:
@@ -279,34 +334,34 @@ def test_revision_sweep_rerun_with_the_same_seed_writes_the_same_rows(finished, 
 
 @pytest.fixture(scope="session")
 def revision_sweep_killed_and_resumed(finished, tmp_path_factory) -> KilledAndResumed:
-  """A revision sweep killed while appending its 3rd unit's rows (4 of them
-  written, the 5th cut mid-line), after saving that unit: the first unit's
-  file and those of the units not yet run deleted; re-run.
+  """A revision sweep killed while appending its 2nd pool's rows (4 of them
+  written, the 5th cut mid-line), after saving that pool: the 1st pool's
+  file (its rows all in the table) and the 3rd's (not yet run) deleted;
+  re-run.
 
-  `after_kill` is (table bytes, {kept unit file: (inode, mtime in ns, bytes)}).
+  `after_kill` is (table bytes, {kept pool file: (inode, mtime in ns, bytes)}).
   """
-  num_questions = tiny_config().sweep_revisions.num_questions
-  per_unit = num_questions * len(REVISION_SELECTORS)  # units 1-3 hold every question
+  config = tiny_config()
+  per_question = len(TINY_REVISION_SPLITS) * len(REVISION_SELECTORS)
 
   def as_a_kill_left_it(workdir: str) -> tuple[bytes, dict]:
     remove(workdir, layout.marker("sweep_revisions"))
+    units = [unit for unit, _ in _pools(workdir)]
+    assert [(u.first, u.last) for u in units] == [(0, 2), (2, 4), (4, 6)]
+    assert config.sweep_revisions.num_questions == 6
     path = os.path.join(workdir, REVISION_TABLE)
     with open(path, "rb") as f:
       lines = f.read().splitlines(keepends=True)
-    kept_rows = b"".join(lines[:2 * per_unit + 4])
+    written = 2 * per_question + 4  # the 1st pool's rows and 4 of the 2nd's
+    kept_rows = b"".join(lines[:written])
     with open(path, "wb") as f:
-      f.write(kept_rows + lines[2 * per_unit + 4][:40])  # a cut row, no newline
-    units = _unit_files(workdir)
-    assert units[:3] == ["N0001_s0001_q00000.json", "N0002_s0001_q00000.json",
-                         "N0002_s0002_q00000.json"]
-    remove(workdir, *(os.path.join(REVISION_UNITS, name) for name in [units[0], *units[3:]]))
-    kept_units = {}
-    for name in units[1:3]:
-      unit_path = os.path.join(workdir, REVISION_UNITS, name)
-      with open(unit_path, "rb") as f:
-        kept_units[name] = (os.stat(unit_path).st_ino, os.stat(unit_path).st_mtime_ns,
-                            f.read())
-    return kept_rows, kept_units
+      f.write(kept_rows + lines[written][:40])  # a cut row, no newline
+    names = [unit.file_name for unit in units]
+    remove(workdir, *(os.path.join(REVISION_UNITS, name) for name in (names[0], names[2])))
+    unit_path = os.path.join(workdir, REVISION_UNITS, names[1])
+    with open(unit_path, "rb") as f:
+      kept = {names[1]: (os.stat(unit_path).st_ino, os.stat(unit_path).st_mtime_ns, f.read())}
+    return kept_rows, kept
 
   return killed_and_resumed(
       finished.copy(str(tmp_path_factory.mktemp("revisions_resumed") / "workdir")),
@@ -316,7 +371,7 @@ def revision_sweep_killed_and_resumed(finished, tmp_path_factory) -> KilledAndRe
 def test_revision_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
     finished, revision_sweep_killed_and_resumed):
   """Fails if a resumed revision sweep's table differs from the uninterrupted
-  one (a row lost, repeated, out of order, or from a unit run again with
+  one (a row lost, repeated, out of order, or from a pool run again with
   another random stream), if the rows present are rewritten rather than kept
   as the file's first lines, or if the cut row survives."""
   run = revision_sweep_killed_and_resumed
@@ -329,12 +384,12 @@ def test_revision_sweep_resumed_after_a_kill_gives_the_uninterrupted_table(
     assert f.read().startswith(kept_rows)
 
 
-def test_revision_sweep_resumed_after_a_kill_runs_only_the_units_it_lacks(
+def test_revision_sweep_resumed_after_a_kill_runs_only_the_pools_it_lacks(
     finished, revision_sweep_killed_and_resumed):
-  """Fails if the re-run runs again a unit whose rows are all in the table
-  (the 1st, its file deleted) or one saved before the kill (the 2nd, and the
-  3rd whose rows were cut short), rewrites a saved unit, or runs a missing
-  unit otherwise than the uninterrupted sweep did."""
+  """Fails if the re-run runs again a pool whose rows are all in the table
+  (the 1st, its file deleted) or one saved before the kill (the 2nd, whose
+  rows were cut short), rewrites a saved pool, or runs the missing one
+  otherwise than the uninterrupted sweep did."""
   run = revision_sweep_killed_and_resumed
   _, kept_units = run.after_kill
   for name, before in kept_units.items():
@@ -344,13 +399,13 @@ def test_revision_sweep_resumed_after_a_kill_runs_only_the_units_it_lacks(
           f"{name} was rewritten"
   original_units = _unit_files(finished.workdir)
   summary = marker(run.workdir, "sweep_revisions")["summary"]
-  assert summary["num_units"] == len(original_units) > 3
-  assert summary["units_run"] == len(original_units) - 3
-  for name in original_units[3:]:
-    resumed = read_json(os.path.join(run.workdir, REVISION_UNITS, name))
-    original = read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
-    assert {k: v for k, v in resumed.items() if k != "seconds"} == {
-        k: v for k, v in original.items() if k != "seconds"}, name
+  assert summary["num_units"] == len(original_units) == 3
+  assert summary["units_run"] == 1
+  name = original_units[2]
+  resumed = read_json(os.path.join(run.workdir, REVISION_UNITS, name))
+  original = read_json(os.path.join(finished.workdir, REVISION_UNITS, name))
+  assert {k: v for k, v in resumed.items() if k != "seconds"} == {
+      k: v for k, v in original.items() if k != "seconds"}, name
 
 
 @pytest.mark.parametrize("killed", [False, True], ids=["finished", "killed"])
@@ -389,7 +444,8 @@ def test_revision_sweep_of_splits_already_in_the_table_runs_nothing(finished, tm
   log = run_stages(config, workdir, ["sweep_revisions"])
   assert any(line.startswith("stage sweep_revisions: done") for line in log), log
   summary = marker(workdir, "sweep_revisions")["summary"]
-  assert summary["units_run"] == 0 and summary["num_units"] == 2
+  # Pools of 2x2 and 1x1 only: chains of 2, 2 attempts, a question per pool.
+  assert summary["units_run"] == 0 and summary["num_units"] == 6
   with open(os.path.join(workdir, REVISION_TABLE), "rb") as f:
     assert f.read() == table
 

@@ -18,6 +18,7 @@ from ttscale.progress import Progress
 from ttscale.report import revision_figure
 from ttscale.scaling import revision_analysis
 from ttscale.search import revision_sweep
+from ttscale.search.budget import FlopsRate
 
 
 def stage_sweep_revisions(ctx: Context) -> dict:
@@ -29,7 +30,9 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   models = {"revision": ctx.load_revision_model(),
             "revision_verifier": ctx.load_verifier("revision_verifier"),
             "prm": ctx.load_verifier("prm")}
-  units = revision_sweep.sweep_units(revision_sweep.sweep_splits(sw), len(test), sw.rows)
+  splits = revision_sweep.sweep_splits(sw)
+  units = revision_sweep.sweep_units(splits, len(test), sw.rows)
+  rates = {name: FlopsRate.of(network.config) for name, network in models.items()}
   progress = Progress("sweep_revisions", len(units), ctx.log)
   unit_dir = ctx.path(layout.REVISION_UNITS)
   epath.Path(unit_dir).mkdir(parents=True, exist_ok=True)
@@ -38,20 +41,20 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   # files may be gone); the others are read from their files or run.
   to_run = []
   for unit in units:
-    missing = [(i, sel) for i in range(unit.first, unit.last) for sel in selections
-               if not table.has((i, "revisions",
-                                 revision_sweep.row_params(unit.sequential, unit.chains, sel),
-                                 unit.budget, cfg.seed))]
+    missing = [(i, s, p, sel) for i in range(unit.first, unit.last) for s, p in splits
+               for sel in selections
+               if not table.has((i, "revisions", revision_sweep.row_params(s, p, sel), s * p,
+                                 cfg.seed))]
     if missing:
       to_run.append(resumable.Part(os.path.join(unit_dir, unit.file_name), unit.description,
                                    (unit, missing)))
     else:
-      progress.update(note=f"N={unit.budget} s={unit.sequential} p={unit.chains}")
+      progress.update(note=f"questions {unit.first}-{unit.last - 1}")
 
   def run(part: resumable.Part) -> dict:
     unit = part.item[0]
-    key = jax.random.key(resumable.stream_seed(cfg.seed, "sweep_revisions", unit.budget,
-                                               unit.sequential, unit.first))
+    key = jax.random.key(resumable.stream_seed(cfg.seed, "sweep_revisions", "pool",
+                                               unit.first))
     return revision_sweep.run_unit(
         models, ctx.tokenizer, ctx.task, test[unit.first:unit.last], unit,
         sampler_config=ctx.sampler_config(), batch_size=cfg.sampling.batch_size, key=key,
@@ -60,33 +63,37 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   def scores_every_missing_row(part: resumable.Part, saved: dict) -> bool:
     # A unit saved before the exact verifier was swept is run again (same key).
     return all(revision_sweep.scored_by(sel) in (None, *saved["scores"])
-               for _, sel in part.item[1])
+               for *_, sel in part.item[1])
 
   def append_rows(index: int, saved: dict, resumed: bool) -> None:
     unit, missing = to_run[index].item
     # Appended unit by unit: a kill keeps the rows of every unit finished.
-    table.append(revision_sweep.unit_rows(saved, unit, missing, test, ctx.task, cfg.seed))
-    progress.update(note=f"N={unit.budget} s={unit.sequential} p={unit.chains}")
+    table.append(revision_sweep.unit_rows(saved, unit, missing, test, ctx.task, cfg.seed,
+                                          rates))
+    progress.update(note=f"questions {unit.first}-{unit.last - 1}")
 
   mapped = resumable.map_parts(to_run, run, delete=unit_dir,
                                reusable=scores_every_missing_row, on_part=append_rows)
-  return _summary(ctx, table.rows(), unit_dir, len(to_run) - mapped.num_resumed, len(units))
+  return _summary(ctx, table.rows(), unit_dir, units, len(to_run) - mapped.num_resumed)
 
 
 def _rate_text(rate: float | None) -> str:
   return "n/a" if rate is None else f"{rate:.3f}"
 
 
-def _summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int, num_units: int) -> dict:
+def _summary(ctx: Context, rows: list[dict], unit_dir: str,
+             units: list[revision_sweep.Unit], ran: int) -> dict:
   """Accuracy per setting, sequential vs parallel, and how often revising hurts."""
   curves, sequential_vs_parallel = revision_analysis.sweep_accuracy(
       rows, revision_sweep.SELECTORS)
-  units = {}
-  for path in sorted(epath.Path(unit_dir).glob("*.json")):
-    name = os.path.basename(str(path))
-    units[name] = (revision_sweep.unit_first_question(name),
-                   np.asarray(io_utils.read_json(str(path))["correct"], bool))
-  attempts = revision_analysis.attempt_analysis(units, ctx.config.seed)
+  # Every chain of the pools once: each group of equal-length chains of a pool.
+  chains = {}
+  for unit in units:
+    path = os.path.join(unit_dir, unit.file_name)
+    if epath.Path(path).exists():
+      for group, correct in enumerate(io_utils.read_json(path)["correct"]):
+        chains[f"{unit.file_name}#{group}"] = (unit.first, np.asarray(correct, bool))
+  attempts = revision_analysis.attempt_analysis(chains, ctx.config.seed)
   io_utils.write_json_atomic(ctx.path(layout.REVISION_ATTEMPTS), attempts)
   revision_figure.plot(rows, ctx.path(layout.REVISION_FIGURE))
   for sel, by_budget in sequential_vs_parallel.items():
@@ -107,7 +114,7 @@ def _summary(ctx: Context, rows: list[dict], unit_dir: str, ran: int, num_units:
             + " ".join(f"{a:.3f}" for a in by_attempt)
             + f"; attempt {gain['attempt']} − attempt 1: {gain['gain']:+.3f} "
             f"[{gain['interval'][0]:+.3f}, {gain['interval'][1]:+.3f}]")
-  return {"num_rows": len(rows), "units_run": ran, "num_units": num_units,
+  return {"num_rows": len(rows), "units_run": ran, "num_units": len(units),
           "accuracy": curves, "sequential_vs_parallel": sequential_vs_parallel,
           "transitions": attempts["transitions"], "fresh_baseline": fresh,
           "longest_chains": attempts["longest_chains"]}
