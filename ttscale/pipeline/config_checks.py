@@ -30,12 +30,16 @@ def _check_networks_and_sampling(config) -> None:
     raise ValueError(f"sampling.{error}") from None
 
 
+def _check_one_of(field: str, value, allowed) -> None:
+  """Raises ValueError naming `field` unless `value` is one of `allowed`."""
+  if value not in allowed:
+    raise ValueError(f"{field}={value!r}: expected one of {', '.join(allowed)}")
+
+
 def check_config(config) -> None:
   """Raises ValueError naming the first config field with a value no stage takes."""
   _check_networks_and_sampling(config)
-  if config.data.get("too_long", "skip") not in TOO_LONG:
-    raise ValueError(f"data.too_long={config.data.too_long!r}: expected one of "
-                     f"{', '.join(TOO_LONG)}")
+  _check_one_of("data.too_long", config.data.get("too_long", "skip"), TOO_LONG)
   check_checkpoint_config(config.checkpoint)
   check_checkpoint_paths(config.checkpoint)
   aggregations = list(config.eval_prm.aggregations)
@@ -46,18 +50,13 @@ def check_config(config) -> None:
   if "last" not in aggregations:
     raise ValueError("eval_prm.aggregations: must include 'last' (the PRM best-of-N "
                      "baseline reads it)")
-  if config.search.step_aggregation not in SEARCH_AGGREGATIONS:
-    raise ValueError(f"search.step_aggregation={config.search.step_aggregation!r}: expected "
-                     f"one of {', '.join(SEARCH_AGGREGATIONS)}")
+  _check_one_of("search.step_aggregation", config.search.step_aggregation,
+                SEARCH_AGGREGATIONS)
   if config.search.step_aggregation not in aggregations:
     raise ValueError(f"eval_prm.aggregations: must include search.step_aggregation="
                      f"{config.search.step_aggregation!r} (the PRM best-of-N baseline reads it)")
-  if config.verifier_train.trunk not in VERIFIER_TRUNKS:
-    raise ValueError(f"verifier_train.trunk={config.verifier_train.trunk!r}: expected one of "
-                     f"{', '.join(VERIFIER_TRUNKS)}")
-  if config.verifier_train.step_labels not in STEP_LABELS:
-    raise ValueError(f"verifier_train.step_labels={config.verifier_train.step_labels!r}: "
-                     f"expected one of {', '.join(STEP_LABELS)}")
+  _check_one_of("verifier_train.trunk", config.verifier_train.trunk, VERIFIER_TRUNKS)
+  _check_one_of("verifier_train.step_labels", config.verifier_train.step_labels, STEP_LABELS)
   if config.verifier_train.trunk == "large" and config.checkpoint.prm:
     raise ValueError("checkpoint.prm gives the PRM its trunk: set verifier_train.trunk="
                      "'policy' with it, or leave checkpoint.prm empty")
