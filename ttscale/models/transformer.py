@@ -3,7 +3,18 @@
 RMSNorm, rotary position embeddings, grouped/multi-query attention, gated MLP,
 and the options imported checkpoints need (see `ModelConfig`): zero-centred norm
 scales, scaled input embeddings and tanh soft-capping of attention scores and
-logits (Gemma).
+logits (Gemma), post-norms, query scaling, sliding-window layers and separate
+RoPE bases (Gemma 2 and 3), qk-norm (Qwen 3, Gemma 3), q/k/v biases (Qwen 2.5)
+and rescaled RoPE frequencies (Llama 3.1+, Gemma 3). One code path: every
+option is a config field and the defaults are our own models.
+
+Sliding-window layers use a mask over the full cache, not a ring buffer of W
+slots. The cache's slots are shared by all rows while each row has its own
+gaps (rows waiting, finished, or rollouts forgotten by resetting the
+bookkeeping, `search/beam.py`), so the last W slots hold a different number of
+a row's tokens in each row: a ring would have to be per row and would break
+forgetting without copies. The mask costs what a global layer costs; the
+study's contexts (up to a few thousand tokens) keep that small.
 Parameters carry `logical_axes` metadata and activations are constrained by
 logical axes (`ttscale.parallel`), so the same code shards on any mesh.
 
@@ -19,11 +30,12 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttscale import parallel
 from ttscale.models.config import ModelConfig
-from ttscale.models.kv_cache import KVCache, append_layout
+from ttscale.models.kv_cache import KVCache, append_layout, slot_positions
 
 _MASKED = -1e30
 
@@ -37,13 +49,15 @@ def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None):
 
 
 class RMSNorm(nnx.Module):
-  """x / rms(x) * (scale_offset + scale); `scale` starts at 1 - scale_offset."""
+  """x / rms(x) * (scale_offset + scale) over the last axis; `scale` starts at
+  1 - scale_offset. `axis_name` is the logical axis of that last axis."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0):
+  def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0,
+               axis_name: str = "embed"):
     # Initialised so that the multiplier starts at 1 whatever the offset (Gemma's
     # zero-centred scales start at 0).
     self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, jnp.float32),
-                           logical_axes=("embed",))
+                           logical_axes=(axis_name,))
     self.eps = eps
     self.scale_offset = scale_offset
 
@@ -62,10 +76,42 @@ def soft_cap(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding of x [batch, T, heads, head_dim] at positions [batch, T]."""
+def rope_frequency_scale(config: ModelConfig, head_dim: int) -> np.ndarray | None:
+  """Factors [head_dim // 2] on a global layer's RoPE frequencies, or None.
+
+  "linear" divides every frequency by the factor; "llama3" (Llama 3.1's
+  `apply_scaling`) divides those whose wavelength exceeds
+  original_context / low_freq_factor, keeps those under original_context /
+  high_freq_factor, and interpolates between by the context's number of
+  wavelengths. Computed in float64 on the host: a constant of the program.
+  """
+  if config.rope_scaling == "none":
+    return None
+  factor = config.rope_scaling_factor
+  half = head_dim // 2
+  if config.rope_scaling == "linear":
+    return np.full((half,), 1.0 / factor)
+  frequencies = config.rope_base ** (-np.arange(half, dtype=np.float64) / half)
+  wavelengths = 2 * np.pi / frequencies
+  low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+  context = config.rope_original_context
+  smooth = (context / wavelengths - low) / (high - low)
+  medium = (1 - smooth) / factor + smooth
+  return np.where(wavelengths < context / high, 1.0,
+                  np.where(wavelengths > context / low, 1.0 / factor, medium))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float,
+               frequency_scale: np.ndarray | None = None) -> jax.Array:
+  """Rotary embedding of x [batch, T, heads, head_dim] at positions [batch, T].
+
+  `frequency_scale` [head_dim // 2] multiplies the frequencies (rope scaling,
+  `rope_frequency_scale`); None leaves them as they are.
+  """
   half = x.shape[-1] // 2
   frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if frequency_scale is not None:
+    frequencies = frequencies * jnp.asarray(frequency_scale, jnp.float32)
   angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, T, half]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   first, second = x[..., :half], x[..., half:]
@@ -137,8 +183,9 @@ def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
 
 
 class Attention(nnx.Module):
+  """Self-attention of one layer; `local` layers read a sliding window."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs, *, local: bool = False):
     d, h, k, hd = (config.embed_dim, config.num_heads, config.num_kv_heads,
                    config.head_dim)
     self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"))
@@ -146,7 +193,25 @@ class Attention(nnx.Module):
     self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
     self.out = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"),
                       scale=(h * hd) ** -0.5)
+    if config.qkv_bias:
+      self.query_bias = nnx.Param(jnp.zeros((h, hd), jnp.float32),
+                                  logical_axes=("heads", "head_dim"))
+      self.key_bias = nnx.Param(jnp.zeros((k, hd), jnp.float32),
+                                logical_axes=("kv_heads", "head_dim"))
+      self.value_bias = nnx.Param(jnp.zeros((k, hd), jnp.float32),
+                                  logical_axes=("kv_heads", "head_dim"))
+    if config.qk_norm:
+      self.query_norm = RMSNorm(hd, eps=config.norm_eps,
+                                scale_offset=config.norm_scale_offset,
+                                axis_name="head_dim")
+      self.key_norm = RMSNorm(hd, eps=config.norm_eps,
+                              scale_offset=config.norm_scale_offset,
+                              axis_name="head_dim")
     self.config = config
+    self.local = local
+    # Local layers have their own base (Gemma 3) and no rope scaling.
+    self.rope_base = (config.rope_local_base or config.rope_base) if local else (
+        config.rope_base)
 
   def __call__(self, x, positions, attention_mask, cached_kv=None,
                write_index=None):
@@ -155,7 +220,8 @@ class Attention(nnx.Module):
     Args:
       x: float [batch, T, embed].
       positions: int32 [batch, T].
-      attention_mask: bool [batch, T, S]; S = T without a cache, max_slots with.
+      attention_mask: bool [batch, T, S]; S = T without a cache, max_slots with
+        (the sliding window's mask in a local layer).
       cached_kv: None, or the layer's cache (keys [batch, kv_heads, head_dim,
         max_slots], values [batch, kv_heads, max_slots, head_dim]) into which
         this call's keys and values are written at slot `write_index`.
@@ -168,8 +234,16 @@ class Attention(nnx.Module):
     q = jnp.einsum("btd,dhk->bthk", x, self.query[...])
     k = jnp.einsum("btd,dhk->bthk", x, self.key[...])
     v = jnp.einsum("btd,dhk->bthk", x, self.value[...])
-    q = apply_rope(q, positions, cfg.rope_base)
-    k = apply_rope(k, positions, cfg.rope_base)
+    if cfg.qkv_bias:
+      q = q + self.query_bias[...]
+      k = k + self.key_bias[...]
+      v = v + self.value_bias[...]
+    if cfg.qk_norm:
+      q = self.query_norm(q)
+      k = self.key_norm(k)
+    frequency_scale = None if self.local else rope_frequency_scale(cfg, cfg.head_dim)
+    q = apply_rope(q, positions, self.rope_base, frequency_scale)
+    k = apply_rope(k, positions, self.rope_base, frequency_scale)
     q = parallel.constrain(q, ("batch", "length", "heads", "head_dim"))
     batch, length = x.shape[:2]
     groups = cfg.num_heads // cfg.num_kv_heads
@@ -180,7 +254,7 @@ class Attention(nnx.Module):
     q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
     q = q.transpose(0, 2, 3, 1, 4).reshape(
         batch, cfg.num_kv_heads, groups * length, cfg.head_dim)
-    q = q * cfg.head_dim ** -0.5
+    q = q * (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
     if cached_kv is None:
       mixed = dense_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
     else:
@@ -219,22 +293,51 @@ def _norm(config: ModelConfig) -> RMSNorm:
 
 
 class Block(nnx.Module):
+  """Pre-norm attention and MLP, each added to the residual stream; with
+  `post_norms`, their outputs are normed again before the add (Gemma 2/3)."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs, *, local: bool = False):
     self.attention_norm = _norm(config)
-    self.attention = Attention(config, rngs)
+    self.attention = Attention(config, rngs, local=local)
     self.mlp_norm = _norm(config)
     self.mlp = GatedMLP(config, rngs)
+    if config.post_norms:
+      self.post_attention_norm = _norm(config)
+      self.post_mlp_norm = _norm(config)
+    self.post_norms = config.post_norms
+    self.local = local
     self.dropout_rate = config.dropout_rate
 
-  def __call__(self, x, positions, attention_mask, cached_kv, write_index,
-               dropout_rng):
+  def __call__(self, x, positions, masks, cached_kv, write_index, dropout_rng):
+    """One block: x float [batch, T, embed] -> the same, and the layer's cache.
+
+    `masks` is (global mask, sliding-window mask or None), bool [batch, T, S]
+    each; a local block reads the second.
+    """
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     attended, cached_kv = self.attention(
-        self.attention_norm(x), positions, attention_mask, cached_kv, write_index)
+        self.attention_norm(x), positions, masks[1] if self.local else masks[0],
+        cached_kv, write_index)
+    if self.post_norms:
+      attended = self.post_attention_norm(attended)
     x = x + _dropout(attended, self.dropout_rate, rngs[0])
-    x = x + _dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, rngs[1])
+    mlp_out = self.mlp(self.mlp_norm(x))
+    if self.post_norms:
+      mlp_out = self.post_mlp_norm(mlp_out)
+    x = x + _dropout(mlp_out, self.dropout_rate, rngs[1])
     return parallel.constrain(x, ("batch", "length", "embed")), cached_kv
+
+
+def _window_mask(mask: jax.Array, query_positions: jax.Array,
+                 key_positions: jax.Array, window: int) -> jax.Array:
+  """`mask` [batch, T, S] and keys less than `window` positions back.
+
+  Positions, not slots or indices: a row's tokens may sit in slots with gaps
+  (the cache's shared slots), while its positions count its own tokens, as in
+  training (where they restart in every packed segment).
+  """
+  distance = query_positions[:, :, None] - key_positions[:, None, :]
+  return mask & (distance < window)
 
 
 class Decoder(nnx.Module):
@@ -244,11 +347,11 @@ class Decoder(nnx.Module):
     self.config = config
     self.embedding = _param(rngs, (config.vocab_size, config.embed_dim),
                             ("vocab", "embed"))
-    self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+    self.blocks = nnx.List([Block(config, rngs, local=config.is_local_layer(layer))
+                            for layer in range(config.num_layers)])
     self.final_norm = _norm(config)
 
-  def _run(self, tokens, positions, attention_mask, cache_kv, write_index,
-           dropout_rng):
+  def _run(self, tokens, positions, masks, cache_kv, write_index, dropout_rng):
     x = jnp.take(self.embedding[...], tokens, axis=0)
     if self.config.scale_embeddings:
       # In the activation dtype, as Gemma's `Embedder.encode` does.
@@ -258,7 +361,7 @@ class Decoder(nnx.Module):
     for layer, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
       kv = None if cache_kv is None else (cache_kv[0][layer], cache_kv[1][layer])
-      x, kv = block(x, positions, attention_mask, kv, write_index, layer_rng)
+      x, kv = block(x, positions, masks, kv, write_index, layer_rng)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
@@ -282,7 +385,11 @@ class Decoder(nnx.Module):
       mask = jnp.broadcast_to(causal, (tokens.shape[0], length, length))
     else:
       mask = causal & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    hidden, _ = self._run(tokens, positions, mask, None, None, dropout_rng)
+    local_mask = None
+    if self.config.sliding_window:
+      local_mask = _window_mask(mask, positions, positions, self.config.sliding_window)
+    hidden, _ = self._run(tokens, positions, (mask, local_mask), None, None,
+                          dropout_rng)
     return hidden
 
   def extend(self, tokens: jax.Array, token_valid: jax.Array,
@@ -295,9 +402,13 @@ class Decoder(nnx.Module):
       cache: the cache to extend; it must have T free slots.
     """
     positions, slot_valid, mask, next_position = append_layout(cache, token_valid)
+    local_mask = None
+    if self.config.sliding_window:
+      local_mask = _window_mask(mask, positions, slot_positions(slot_valid),
+                                self.config.sliding_window)
     hidden, (keys, values) = self._run(
-        tokens, positions, mask, (cache.keys, cache.values), cache.write_index,
-        None)
+        tokens, positions, (mask, local_mask), (cache.keys, cache.values),
+        cache.write_index, None)
     cache = cache.replace(
         keys=keys, values=values, slot_valid=slot_valid,
         next_position=next_position,
