@@ -2,7 +2,9 @@
 
 The `checkpoint` config block names the format and the directories:
 
-    checkpoint.format     "llama" (Hugging Face *.safetensors) or "gemma" (orbax)
+    checkpoint.format     "hf" (Hugging Face config.json + *.safetensors: Llama,
+                          Qwen 2.5/3, Gemma 1/2/3; "llama" is the same) or
+                          "gemma" (the gemma library's orbax trees, Gemma 1)
     checkpoint.policy     the policy's checkpoint directory ("" = train from scratch)
     checkpoint.large      the larger policy's, for the FLOPs-matched comparison
     checkpoint.tokenizer  the models' sentencepiece `tokenizer.model`
@@ -21,7 +23,7 @@ from flax import nnx
 
 from ttscale.models.config import ModelConfig
 
-FORMATS = ("llama", "gemma")
+FORMATS = ("hf", "llama", "gemma")
 
 
 def check_checkpoint_config(checkpoint_config) -> None:
@@ -75,9 +77,9 @@ def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
     ValueError: the checkpoint does not match `config` or the vocabulary, or
       is malformed; the message names the file and the field or tensor.
   """
-  if fmt == "llama":
-    from ttscale.models.llama_import import load_llama
-    _, _, params = load_llama(checkpoint_dir, config, expected_vocab_size=config.vocab_size)
+  if fmt in ("hf", "llama"):
+    from ttscale.models.hf_import import load_hf
+    _, _, params = load_hf(checkpoint_dir, config, expected_vocab_size=config.vocab_size)
   elif fmt == "gemma":
     from ttscale.models.gemma_import import load_gemma
     _, _, params = load_gemma(checkpoint_dir, config, expected_vocab_size=config.vocab_size,
