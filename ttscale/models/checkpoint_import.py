@@ -7,7 +7,8 @@ The `checkpoint` config block names the format and the directories:
                           "gemma" (the gemma library's orbax trees, Gemma 1)
     checkpoint.policy     the policy's checkpoint directory ("" = train from scratch)
     checkpoint.large      the larger policy's, for the FLOPs-matched comparison
-    checkpoint.tokenizer  the models' sentencepiece `tokenizer.model`
+    checkpoint.tokenizer  the models' tokenizer: sentencepiece `tokenizer.model`
+                          or Hugging Face `tokenizer.json`
     checkpoint.trim_vocab drop embedding rows past the tokenizer's pieces
                           (padding: Gemma's 256128 rows for 256000 pieces)
 
@@ -40,10 +41,10 @@ def check_checkpoint_config(checkpoint_config) -> None:
                      f"vocabulary; got checkpoint.format={fmt!r}")
   if "policy" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.policy is set: checkpoint.tokenizer must name its "
-                     "sentencepiece tokenizer.model")
+                     "tokenizer.model or tokenizer.json")
   if "prm" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.prm is set: checkpoint.tokenizer must name the "
-                     "sentencepiece tokenizer.model it was trained with")
+                     "tokenizer.model or tokenizer.json it was trained with")
 
 
 def check_checkpoint_paths(checkpoint_config) -> None:
