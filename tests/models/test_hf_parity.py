@@ -138,6 +138,7 @@ def _write_reference(family: str, directory) -> _Reference:
 @dataclasses.dataclass
 class _Parity:
   forward_diff: float      # max |logit diff| of our full forward
+  bfloat16_diff: float     # the same with bfloat16 compute (float32 parameters)
   decode_diff: float       # max |logit diff| of our cached decode
   greedy: np.ndarray       # int32 [batch, NEW_TOKENS]: our sampler's greedy tokens
   reference: _Reference
@@ -155,6 +156,11 @@ def _our_parity(reference: _Reference) -> _Parity:
   # than compiling them (the sampler below is compiled, as the engine runs it).
   logits = np.asarray(model(reference.sequences, positions, valid.astype(np.int32)))
   forward_diff = np.abs(logits - reference.logits)[valid].max()
+  bfloat16 = dataclasses.replace(config, compute_dtype="bfloat16")
+  _, bfloat16_graphdef, _ = load_hf(reference.checkpoint, bfloat16)
+  bfloat16_logits = np.asarray(nnx.merge(bfloat16_graphdef, params)(
+      reference.sequences, positions, valid.astype(np.int32)))
+  bfloat16_diff = np.abs(bfloat16_logits - reference.logits)[valid].max()
 
   # Cached decode: prefill the prompts, then one token per call.
   cache = init_cache(config, batch, total)
@@ -181,7 +187,8 @@ def _our_parity(reference: _Reference) -> _Parity:
     return out.tokens
 
   tokens = np.asarray(greedy(params, reference.prompts, reference.prompt_lengths))
-  return _Parity(float(forward_diff), float(decode_diff), tokens, reference)
+  return _Parity(float(forward_diff), float(bfloat16_diff), float(decode_diff), tokens,
+                 reference)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -190,14 +197,21 @@ def parity(request, tmp_path_factory) -> _Parity:
   reference = _write_reference(family, tmp_path_factory.mktemp(family))
   result = _our_parity(reference)
   matched = np.array_equal(result.greedy, reference.sequences[:, -NEW_TOKENS:])
+  scale = np.abs(reference.logits).max()
   print(f"\n{family}: full forward max |diff| {result.forward_diff:.2e}, cached decode "
         f"max |diff| {result.decode_diff:.2e}, greedy {NEW_TOKENS} tokens "
-        f"{'identical' if matched else 'DIFFERENT'}")
+        f"{'identical' if matched else 'DIFFERENT'}; bfloat16 compute: forward max "
+        f"|diff| {result.bfloat16_diff:.3f} (max |logit| {scale:.1f})")
   return result
 
 
 def test_full_forward_logits_match_transformers(parity):
   assert parity.forward_diff <= TOLERANCE
+
+
+def test_bfloat16_compute_stays_near_transformers_float32(parity):
+  # 8 bits of mantissa through a few layers: a few percent of the logit scale.
+  assert parity.bfloat16_diff <= 0.05 * np.abs(parity.reference.logits).max()
 
 
 def test_cached_decode_logits_match_transformers(parity):

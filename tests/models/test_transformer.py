@@ -358,3 +358,41 @@ def test_config_rejects_bad_released_family_options_naming_the_field(field, valu
 def test_a_window_needs_a_layer_pattern():
   with pytest.raises(ValueError, match=r"model\.sliding_window_pattern=0"):
     ModelConfig(vocab_size=16, sliding_window=4)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_bfloat16_compute_runs_forward_and_sampling_close_to_float32(param_dtype):
+  from ttscale.search import sampling
+
+  config = dataclasses.replace(ALL_OPTIONS, compute_dtype="bfloat16",
+                               param_dtype=param_dtype)
+  graphdef, params, _ = testing.tiny_policy(config=config)
+  f32_params = _random_biases(testing.tiny_policy(config=ALL_OPTIONS)[1])
+  params = jax.tree.map(lambda x: x.astype(param_dtype), f32_params)
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+  tokens = _random_tokens(10, (BATCH, 8))
+  expected = _logits_of(ALL_OPTIONS, f32_params, tokens)
+  logits = _logits_of(config, params, tokens)
+  assert logits.dtype == np.float32
+  # bfloat16 keeps 8 bits of mantissa: differences of a few hundredths.
+  np.testing.assert_allclose(logits, expected, atol=0.25)
+  assert not np.array_equal(logits, expected)
+
+  cache = init_cache(config, BATCH, max_slots=8 + 16)
+  assert cache.keys[0].dtype == jnp.bfloat16
+  extend_fn = policy_extend_fn(graphdef)
+  sampler_config = sampling.SamplerConfig(
+      rule=sampling.SamplingRule(temperature=1.0), stop_at=sampling.StopAt.SOLUTION,
+      max_new_tokens=16, step_id=-1, eos_id=-1)
+
+  @jax.jit
+  def sample(params, prompts):
+    filled, pending = sampling.prefill(extend_fn, params, cache, prompts,
+                                       jnp.full((BATCH,), 8))
+    return sampling.sample(extend_fn, params, filled, pending, jnp.ones((BATCH,), bool),
+                           jax.random.key(0), sampler_config)
+
+  out = sample(params, jnp.asarray(tokens))
+  assert out.cache.keys[0].dtype == jnp.bfloat16
+  assert (np.asarray(out.lengths) == 16).all()
+  assert np.isfinite(np.asarray(out.logprobs)).all()

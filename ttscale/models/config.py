@@ -7,6 +7,7 @@ import math
 
 ACTIVATIONS = ("relu", "gelu", "silu")
 ROPE_SCALINGS = ("none", "linear", "llama3")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,8 @@ class ModelConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_context: int = 8192
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -112,6 +115,9 @@ class ModelConfig:
       raise ValueError(
           f"model.rope_high_freq_factor={self.rope_high_freq_factor}: expected more "
           f"than model.rope_low_freq_factor={self.rope_low_freq_factor} > 0")
+    for name in ("param_dtype", "compute_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"model.{name}={getattr(self, name)!r}: expected one of {DTYPES}")
     if self.rope_original_context <= 0:
       raise ValueError(f"model.rope_original_context={self.rope_original_context}: "
                        "expected > 0")

@@ -58,6 +58,7 @@ MODEL_TYPES = ("llama", "qwen2", "qwen3", *_GEMMAS)
 # HF activation names -> ours; "gelu" in HF is the exact (erf) GELU, which we lack.
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu"}
 _GLOBAL, _LOCAL = "full_attention", "sliding_attention"
+_RUN_FIELDS = ("dropout_rate", "param_dtype", "compute_dtype")
 
 
 class _ConfigError(ValueError):
@@ -393,7 +394,7 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
 
   Returns:
     (config, graphdef, params): `nnx.merge(graphdef, params)` is the model; params
-    are float32 with the shapes `LanguageModel(config)` creates.
+    are in `config.param_dtype` with the shapes `LanguageModel(config)` creates.
 
   Raises:
     ValueError: see `read_hf_config` and `read_hf_params`.
@@ -404,7 +405,8 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
     config = checkpoint_config
   for field in dataclasses.fields(ModelConfig):
     ours, theirs = getattr(config, field.name), getattr(checkpoint_config, field.name)
-    if field.name != "dropout_rate" and ours != theirs:
+    # Dropout and the dtypes are choices of the run, not facts of the checkpoint.
+    if field.name not in _RUN_FIELDS and ours != theirs:
       raise ValueError(f"{Path(checkpoint_dir) / CONFIG_FILE}: gives {field.name}="
                        f"{theirs!r} but the config passed has {ours!r}")
   arrays = read_hf_params(checkpoint_dir, config)
@@ -415,5 +417,6 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
   for path, variable in nnx.to_flat_state(state):
     if path not in arrays:
       raise ValueError(f"{checkpoint_dir}: no tensor maps to our parameter {path}")
-    flat.append((path, variable.replace(jnp.asarray(arrays.pop(path)))))
+    flat.append((path, variable.replace(
+        jnp.asarray(arrays.pop(path), config.param_dtype))))
   return config, graphdef, nnx.from_flat_state(flat)

@@ -40,33 +40,39 @@ from ttscale.models.kv_cache import KVCache, append_layout, slot_positions
 _MASKED = -1e30
 
 
-def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None):
-  """A normal-initialised Param with std `scale` (default 1/sqrt(fan_in))."""
+def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None,
+           dtype: str = "float32"):
+  """A normal-initialised Param with std `scale` (default 1/sqrt(fan_in)),
+  drawn in float32 and stored in `dtype`."""
   if scale is None:
     scale = shape[0] ** -0.5
   value = scale * jax.random.normal(rngs.params(), shape, jnp.float32)
-  return nnx.Param(value, logical_axes=logical_axes)
+  return nnx.Param(value.astype(dtype), logical_axes=logical_axes)
 
 
 class RMSNorm(nnx.Module):
   """x / rms(x) * (scale_offset + scale) over the last axis; `scale` starts at
-  1 - scale_offset. `axis_name` is the logical axis of that last axis."""
+  1 - scale_offset. `axis_name` is the logical axis of that last axis.
+  Computed in float32 (a bfloat16 mean of squares loses the small ones), the
+  result in x's dtype."""
 
   def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0,
-               axis_name: str = "embed"):
+               axis_name: str = "embed", dtype: str = "float32"):
     # Initialised so that the multiplier starts at 1 whatever the offset (Gemma's
     # zero-centred scales start at 0).
-    self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, jnp.float32),
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, dtype),
                            logical_axes=(axis_name,))
     self.eps = eps
     self.scale_offset = scale_offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    scale = self.scale[...]
+    scale = self.scale[...].astype(jnp.float32)
     if self.scale_offset:
       scale = self.scale_offset + scale
-    return x * jax.lax.rsqrt(variance + self.eps) * scale
+    return (x * jax.lax.rsqrt(variance + self.eps) * scale).astype(dtype)
 
 
 def soft_cap(x: jax.Array, cap: float) -> jax.Array:
@@ -115,8 +121,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, base: float,
   angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, T, half]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   first, second = x[..., :half], x[..., half:]
+  # In float32 (x promotes), returned in x's dtype.
   return jnp.concatenate(
-      [first * cos - second * sin, second * cos + first * sin], axis=-1)
+      [first * cos - second * sin, second * cos + first * sin], axis=-1).astype(x.dtype)
 
 
 def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -137,10 +144,13 @@ def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
                  softcap: float) -> jax.Array:
   """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
   groups = scores.shape[2] // mask.shape[1]
-  # Capped before masking, as Gemma 2 does, so masked slots stay at _MASKED.
-  scores = soft_cap(scores, softcap)
+  # Softmax in float32 whatever the compute dtype; the weights mix the values
+  # in theirs. Capped before masking, as Gemma 2 does, so masked slots stay at
+  # _MASKED.
+  scores = soft_cap(scores.astype(jnp.float32), softcap)
   scores = jnp.where(_expand_mask(mask, values.shape[1], groups), scores, _MASKED)
-  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
+  weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  return jnp.einsum("bkqs,bksd->bkqd", weights, values)
 
 
 def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -188,25 +198,26 @@ class Attention(nnx.Module):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs, *, local: bool = False):
     d, h, k, hd = (config.embed_dim, config.num_heads, config.num_kv_heads,
                    config.head_dim)
-    self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"))
-    self.key = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
-    self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+    dtype = config.param_dtype
+    self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), dtype=dtype)
+    self.key = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), dtype=dtype)
+    self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), dtype=dtype)
     self.out = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"),
-                      scale=(h * hd) ** -0.5)
+                      scale=(h * hd) ** -0.5, dtype=dtype)
     if config.qkv_bias:
-      self.query_bias = nnx.Param(jnp.zeros((h, hd), jnp.float32),
+      self.query_bias = nnx.Param(jnp.zeros((h, hd), dtype),
                                   logical_axes=("heads", "head_dim"))
-      self.key_bias = nnx.Param(jnp.zeros((k, hd), jnp.float32),
+      self.key_bias = nnx.Param(jnp.zeros((k, hd), dtype),
                                 logical_axes=("kv_heads", "head_dim"))
-      self.value_bias = nnx.Param(jnp.zeros((k, hd), jnp.float32),
+      self.value_bias = nnx.Param(jnp.zeros((k, hd), dtype),
                                   logical_axes=("kv_heads", "head_dim"))
     if config.qk_norm:
       self.query_norm = RMSNorm(hd, eps=config.norm_eps,
                                 scale_offset=config.norm_scale_offset,
-                                axis_name="head_dim")
+                                axis_name="head_dim", dtype=dtype)
       self.key_norm = RMSNorm(hd, eps=config.norm_eps,
                               scale_offset=config.norm_scale_offset,
-                              axis_name="head_dim")
+                              axis_name="head_dim", dtype=dtype)
     self.config = config
     self.local = local
     # Local layers have their own base (Gemma 3) and no rope scaling.
@@ -231,13 +242,14 @@ class Attention(nnx.Module):
       (output [batch, T, embed], updated (keys, values) or None).
     """
     cfg = self.config
-    q = jnp.einsum("btd,dhk->bthk", x, self.query[...])
-    k = jnp.einsum("btd,dhk->bthk", x, self.key[...])
-    v = jnp.einsum("btd,dhk->bthk", x, self.value[...])
+    dtype = cfg.compute_dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.query[...].astype(dtype))
+    k = jnp.einsum("btd,dhk->bthk", x, self.key[...].astype(dtype))
+    v = jnp.einsum("btd,dhk->bthk", x, self.value[...].astype(dtype))
     if cfg.qkv_bias:
-      q = q + self.query_bias[...]
-      k = k + self.key_bias[...]
-      v = v + self.value_bias[...]
+      q = q + self.query_bias[...].astype(dtype)
+      k = k + self.key_bias[...].astype(dtype)
+      v = v + self.value_bias[...].astype(dtype)
     if cfg.qk_norm:
       q = self.query_norm(q)
       k = self.key_norm(k)
@@ -269,27 +281,29 @@ class Attention(nnx.Module):
     mixed = mixed.reshape(batch, cfg.num_kv_heads, groups, length, cfg.head_dim)
     mixed = mixed.transpose(0, 3, 1, 2, 4).reshape(
         batch, length, cfg.num_heads, cfg.head_dim)
-    return jnp.einsum("bthk,hkd->btd", mixed, self.out[...]), cached_kv
+    return jnp.einsum("bthk,hkd->btd", mixed, self.out[...].astype(dtype)), cached_kv
 
 
 class GatedMLP(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     d, m = config.embed_dim, config.mlp_dim
-    self.gate = _param(rngs, (d, m), ("embed", "mlp"))
-    self.up = _param(rngs, (d, m), ("embed", "mlp"))
-    self.down = _param(rngs, (m, d), ("mlp", "embed"))
+    self.gate = _param(rngs, (d, m), ("embed", "mlp"), dtype=config.param_dtype)
+    self.up = _param(rngs, (d, m), ("embed", "mlp"), dtype=config.param_dtype)
+    self.down = _param(rngs, (m, d), ("mlp", "embed"), dtype=config.param_dtype)
     self.activation = getattr(jax.nn, config.activation)
+    self.dtype = config.compute_dtype
 
   def __call__(self, x):
-    hidden = self.activation(x @ self.gate[...]) * (x @ self.up[...])
+    gate, up = self.gate[...].astype(self.dtype), self.up[...].astype(self.dtype)
+    hidden = self.activation(x @ gate) * (x @ up)
     hidden = parallel.constrain(hidden, ("batch", "length", "mlp"))
-    return hidden @ self.down[...]
+    return hidden @ self.down[...].astype(self.dtype)
 
 
 def _norm(config: ModelConfig) -> RMSNorm:
   return RMSNorm(config.embed_dim, eps=config.norm_eps,
-                 scale_offset=config.norm_scale_offset)
+                 scale_offset=config.norm_scale_offset, dtype=config.param_dtype)
 
 
 class Block(nnx.Module):
@@ -346,13 +360,13 @@ class Decoder(nnx.Module):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
     self.embedding = _param(rngs, (config.vocab_size, config.embed_dim),
-                            ("vocab", "embed"))
+                            ("vocab", "embed"), dtype=config.param_dtype)
     self.blocks = nnx.List([Block(config, rngs, local=config.is_local_layer(layer))
                             for layer in range(config.num_layers)])
     self.final_norm = _norm(config)
 
   def _run(self, tokens, positions, masks, cache_kv, write_index, dropout_rng):
-    x = jnp.take(self.embedding[...], tokens, axis=0)
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.config.compute_dtype)
     if self.config.scale_embeddings:
       # In the activation dtype, as Gemma's `Embedder.encode` does.
       x = x * jnp.asarray(self.config.embed_dim ** 0.5, x.dtype)
@@ -424,15 +438,16 @@ class LanguageModel(nnx.Module):
     self.decoder = Decoder(config, rngs)
     if not config.tie_embeddings:
       self.lm_head = _param(rngs, (config.embed_dim, config.vocab_size),
-                            ("embed", "vocab"))
+                            ("embed", "vocab"), dtype=config.param_dtype)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """Next-token logits [..., vocab] of hidden states [..., embed]."""
+    """Next-token logits [..., vocab], float32, of hidden states [..., embed]."""
+    dtype = self.config.compute_dtype
     if self.config.tie_embeddings:
-      logits = hidden @ self.decoder.embedding[...].T
+      logits = hidden @ self.decoder.embedding[...].T.astype(dtype)
     else:
-      logits = hidden @ self.lm_head[...]
-    return soft_cap(logits, self.config.final_logit_softcap)
+      logits = hidden @ self.lm_head[...].astype(dtype)
+    return soft_cap(logits.astype(jnp.float32), self.config.final_logit_softcap)
 
   def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
     """Next-token logits of whole sequences, float [batch, T, vocab]."""
