@@ -242,3 +242,21 @@ def test_config_json_gives_the_family_options(parity):
   assert {name: getattr(config, name) for name in expected} == expected
   if family == "llama3":  # written sharded, read through its index
     assert (pathlib.Path(parity.reference.checkpoint) / INDEX_FILE).exists()
+
+
+def test_trimmed_vocabulary_keeps_the_first_rows_logits(parity):
+  # As for Qwen's 151936 embedding rows and 151665 tokenizer ids. A trimmed
+  # model cannot read the ids it dropped, so the tokens are kept below them and
+  # the untrimmed import (checked against transformers above) is the reference.
+  if parity.reference.family != "qwen3":
+    pytest.skip("the same code for every family: checked on qwen3")
+  kept = VOCAB - 56
+  tokens = np.where(parity.reference.sequences < kept, parity.reference.sequences, 3)
+  positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  config, graphdef, params = load_hf(parity.reference.checkpoint, trim_vocab_to=kept,
+                                     expected_vocab_size=kept)
+  assert config.vocab_size == kept
+  trimmed = np.asarray(nnx.merge(graphdef, params)(tokens, positions))
+  _, graphdef, params = load_hf(parity.reference.checkpoint)
+  full = np.asarray(nnx.merge(graphdef, params)(tokens, positions))
+  np.testing.assert_allclose(trimmed, full[..., :kept], atol=TOLERANCE, rtol=0)

@@ -10,7 +10,8 @@ The `checkpoint` config block names the format and the directories:
     checkpoint.tokenizer  the models' tokenizer: sentencepiece `tokenizer.model`
                           or Hugging Face `tokenizer.json`
     checkpoint.trim_vocab drop embedding rows past the tokenizer's pieces
-                          (padding: Gemma's 256128 rows for 256000 pieces)
+                          (padding: Gemma's 256128 rows for 256000 pieces,
+                          Qwen's 151936 for 151665 ids)
 
 The `model` (and `large_model`) block must describe the checkpoint: every
 field is checked against it, so a config that does not match is an error that
@@ -36,9 +37,9 @@ def check_checkpoint_config(checkpoint_config) -> None:
   if named and not fmt:
     raise ValueError(f"checkpoint.{named[0]} is set: checkpoint.format must say how "
                      f"to read it ({', '.join(FORMATS)})")
-  if checkpoint_config.trim_vocab and fmt != "gemma":
-    raise ValueError(f"checkpoint.trim_vocab=True: only the gemma format pads its "
-                     f"vocabulary; got checkpoint.format={fmt!r}")
+  if checkpoint_config.trim_vocab and not fmt:
+    raise ValueError("checkpoint.trim_vocab=True: checkpoint.format must say which "
+                     f"checkpoints to trim ({', '.join(FORMATS)})")
   if "policy" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.policy is set: checkpoint.tokenizer must name its "
                      "tokenizer.model or tokenizer.json")
@@ -69,10 +70,11 @@ def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
     fmt: one of `FORMATS`.
     checkpoint_dir: the checkpoint's directory.
     config: the model to build; `config.vocab_size` is the tokenizer's.
-    trim_vocab: drop the embedding's rows past `config.vocab_size` (gemma only).
+    trim_vocab: drop the embedding's rows past `config.vocab_size`.
 
   Returns:
-    float32 parameters with exactly the tree `nnx.split(LanguageModel(config))` has.
+    parameters (in `config.param_dtype`) with exactly the tree
+    `nnx.split(LanguageModel(config))` has.
 
   Raises:
     ValueError: the checkpoint does not match `config` or the vocabulary, or
@@ -80,7 +82,8 @@ def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
   """
   if fmt in ("hf", "llama"):
     from ttscale.models.hf_import import load_hf
-    _, _, params = load_hf(checkpoint_dir, config, expected_vocab_size=config.vocab_size)
+    _, _, params = load_hf(checkpoint_dir, config, expected_vocab_size=config.vocab_size,
+                           trim_vocab_to=config.vocab_size if trim_vocab else None)
   elif fmt == "gemma":
     from ttscale.models.gemma_import import load_gemma
     _, _, params = load_gemma(checkpoint_dir, config, expected_vocab_size=config.vocab_size,

@@ -340,11 +340,13 @@ def _expected_tensors(config: ModelConfig) -> dict[str, tuple[tuple, tuple, Call
   return tensors
 
 
-def read_hf_params(checkpoint_dir: str | Path,
-                      config: ModelConfig) -> dict[tuple, np.ndarray]:
+def read_hf_params(checkpoint_dir: str | Path, config: ModelConfig, *,
+                   checkpoint_vocab_size: int | None = None) -> dict[tuple, np.ndarray]:
   """Our parameters, float32 numpy keyed by `nnx` state path, from the safetensors.
 
   E.g. `("decoder", "blocks", 0, "attention", "query")` -> [embed, heads, head_dim].
+  With `checkpoint_vocab_size` (the rows the checkpoint's embedding and LM head
+  have), only their first `config.vocab_size` rows are kept.
 
   Raises:
     ValueError: a tensor missing, of the wrong shape, or not used by `config`
@@ -353,7 +355,8 @@ def read_hf_params(checkpoint_dir: str | Path,
   """
   checkpoint_dir = Path(checkpoint_dir)
   files, listing = _tensor_files(checkpoint_dir)
-  expected = _expected_tensors(config)
+  rows = config.vocab_size if checkpoint_vocab_size is None else checkpoint_vocab_size
+  expected = _expected_tensors(dataclasses.replace(config, vocab_size=rows))
   unexpected = sorted(
       name for name in files
       if name not in expected and not name.endswith(_IGNORED_SUFFIXES)
@@ -378,12 +381,17 @@ def read_hf_params(checkpoint_dir: str | Path,
         raise ValueError(f"{file}: tensor {name!r} has shape {tensor.shape}; expected "
                          f"{shape} from {CONFIG_FILE}")
       params[path] = np.asarray(convert(tensor), np.float32)
+  if rows != config.vocab_size:
+    embedding = ("decoder", "embedding")
+    params[embedding] = params[embedding][:config.vocab_size]
+    if ("lm_head",) in params:  # [embed, vocab]
+      params[("lm_head",)] = params[("lm_head",)][:, :config.vocab_size]
   return params
 
 
 def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
-               expected_vocab_size: int | None = None,
-               ) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
+            expected_vocab_size: int | None = None, trim_vocab_to: int | None = None,
+            ) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
   """A `LanguageModel` holding a HF checkpoint, split as `nnx.split` would.
 
   Args:
@@ -391,16 +399,30 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
     config: the config to build, e.g. to set `dropout_rate`; it must agree with
       `config.json` on every other field. None builds `config.json`'s.
     expected_vocab_size: the tokenizer's vocabulary size, checked if given.
+    trim_vocab_to: keep only the first rows of the embedding (and LM head):
+      Qwen's and Gemma 3's embeddings have rows past their tokenizer's ids
+      (151936 for 151665 in Qwen 2.5/3), never sampled by a model trained
+      with that tokenizer; `config.vocab_size` is then this.
 
   Returns:
     (config, graphdef, params): `nnx.merge(graphdef, params)` is the model; params
     are in `config.param_dtype` with the shapes `LanguageModel(config)` creates.
 
   Raises:
-    ValueError: see `read_hf_config` and `read_hf_params`.
+    ValueError: see `read_hf_config` and `read_hf_params`; `trim_vocab_to`
+      more than the checkpoint's rows.
   """
-  checkpoint_config = read_hf_config(checkpoint_dir,
-                                     expected_vocab_size=expected_vocab_size)
+  checkpoint_config = read_hf_config(
+      checkpoint_dir, expected_vocab_size=None if trim_vocab_to else expected_vocab_size)
+  rows = checkpoint_config.vocab_size
+  if trim_vocab_to:
+    if trim_vocab_to > rows:
+      raise ValueError(f"{Path(checkpoint_dir) / CONFIG_FILE}: vocab_size={rows} has "
+                       f"fewer rows than trim_vocab_to={trim_vocab_to}")
+    checkpoint_config = dataclasses.replace(checkpoint_config, vocab_size=trim_vocab_to)
+    if expected_vocab_size is not None and trim_vocab_to != expected_vocab_size:
+      raise ValueError(f"trim_vocab_to={trim_vocab_to} but the tokenizer has "
+                       f"{expected_vocab_size}")
   if config is None:
     config = checkpoint_config
   for field in dataclasses.fields(ModelConfig):
@@ -409,7 +431,7 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
     if field.name not in _RUN_FIELDS and ours != theirs:
       raise ValueError(f"{Path(checkpoint_dir) / CONFIG_FILE}: gives {field.name}="
                        f"{theirs!r} but the config passed has {ours!r}")
-  arrays = read_hf_params(checkpoint_dir, config)
+  arrays = read_hf_params(checkpoint_dir, config, checkpoint_vocab_size=rows)
   # Abstract init: the random weights would be thrown away.
   graphdef, state = nnx.split(
       nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
