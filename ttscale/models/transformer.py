@@ -15,6 +15,7 @@ bookkeeping, `search/beam.py`), so the last W slots hold a different number of
 a row's tokens in each row: a ring would have to be per row and would break
 forgetting without copies. The mask costs what a global layer costs; the
 study's contexts (up to a few thousand tokens) keep that small.
+
 Parameters carry `logical_axes` metadata and activations are constrained by
 logical axes (`ttscale.parallel`), so the same code shards on any mesh.
 
