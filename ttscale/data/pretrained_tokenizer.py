@@ -23,7 +23,8 @@ puts before the first word of a text), so that encoding is the same wherever a
 line starts: `encode(a + b) == encode(a) + encode(b)` when `a` ends with "\n",
 which lets prompt and solution be encoded separately.
 
-`load_tokenizer(path)` opens either kind.
+`load_tokenizer(path)` opens either kind, and a Hugging Face `tokenizer.json`
+(`hf_tokenizer.HFTokenizer`, the same interface and the same step contract).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from etils import epath
 from sentencepiece import sentencepiece_model_pb2
 
 from ttscale.data import tokenizer as own_tokenizer
+from ttscale.data.hf_tokenizer import HFTokenizer, is_tokenizer_json
 
 _STEP_PIECES = ("\n", "<0x0A>")  # a piece of its own, or the byte piece
 
@@ -141,11 +143,12 @@ class PretrainedTokenizer:
 
 
 def load_tokenizer(path: str | os.PathLike):
-  """Opens a tokenizer model file: ours (`Tokenizer`) or a released model's.
+  """Opens a tokenizer file: ours (`Tokenizer`) or a released model's.
 
   Returns:
-    `Tokenizer` when the file was written by `train_tokenizer` (fixed special
-    ids and the step symbol), else `PretrainedTokenizer`.
+    `HFTokenizer` for a `tokenizer.json`; `Tokenizer` when the file was
+    written by `train_tokenizer` (fixed special ids and the step symbol);
+    else `PretrainedTokenizer` (a released sentencepiece model).
 
   Raises:
     ValueError: the file is missing, unreadable or not a usable model.
@@ -156,6 +159,8 @@ def load_tokenizer(path: str | os.PathLike):
     raise ValueError(
         f"cannot read tokenizer model {os.fspath(path)!r}: {error.strerror}") from None
   source = f"tokenizer model {os.fspath(path)!r}"
+  if is_tokenizer_json(model_proto):
+    return HFTokenizer(model_proto, source=f"tokenizer {os.fspath(path)!r}")
   try:
     return own_tokenizer.Tokenizer(model_proto, source=source)
   except ValueError as error:

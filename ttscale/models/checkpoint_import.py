@@ -2,12 +2,16 @@
 
 The `checkpoint` config block names the format and the directories:
 
-    checkpoint.format     "llama" (Hugging Face *.safetensors) or "gemma" (orbax)
+    checkpoint.format     "hf" (Hugging Face config.json + *.safetensors: Llama,
+                          Qwen 2.5/3, Gemma 1/2/3; "llama" is the same) or
+                          "gemma" (the gemma library's orbax trees, Gemma 1)
     checkpoint.policy     the policy's checkpoint directory ("" = train from scratch)
     checkpoint.large      the larger policy's, for the FLOPs-matched comparison
-    checkpoint.tokenizer  the models' sentencepiece `tokenizer.model`
+    checkpoint.tokenizer  the models' tokenizer: sentencepiece `tokenizer.model`
+                          or Hugging Face `tokenizer.json`
     checkpoint.trim_vocab drop embedding rows past the tokenizer's pieces
-                          (padding: Gemma's 256128 rows for 256000 pieces)
+                          (padding: Gemma's 256128 rows for 256000 pieces,
+                          Qwen's 151936 for 151665 ids)
 
 The `model` (and `large_model`) block must describe the checkpoint: every
 field is checked against it, so a config that does not match is an error that
@@ -21,7 +25,7 @@ from flax import nnx
 
 from ttscale.models.config import ModelConfig
 
-FORMATS = ("llama", "gemma")
+FORMATS = ("hf", "llama", "gemma")
 
 
 def check_checkpoint_config(checkpoint_config) -> None:
@@ -33,15 +37,15 @@ def check_checkpoint_config(checkpoint_config) -> None:
   if named and not fmt:
     raise ValueError(f"checkpoint.{named[0]} is set: checkpoint.format must say how "
                      f"to read it ({', '.join(FORMATS)})")
-  if checkpoint_config.trim_vocab and fmt != "gemma":
-    raise ValueError(f"checkpoint.trim_vocab=True: only the gemma format pads its "
-                     f"vocabulary; got checkpoint.format={fmt!r}")
+  if checkpoint_config.trim_vocab and not fmt:
+    raise ValueError("checkpoint.trim_vocab=True: checkpoint.format must say which "
+                     f"checkpoints to trim ({', '.join(FORMATS)})")
   if "policy" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.policy is set: checkpoint.tokenizer must name its "
-                     "sentencepiece tokenizer.model")
+                     "tokenizer.model or tokenizer.json")
   if "prm" in named and not checkpoint_config.tokenizer:
     raise ValueError("checkpoint.prm is set: checkpoint.tokenizer must name the "
-                     "sentencepiece tokenizer.model it was trained with")
+                     "tokenizer.model or tokenizer.json it was trained with")
 
 
 def check_checkpoint_paths(checkpoint_config) -> None:
@@ -66,18 +70,20 @@ def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
     fmt: one of `FORMATS`.
     checkpoint_dir: the checkpoint's directory.
     config: the model to build; `config.vocab_size` is the tokenizer's.
-    trim_vocab: drop the embedding's rows past `config.vocab_size` (gemma only).
+    trim_vocab: drop the embedding's rows past `config.vocab_size`.
 
   Returns:
-    float32 parameters with exactly the tree `nnx.split(LanguageModel(config))` has.
+    parameters (in `config.param_dtype`) with exactly the tree
+    `nnx.split(LanguageModel(config))` has.
 
   Raises:
     ValueError: the checkpoint does not match `config` or the vocabulary, or
       is malformed; the message names the file and the field or tensor.
   """
-  if fmt == "llama":
-    from ttscale.models.llama_import import load_llama
-    _, _, params = load_llama(checkpoint_dir, config, expected_vocab_size=config.vocab_size)
+  if fmt in ("hf", "llama"):
+    from ttscale.models.hf_import import load_hf
+    _, _, params = load_hf(checkpoint_dir, config, expected_vocab_size=config.vocab_size,
+                           trim_vocab_to=config.vocab_size if trim_vocab else None)
   elif fmt == "gemma":
     from ttscale.models.gemma_import import load_gemma
     _, _, params = load_gemma(checkpoint_dir, config, expected_vocab_size=config.vocab_size,

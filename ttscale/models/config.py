@@ -6,6 +6,8 @@ import dataclasses
 import math
 
 ACTIVATIONS = ("relu", "gelu", "silu")
+ROPE_SCALINGS = ("none", "linear", "llama3")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,9 +16,11 @@ class ModelConfig:
 
   `num_kv_heads` < `num_heads` gives grouped-query attention (1 = multi-query).
 
-  The last five fields default to our own models; imported checkpoints set them
-  (e.g. Gemma: `norm_scale_offset=1`, `scale_embeddings=True`, and in Gemma 2 the
-  soft caps). None of them adds or reshapes a parameter.
+  The fields from `norm_eps` on default to our own models; imported checkpoints
+  set them (e.g. Gemma: `norm_scale_offset=1`, `scale_embeddings=True`, and in
+  Gemma 2 the soft caps). Their defaults leave our models' parameters and
+  outputs exactly as they were; `qkv_bias`, `qk_norm` and `post_norms` add
+  parameters, the others none.
   - `norm_eps`: the RMSNorm epsilon.
   - `norm_scale_offset`: RMSNorm multiplies by `norm_scale_offset + scale`, and
     `scale` starts at `1 - norm_scale_offset` (Gemma stores zero-centred scales).
@@ -41,6 +45,20 @@ class ModelConfig:
   scale_embeddings: bool = False
   attn_logit_softcap: float = 0.0
   final_logit_softcap: float = 0.0
+  qkv_bias: bool = False
+  qk_norm: bool = False
+  post_norms: bool = False
+  query_pre_attn_scalar: float = 0.0
+  sliding_window: int = 0
+  sliding_window_pattern: int = 0
+  rope_local_base: float = 0.0
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_context: int = 8192
+  param_dtype: str = "float32"
+  compute_dtype: str = "float32"
 
   def __post_init__(self):
     if self.activation not in ACTIVATIONS:
@@ -70,6 +88,43 @@ class ModelConfig:
       if not (math.isfinite(cap) and cap >= 0):
         raise ValueError(f"model.{name}={cap}: expected a finite number >= 0 "
                          "(0 turns soft-capping off)")
+    for name in ("qkv_bias", "qk_norm", "post_norms"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"model.{name}={getattr(self, name)!r}: expected True or False")
+    for name in ("query_pre_attn_scalar", "rope_local_base"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"model.{name}={value}: expected a finite number >= 0 "
+                         "(0 is the default)")
+    if self.sliding_window < 0:
+      raise ValueError(f"model.sliding_window={self.sliding_window}: expected >= 0 "
+                       "(0 turns sliding-window layers off)")
+    if self.sliding_window and self.sliding_window_pattern < 1:
+      raise ValueError(
+          f"model.sliding_window_pattern={self.sliding_window_pattern}: expected >= 1 "
+          f"with model.sliding_window={self.sliding_window} (every pattern-th layer "
+          "is global)")
+    if self.rope_scaling not in ROPE_SCALINGS:
+      raise ValueError(f"model.rope_scaling={self.rope_scaling!r}: expected one of "
+                       f"{ROPE_SCALINGS}")
+    if not (math.isfinite(self.rope_scaling_factor) and self.rope_scaling_factor > 0):
+      raise ValueError(f"model.rope_scaling_factor={self.rope_scaling_factor}: "
+                       "expected a finite number > 0")
+    if (self.rope_scaling == "llama3"
+        and not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+      raise ValueError(
+          f"model.rope_high_freq_factor={self.rope_high_freq_factor}: expected more "
+          f"than model.rope_low_freq_factor={self.rope_low_freq_factor} > 0")
+    for name in ("param_dtype", "compute_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"model.{name}={getattr(self, name)!r}: expected one of {DTYPES}")
+    if self.rope_original_context <= 0:
+      raise ValueError(f"model.rope_original_context={self.rope_original_context}: "
+                       "expected > 0")
+
+  def is_local_layer(self, layer: int) -> bool:
+    """Whether layer `layer` (0-based) attends within the sliding window."""
+    return bool(self.sliding_window) and (layer + 1) % self.sliding_window_pattern != 0
 
   @classmethod
   def from_config(cls, model_config, vocab_size: int) -> ModelConfig:
@@ -85,12 +140,17 @@ class ModelConfig:
   def num_params(self) -> int:
     """Parameter count (embeddings included once when tied).
 
-    The architecture options (norm offset, embedding scale, soft caps) add none.
+    Of the architecture options only `qkv_bias`, `qk_norm` and `post_norms`
+    add any.
     """
     attn = self.embed_dim * self.head_dim * (
         2 * self.num_heads + 2 * self.num_kv_heads)
+    if self.qkv_bias:
+      attn += self.head_dim * (self.num_heads + 2 * self.num_kv_heads)
+    if self.qk_norm:
+      attn += 2 * self.head_dim
     mlp = 3 * self.embed_dim * self.mlp_dim
-    norms = 2 * self.embed_dim
+    norms = (4 if self.post_norms else 2) * self.embed_dim
     embed = self.vocab_size * self.embed_dim
     head = 0 if self.tie_embeddings else embed
     return self.num_layers * (attn + mlp + norms) + embed + head + self.embed_dim
@@ -100,12 +160,16 @@ class ModelConfig:
 
     2 × (parameters used in matmuls: attention and MLP projections and the
     output projection; the embedding lookup is free) plus the two attention
-    contractions (scores and weighted sum: 2 × 2 × heads × head_dim × context).
-    Elementwise work (norms, activations, soft caps) is not counted.
+    contractions (scores and weighted sum: 2 × 2 × heads × head_dim × context;
+    a local layer's context is at most `sliding_window`).
+    Elementwise work (norms, biases, activations, soft caps) is not counted.
     """
     attn = self.embed_dim * self.head_dim * (
         2 * self.num_heads + 2 * self.num_kv_heads)
     mlp = 3 * self.embed_dim * self.mlp_dim
     matmul_params = self.num_layers * (attn + mlp) + self.vocab_size * self.embed_dim
-    attention = 4 * self.num_layers * self.num_heads * self.head_dim * context_length
+    local_layers = sum(map(self.is_local_layer, range(self.num_layers)))
+    attended = ((self.num_layers - local_layers) * context_length
+                + local_layers * min(context_length, self.sliding_window))
+    attention = 4 * self.num_heads * self.head_dim * attended
     return 2 * matmul_params + attention

@@ -300,5 +300,6 @@ def load_gemma(checkpoint_dir: str | Path, config: ModelConfig, *,
   for path, variable in nnx.to_flat_state(state):
     if path not in arrays:
       raise ValueError(f"{checkpoint_dir}: no parameter maps to our parameter {path}")
-    flat.append((path, variable.replace(jnp.asarray(arrays.pop(path)))))
+    flat.append((path, variable.replace(
+        jnp.asarray(arrays.pop(path), config.param_dtype))))
   return config, graphdef, nnx.from_flat_state(flat)

@@ -31,8 +31,8 @@ from ttscale.models.config import ModelConfig
 
 @struct.dataclass
 class KVCache:
-  keys: tuple[jax.Array, ...]    # float32: per layer [batch, kv_heads, head_dim, max_slots]
-  values: tuple[jax.Array, ...]  # float32: per layer [batch, kv_heads, max_slots, head_dim]
+  keys: tuple[jax.Array, ...]    # compute dtype: per layer [batch, kv_heads, head_dim, max_slots]
+  values: tuple[jax.Array, ...]  # compute dtype: per layer [batch, kv_heads, max_slots, head_dim]
   slot_valid: jax.Array          # bool: [batch, max_slots] slot holds a real token of this row
   next_position: jax.Array       # int32: [batch] RoPE position of the row's next token
   write_index: jax.Array         # int32: [] first free slot
@@ -47,8 +47,10 @@ class KVCache:
 
 
 def init_cache(config: ModelConfig, batch_size: int, max_slots: int,
-               dtype=jnp.float32) -> KVCache:
-  """An empty cache: no valid slot, every row at position 0."""
+               dtype=None) -> KVCache:
+  """An empty cache: no valid slot, every row at position 0; keys and values
+  in `dtype`, by default the model's compute dtype."""
+  dtype = config.compute_dtype if dtype is None else dtype
   keys_shape = (batch_size, config.num_kv_heads, config.head_dim, max_slots)
   values_shape = (batch_size, config.num_kv_heads, max_slots, config.head_dim)
   layers = range(config.num_layers)
@@ -59,6 +61,18 @@ def init_cache(config: ModelConfig, batch_size: int, max_slots: int,
       next_position=jnp.zeros((batch_size,), jnp.int32),
       write_index=jnp.zeros((), jnp.int32),
   )
+
+
+def slot_positions(slot_valid: jax.Array) -> jax.Array:
+  """The RoPE position of the token in each slot, int32 [batch, max_slots].
+
+  A row's valid slots hold its tokens at positions 0, 1, 2, ... in slot order:
+  `append_layout` gives each real token the row's next position, and
+  forgetting appends restores `slot_valid` with `next_position`. So a slot's
+  position is the count of the row's valid slots before it (meaningless at
+  invalid slots, which every mask drops). Sliding-window layers read it.
+  """
+  return jnp.cumsum(slot_valid.astype(jnp.int32), axis=1) - 1
 
 
 def append_layout(cache: KVCache, token_valid: jax.Array):

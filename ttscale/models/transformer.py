@@ -3,7 +3,19 @@
 RMSNorm, rotary position embeddings, grouped/multi-query attention, gated MLP,
 and the options imported checkpoints need (see `ModelConfig`): zero-centred norm
 scales, scaled input embeddings and tanh soft-capping of attention scores and
-logits (Gemma).
+logits (Gemma), post-norms, query scaling, sliding-window layers and separate
+RoPE bases (Gemma 2 and 3), qk-norm (Qwen 3, Gemma 3), q/k/v biases (Qwen 2.5)
+and rescaled RoPE frequencies (Llama 3.1+, Gemma 3). One code path: every
+option is a config field and the defaults are our own models.
+
+Sliding-window layers use a mask over the full cache, not a ring buffer of W
+slots. The cache's slots are shared by all rows while each row has its own
+gaps (rows waiting, finished, or rollouts forgotten by resetting the
+bookkeeping, `search/beam.py`), so the last W slots hold a different number of
+a row's tokens in each row: a ring would have to be per row and would break
+forgetting without copies. The mask costs what a global layer costs; the
+study's contexts (up to a few thousand tokens) keep that small.
+
 Parameters carry `logical_axes` metadata and activations are constrained by
 logical axes (`ttscale.parallel`), so the same code shards on any mesh.
 
@@ -19,40 +31,49 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ttscale import parallel
 from ttscale.models.config import ModelConfig
-from ttscale.models.kv_cache import KVCache, append_layout
+from ttscale.models.kv_cache import KVCache, append_layout, slot_positions
 
 _MASKED = -1e30
 
 
-def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None):
-  """A normal-initialised Param with std `scale` (default 1/sqrt(fan_in))."""
+def _param(rngs: nnx.Rngs, shape, logical_axes, scale: float | None = None,
+           dtype: str = "float32"):
+  """A normal-initialised Param with std `scale` (default 1/sqrt(fan_in)),
+  drawn in float32 and stored in `dtype`."""
   if scale is None:
     scale = shape[0] ** -0.5
   value = scale * jax.random.normal(rngs.params(), shape, jnp.float32)
-  return nnx.Param(value, logical_axes=logical_axes)
+  return nnx.Param(value.astype(dtype), logical_axes=logical_axes)
 
 
 class RMSNorm(nnx.Module):
-  """x / rms(x) * (scale_offset + scale); `scale` starts at 1 - scale_offset."""
+  """x / rms(x) * (scale_offset + scale) over the last axis; `scale` starts at
+  1 - scale_offset. `axis_name` is the logical axis of that last axis.
+  Computed in float32 (a bfloat16 mean of squares loses the small ones), the
+  result in x's dtype."""
 
-  def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0):
+  def __init__(self, dim: int, *, eps: float = 1e-6, scale_offset: float = 0.0,
+               axis_name: str = "embed", dtype: str = "float32"):
     # Initialised so that the multiplier starts at 1 whatever the offset (Gemma's
     # zero-centred scales start at 0).
-    self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, jnp.float32),
-                           logical_axes=("embed",))
+    self.scale = nnx.Param(jnp.full((dim,), 1.0 - scale_offset, dtype),
+                           logical_axes=(axis_name,))
     self.eps = eps
     self.scale_offset = scale_offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    x = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    scale = self.scale[...]
+    scale = self.scale[...].astype(jnp.float32)
     if self.scale_offset:
       scale = self.scale_offset + scale
-    return x * jax.lax.rsqrt(variance + self.eps) * scale
+    return (x * jax.lax.rsqrt(variance + self.eps) * scale).astype(dtype)
 
 
 def soft_cap(x: jax.Array, cap: float) -> jax.Array:
@@ -62,15 +83,48 @@ def soft_cap(x: jax.Array, cap: float) -> jax.Array:
   return cap * jnp.tanh(x / cap)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, base: float) -> jax.Array:
-  """Rotary embedding of x [batch, T, heads, head_dim] at positions [batch, T]."""
+def rope_frequency_scale(config: ModelConfig, head_dim: int) -> np.ndarray | None:
+  """Factors [head_dim // 2] on a global layer's RoPE frequencies, or None.
+
+  "linear" divides every frequency by the factor; "llama3" (Llama 3.1's
+  `apply_scaling`) divides those whose wavelength exceeds
+  original_context / low_freq_factor, keeps those under original_context /
+  high_freq_factor, and interpolates between by the context's number of
+  wavelengths. Computed in float64 on the host: a constant of the program.
+  """
+  if config.rope_scaling == "none":
+    return None
+  factor = config.rope_scaling_factor
+  half = head_dim // 2
+  if config.rope_scaling == "linear":
+    return np.full((half,), 1.0 / factor)
+  frequencies = config.rope_base ** (-np.arange(half, dtype=np.float64) / half)
+  wavelengths = 2 * np.pi / frequencies
+  low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+  context = config.rope_original_context
+  smooth = (context / wavelengths - low) / (high - low)
+  medium = (1 - smooth) / factor + smooth
+  return np.where(wavelengths < context / high, 1.0,
+                  np.where(wavelengths > context / low, 1.0 / factor, medium))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, base: float,
+               frequency_scale: np.ndarray | None = None) -> jax.Array:
+  """Rotary embedding of x [batch, T, heads, head_dim] at positions [batch, T].
+
+  `frequency_scale` [head_dim // 2] multiplies the frequencies (rope scaling,
+  `rope_frequency_scale`); None leaves them as they are.
+  """
   half = x.shape[-1] // 2
   frequencies = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if frequency_scale is not None:
+    frequencies = frequencies * jnp.asarray(frequency_scale, jnp.float32)
   angles = positions[..., None].astype(jnp.float32) * frequencies  # [batch, T, half]
   sin, cos = jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
   first, second = x[..., :half], x[..., half:]
+  # In float32 (x promotes), returned in x's dtype.
   return jnp.concatenate(
-      [first * cos - second * sin, second * cos + first * sin], axis=-1)
+      [first * cos - second * sin, second * cos + first * sin], axis=-1).astype(x.dtype)
 
 
 def _dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
@@ -91,10 +145,13 @@ def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
                  softcap: float) -> jax.Array:
   """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
   groups = scores.shape[2] // mask.shape[1]
-  # Capped before masking, as Gemma 2 does, so masked slots stay at _MASKED.
-  scores = soft_cap(scores, softcap)
+  # Softmax in float32 whatever the compute dtype; the weights mix the values
+  # in theirs. Capped before masking, as Gemma 2 does, so masked slots stay at
+  # _MASKED.
+  scores = soft_cap(scores.astype(jnp.float32), softcap)
   scores = jnp.where(_expand_mask(mask, values.shape[1], groups), scores, _MASKED)
-  return jnp.einsum("bkqs,bksd->bkqd", jax.nn.softmax(scores, axis=-1), values)
+  weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  return jnp.einsum("bkqs,bksd->bkqd", weights, values)
 
 
 # A query block of whole-sequence attention (`dense_attention`): ~40 queries.
@@ -161,16 +218,36 @@ def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
 
 
 class Attention(nnx.Module):
+  """Self-attention of one layer; `local` layers read a sliding window."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs, *, local: bool = False):
     d, h, k, hd = (config.embed_dim, config.num_heads, config.num_kv_heads,
                    config.head_dim)
-    self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"))
-    self.key = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
-    self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"))
+    dtype = config.param_dtype
+    self.query = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), dtype=dtype)
+    self.key = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), dtype=dtype)
+    self.value = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), dtype=dtype)
     self.out = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"),
-                      scale=(h * hd) ** -0.5)
+                      scale=(h * hd) ** -0.5, dtype=dtype)
+    if config.qkv_bias:
+      self.query_bias = nnx.Param(jnp.zeros((h, hd), dtype),
+                                  logical_axes=("heads", "head_dim"))
+      self.key_bias = nnx.Param(jnp.zeros((k, hd), dtype),
+                                logical_axes=("kv_heads", "head_dim"))
+      self.value_bias = nnx.Param(jnp.zeros((k, hd), dtype),
+                                  logical_axes=("kv_heads", "head_dim"))
+    if config.qk_norm:
+      self.query_norm = RMSNorm(hd, eps=config.norm_eps,
+                                scale_offset=config.norm_scale_offset,
+                                axis_name="head_dim", dtype=dtype)
+      self.key_norm = RMSNorm(hd, eps=config.norm_eps,
+                              scale_offset=config.norm_scale_offset,
+                              axis_name="head_dim", dtype=dtype)
     self.config = config
+    self.local = local
+    # Local layers have their own base (Gemma 3) and no rope scaling.
+    self.rope_base = (config.rope_local_base or config.rope_base) if local else (
+        config.rope_base)
 
   def __call__(self, x, positions, attention_mask, cached_kv=None,
                write_index=None):
@@ -179,7 +256,8 @@ class Attention(nnx.Module):
     Args:
       x: float [batch, T, embed].
       positions: int32 [batch, T].
-      attention_mask: bool [batch, T, S]; S = T without a cache, max_slots with.
+      attention_mask: bool [batch, T, S]; S = T without a cache, max_slots with
+        (the sliding window's mask in a local layer).
       cached_kv: None, or the layer's cache (keys [batch, kv_heads, head_dim,
         max_slots], values [batch, kv_heads, max_slots, head_dim]) into which
         this call's keys and values are written at slot `write_index`.
@@ -189,11 +267,20 @@ class Attention(nnx.Module):
       (output [batch, T, embed], updated (keys, values) or None).
     """
     cfg = self.config
-    q = jnp.einsum("btd,dhk->bthk", x, self.query[...])
-    k = jnp.einsum("btd,dhk->bthk", x, self.key[...])
-    v = jnp.einsum("btd,dhk->bthk", x, self.value[...])
-    q = apply_rope(q, positions, cfg.rope_base)
-    k = apply_rope(k, positions, cfg.rope_base)
+    dtype = cfg.compute_dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.query[...].astype(dtype))
+    k = jnp.einsum("btd,dhk->bthk", x, self.key[...].astype(dtype))
+    v = jnp.einsum("btd,dhk->bthk", x, self.value[...].astype(dtype))
+    if cfg.qkv_bias:
+      q = q + self.query_bias[...].astype(dtype)
+      k = k + self.key_bias[...].astype(dtype)
+      v = v + self.value_bias[...].astype(dtype)
+    if cfg.qk_norm:
+      q = self.query_norm(q)
+      k = self.key_norm(k)
+    frequency_scale = None if self.local else rope_frequency_scale(cfg, cfg.head_dim)
+    q = apply_rope(q, positions, self.rope_base, frequency_scale)
+    k = apply_rope(k, positions, self.rope_base, frequency_scale)
     q = parallel.constrain(q, ("batch", "length", "heads", "head_dim"))
     batch, length = x.shape[:2]
     groups = cfg.num_heads // cfg.num_kv_heads
@@ -204,7 +291,7 @@ class Attention(nnx.Module):
     q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
     q = q.transpose(0, 2, 3, 1, 4).reshape(
         batch, cfg.num_kv_heads, groups * length, cfg.head_dim)
-    q = q * cfg.head_dim ** -0.5
+    q = q * (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
     if cached_kv is None:
       mixed = dense_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
     else:
@@ -219,46 +306,77 @@ class Attention(nnx.Module):
     mixed = mixed.reshape(batch, cfg.num_kv_heads, groups, length, cfg.head_dim)
     mixed = mixed.transpose(0, 3, 1, 2, 4).reshape(
         batch, length, cfg.num_heads, cfg.head_dim)
-    return jnp.einsum("bthk,hkd->btd", mixed, self.out[...]), cached_kv
+    return jnp.einsum("bthk,hkd->btd", mixed, self.out[...].astype(dtype)), cached_kv
 
 
 class GatedMLP(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     d, m = config.embed_dim, config.mlp_dim
-    self.gate = _param(rngs, (d, m), ("embed", "mlp"))
-    self.up = _param(rngs, (d, m), ("embed", "mlp"))
-    self.down = _param(rngs, (m, d), ("mlp", "embed"))
+    self.gate = _param(rngs, (d, m), ("embed", "mlp"), dtype=config.param_dtype)
+    self.up = _param(rngs, (d, m), ("embed", "mlp"), dtype=config.param_dtype)
+    self.down = _param(rngs, (m, d), ("mlp", "embed"), dtype=config.param_dtype)
     self.activation = getattr(jax.nn, config.activation)
+    self.dtype = config.compute_dtype
 
   def __call__(self, x):
-    hidden = self.activation(x @ self.gate[...]) * (x @ self.up[...])
+    gate, up = self.gate[...].astype(self.dtype), self.up[...].astype(self.dtype)
+    hidden = self.activation(x @ gate) * (x @ up)
     hidden = parallel.constrain(hidden, ("batch", "length", "mlp"))
-    return hidden @ self.down[...]
+    return hidden @ self.down[...].astype(self.dtype)
 
 
 def _norm(config: ModelConfig) -> RMSNorm:
   return RMSNorm(config.embed_dim, eps=config.norm_eps,
-                 scale_offset=config.norm_scale_offset)
+                 scale_offset=config.norm_scale_offset, dtype=config.param_dtype)
 
 
 class Block(nnx.Module):
+  """Pre-norm attention and MLP, each added to the residual stream; with
+  `post_norms`, their outputs are normed again before the add (Gemma 2/3)."""
 
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs, *, local: bool = False):
     self.attention_norm = _norm(config)
-    self.attention = Attention(config, rngs)
+    self.attention = Attention(config, rngs, local=local)
     self.mlp_norm = _norm(config)
     self.mlp = GatedMLP(config, rngs)
+    if config.post_norms:
+      self.post_attention_norm = _norm(config)
+      self.post_mlp_norm = _norm(config)
+    self.post_norms = config.post_norms
+    self.local = local
     self.dropout_rate = config.dropout_rate
 
-  def __call__(self, x, positions, attention_mask, cached_kv, write_index,
-               dropout_rng):
+  def __call__(self, x, positions, masks, cached_kv, write_index, dropout_rng):
+    """One block: x float [batch, T, embed] -> the same, and the layer's cache.
+
+    `masks` is (global mask, sliding-window mask or None), bool [batch, T, S]
+    each; a local block reads the second.
+    """
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
     attended, cached_kv = self.attention(
-        self.attention_norm(x), positions, attention_mask, cached_kv, write_index)
+        self.attention_norm(x), positions, masks[1] if self.local else masks[0],
+        cached_kv, write_index)
+    if self.post_norms:
+      attended = self.post_attention_norm(attended)
     x = x + _dropout(attended, self.dropout_rate, rngs[0])
-    x = x + _dropout(self.mlp(self.mlp_norm(x)), self.dropout_rate, rngs[1])
+    mlp_out = self.mlp(self.mlp_norm(x))
+    if self.post_norms:
+      mlp_out = self.post_mlp_norm(mlp_out)
+    x = x + _dropout(mlp_out, self.dropout_rate, rngs[1])
     return parallel.constrain(x, ("batch", "length", "embed")), cached_kv
+
+
+def _window_mask(mask: jax.Array, query_positions: jax.Array,
+                 key_positions: jax.Array, window: int) -> jax.Array:
+  """`mask` [batch, T, S] and keys less than `window` positions back.
+
+  Positions, not slots or indices: a row's tokens may sit in slots with gaps
+  (the cache's shared slots), while its positions count its own tokens, as in
+  training (where they restart in every packed segment).
+  """
+  distance = query_positions[:, :, None] - key_positions[:, None, :]
+  return mask & (distance < window)
 
 
 class Decoder(nnx.Module):
@@ -267,13 +385,13 @@ class Decoder(nnx.Module):
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
     self.embedding = _param(rngs, (config.vocab_size, config.embed_dim),
-                            ("vocab", "embed"))
-    self.blocks = nnx.List([Block(config, rngs) for _ in range(config.num_layers)])
+                            ("vocab", "embed"), dtype=config.param_dtype)
+    self.blocks = nnx.List([Block(config, rngs, local=config.is_local_layer(layer))
+                            for layer in range(config.num_layers)])
     self.final_norm = _norm(config)
 
-  def _run(self, tokens, positions, attention_mask, cache_kv, write_index,
-           dropout_rng):
-    x = jnp.take(self.embedding[...], tokens, axis=0)
+  def _run(self, tokens, positions, masks, cache_kv, write_index, dropout_rng):
+    x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.config.compute_dtype)
     if self.config.scale_embeddings:
       # In the activation dtype, as Gemma's `Embedder.encode` does.
       x = x * jnp.asarray(self.config.embed_dim ** 0.5, x.dtype)
@@ -282,7 +400,7 @@ class Decoder(nnx.Module):
     for layer, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
       kv = None if cache_kv is None else (cache_kv[0][layer], cache_kv[1][layer])
-      x, kv = block(x, positions, attention_mask, kv, write_index, layer_rng)
+      x, kv = block(x, positions, masks, kv, write_index, layer_rng)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
@@ -306,7 +424,11 @@ class Decoder(nnx.Module):
       mask = jnp.broadcast_to(causal, (tokens.shape[0], length, length))
     else:
       mask = causal & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    hidden, _ = self._run(tokens, positions, mask, None, None, dropout_rng)
+    local_mask = None
+    if self.config.sliding_window:
+      local_mask = _window_mask(mask, positions, positions, self.config.sliding_window)
+    hidden, _ = self._run(tokens, positions, (mask, local_mask), None, None,
+                          dropout_rng)
     return hidden
 
   def extend(self, tokens: jax.Array, token_valid: jax.Array,
@@ -319,9 +441,13 @@ class Decoder(nnx.Module):
       cache: the cache to extend; it must have T free slots.
     """
     positions, slot_valid, mask, next_position = append_layout(cache, token_valid)
+    local_mask = None
+    if self.config.sliding_window:
+      local_mask = _window_mask(mask, positions, slot_positions(slot_valid),
+                                self.config.sliding_window)
     hidden, (keys, values) = self._run(
-        tokens, positions, mask, (cache.keys, cache.values), cache.write_index,
-        None)
+        tokens, positions, (mask, local_mask), (cache.keys, cache.values),
+        cache.write_index, None)
     cache = cache.replace(
         keys=keys, values=values, slot_valid=slot_valid,
         next_position=next_position,
@@ -337,15 +463,16 @@ class LanguageModel(nnx.Module):
     self.decoder = Decoder(config, rngs)
     if not config.tie_embeddings:
       self.lm_head = _param(rngs, (config.embed_dim, config.vocab_size),
-                            ("embed", "vocab"))
+                            ("embed", "vocab"), dtype=config.param_dtype)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """Next-token logits [..., vocab] of hidden states [..., embed]."""
+    """Next-token logits [..., vocab], float32, of hidden states [..., embed]."""
+    dtype = self.config.compute_dtype
     if self.config.tie_embeddings:
-      logits = hidden @ self.decoder.embedding[...].T
+      logits = hidden @ self.decoder.embedding[...].T.astype(dtype)
     else:
-      logits = hidden @ self.lm_head[...]
-    return soft_cap(logits, self.config.final_logit_softcap)
+      logits = hidden @ self.lm_head[...].astype(dtype)
+    return soft_cap(logits.astype(jnp.float32), self.config.final_logit_softcap)
 
   def __call__(self, tokens, positions, segment_ids=None, dropout_rng=None):
     """Next-token logits of whole sequences, float [batch, T, vocab]."""

@@ -166,21 +166,43 @@ def parse_setting(text: str, grid: list[int], field: str = "search.extra_setting
 
 @dataclasses.dataclass(frozen=True)
 class FlopsRate:
-  """`flops_per_token(context) = per_token + per_context_key · context`, traceable."""
+  """`flops_per_token(context) = per_token + per_context_key · context
+  + per_window_key · min(context, window)`, traceable.
+
+  The last term is the sliding-window layers' attention (`ModelConfig.
+  sliding_window`), which reads at most `window` keys; 0 without them.
+  """
   per_token: float
   per_context_key: float
+  per_window_key: float = 0.0
+  window: int = 0
 
   @classmethod
   def of(cls, config: ModelConfig) -> FlopsRate:
     base = config.flops_per_token(0)
-    return cls(float(base), float(config.flops_per_token(1) - base))
+    per_key = config.flops_per_token(1) - base
+    window = config.sliding_window
+    if not window:
+      return cls(float(base), float(per_key))
+    # Past the window only global layers read one more key per token.
+    global_key = config.flops_per_token(window + 1) - config.flops_per_token(window)
+    return cls(float(base), float(global_key), float(per_key - global_key), window)
 
   def decode(self, start_context, num_tokens):
     """FLOPs of `num_tokens` tokens decoded one by one after `start_context`
-    tokens: Σ_j (per_token + per_context_key · (start_context + j + 1)).
+    tokens: Σ_j flops_per_token(start_context + j + 1).
 
     Arrays broadcast (jax or numpy); the result is float32.
     """
     n = jnp.asarray(num_tokens, jnp.float32)
     c = jnp.asarray(start_context, jnp.float32)
-    return n * self.per_token + self.per_context_key * (n * c + n * (n + 1) / 2)
+    flops = n * self.per_token + self.per_context_key * (n * c + n * (n + 1) / 2)
+    if self.per_window_key:
+      window = float(self.window)
+
+      def keys_read(m):  # Σ_{t=1..m} min(t, window)
+        return jnp.where(m <= window, m * (m + 1) / 2,
+                         window * (window + 1) / 2 + (m - window) * window)
+
+      flops = flops + self.per_window_key * (keys_read(c + n) - keys_read(c))
+    return flops
