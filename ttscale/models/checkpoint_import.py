@@ -20,6 +20,7 @@ names the field, never a silently reshaped model.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 from etils import epath
 from flax import nnx
 
@@ -91,3 +92,29 @@ def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,
   else:
     raise ValueError(f"checkpoint.format={fmt!r}: expected one of {', '.join(FORMATS)}")
   return params
+
+
+def language_model_from_arrays(config: ModelConfig, arrays: dict, source: str):
+  """A `LanguageModel` of `config` filled from a checkpoint's arrays.
+
+  Args:
+    arrays: {our parameter path (tuple): array}; the arrays used are popped.
+    source: the checkpoint, named in the error.
+
+  Returns:
+    (graphdef, params), each array cast to `config.param_dtype`.
+
+  Raises:
+    ValueError: one of our parameters has no array in `arrays`.
+  """
+  from ttscale.models.transformer import LanguageModel
+
+  # Abstract init: the random weights would be thrown away.
+  graphdef, state = nnx.split(
+      nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
+  flat = []
+  for path, variable in nnx.to_flat_state(state):
+    if path not in arrays:
+      raise ValueError(f"{source}: no tensor maps to our parameter {path}")
+    flat.append((path, variable.replace(jnp.asarray(arrays.pop(path), config.param_dtype))))
+  return graphdef, nnx.from_flat_state(flat)

@@ -61,13 +61,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ttscale.models.checkpoint_import import language_model_from_arrays
 from ttscale.models.config import ModelConfig
-from ttscale.models.transformer import LanguageModel
 
 CHECKPOINT_VOCAB_SIZE = 256_128  # rows of the released Gemma 1/2 embeddings
 TOKENIZER_VOCAB_SIZE = 256_000   # pieces of their `tokenizer.model`
@@ -293,13 +292,5 @@ def load_gemma(checkpoint_dir: str | Path, config: ModelConfig, *,
                              expected_vocab_size=expected_vocab_size,
                              trim_vocab_to=trim_vocab_to,
                              transpose_gating_einsum=transpose_gating_einsum)
-  # Abstract init: the random weights would be thrown away.
-  graphdef, state = nnx.split(
-      nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
-  flat = []
-  for path, variable in nnx.to_flat_state(state):
-    if path not in arrays:
-      raise ValueError(f"{checkpoint_dir}: no parameter maps to our parameter {path}")
-    flat.append((path, variable.replace(
-        jnp.asarray(arrays.pop(path), config.param_dtype))))
-  return config, graphdef, nnx.from_flat_state(flat)
+  graphdef, params = language_model_from_arrays(config, arrays, str(checkpoint_dir))
+  return config, graphdef, params

@@ -37,13 +37,12 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
 
+from ttscale.models.checkpoint_import import language_model_from_arrays
 from ttscale.models.config import ModelConfig
-from ttscale.models.transformer import LanguageModel
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -432,13 +431,5 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
       raise ValueError(f"{Path(checkpoint_dir) / CONFIG_FILE}: gives {field.name}="
                        f"{theirs!r} but the config passed has {ours!r}")
   arrays = read_hf_params(checkpoint_dir, config, checkpoint_vocab_size=rows)
-  # Abstract init: the random weights would be thrown away.
-  graphdef, state = nnx.split(
-      nnx.eval_shape(lambda: LanguageModel(config, rngs=nnx.Rngs(0))))
-  flat = []
-  for path, variable in nnx.to_flat_state(state):
-    if path not in arrays:
-      raise ValueError(f"{checkpoint_dir}: no tensor maps to our parameter {path}")
-    flat.append((path, variable.replace(
-        jnp.asarray(arrays.pop(path), config.param_dtype))))
-  return config, graphdef, nnx.from_flat_state(flat)
+  graphdef, params = language_model_from_arrays(config, arrays, str(checkpoint_dir))
+  return config, graphdef, params
