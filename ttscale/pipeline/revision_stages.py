@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import collections
-
 import jax
 import numpy as np
 
@@ -71,22 +69,11 @@ def stage_revision_data(ctx: Context) -> dict:
         "too few questions; raise revision.num_questions or set "
         "revision.with_reference_solution=True")
   io_utils.write_jsonl_atomic(ctx.path(layout.REVISION_TRAJECTORIES), records)
-  ks = collections.Counter(len(t["previous"]) for t in records if t["source"] == "trajectory")
-  sources = collections.Counter(t["source"] for t in records)
-  tokens = sum(p["generated_tokens"] for p in parts)
-  summary = {
-      "num_questions": len(examples), "samples_per_question": r.samples_per_question,
-      "sample_accuracy": float(np.mean(sample_correct)),
-      "questions_with_a_correct_sample": len({t["question_index"] for t in records}),
-      "num_trajectories": sources["trajectory"], "num_keep_trajectories": sources["keep"],
-      "num_policy_data_records": sources["policy_data"],
-      "previous_attempts_histogram": {str(k): ks[k] for k in sorted(ks)},
-      "sampled_tokens": tokens,
-      "sampled_tokens_per_second": round(tokens / max(sum(p["seconds"] for p in parts), 1e-9)),
-  }
-  ctx.log(f"revision_data: {sources['trajectory']} trajectories from {len(examples)} questions "
-          f"and {sources['policy_data']} reference solutions of other training questions "
-          f"(sample accuracy {summary['sample_accuracy']:.3f}); k: "
+  summary = revision_data.data_summary(records, sample_correct, len(examples),
+                                      r.samples_per_question, parts)
+  ctx.log(f"revision_data: {summary['num_trajectories']} trajectories from {len(examples)} "
+          f"questions and {summary['num_policy_data_records']} reference solutions of other "
+          f"training questions (sample accuracy {summary['sample_accuracy']:.3f}); k: "
           f"{summary['previous_attempts_histogram']}")
   return summary
 

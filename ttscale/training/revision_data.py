@@ -3,6 +3,8 @@ correct one, the policy's own data mixed in, and their token sequences."""
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from ttscale.data.tokenizer import Tokenizer
@@ -78,3 +80,23 @@ def revision_sequences(tokenizer: Tokenizer, task: Task, records: list[dict]
     sequences.append(context + target)
     masks.append([False] * len(context) + [True] * len(target))
   return sequences, masks
+
+
+def data_summary(records: list[dict], sample_correct, num_questions: int,
+                 samples_per_question: int, parts: list[dict]) -> dict:
+  """The `revision_data` stage's summary: what the records are made of and
+  how fast the samples came (`parts`: the sampled parts, with their tokens
+  and seconds)."""
+  ks = collections.Counter(len(t["previous"]) for t in records if t["source"] == "trajectory")
+  sources = collections.Counter(t["source"] for t in records)
+  tokens = sum(p["generated_tokens"] for p in parts)
+  return {
+      "num_questions": num_questions, "samples_per_question": samples_per_question,
+      "sample_accuracy": float(np.mean(sample_correct)),
+      "questions_with_a_correct_sample": len({t["question_index"] for t in records}),
+      "num_trajectories": sources["trajectory"], "num_keep_trajectories": sources["keep"],
+      "num_policy_data_records": sources["policy_data"],
+      "previous_attempts_histogram": {str(k): ks[k] for k in sorted(ks)},
+      "sampled_tokens": tokens,
+      "sampled_tokens_per_second": round(tokens / max(sum(p["seconds"] for p in parts), 1e-9)),
+  }
