@@ -9,7 +9,7 @@ from ttscale.data import batching
 from ttscale.models import Network, policy_forward_fn
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.objectives import next_token_loss
-from ttscale.training.trainer import EarlyStopping, train
+from ttscale.training.trainer import train_early_stopped
 from ttscale.training.validation import validation_loss_fn
 
 
@@ -63,17 +63,13 @@ def train_revision_model(policy: Network, train_sequences: tuple[list, list],
   log(f"train_revision: {num_records} trajectories in {train_rows['inputs'].shape[0]} "
       f"packed rows; {holdout_rows['inputs'].shape[0]} held out; "
       f"{batches.steps_per_epoch} steps per epoch")
-  state_checkpointer, best_checkpointer = checkpointers
-  stopping = EarlyStopping(
-      validation_loss_fn(validation_loss, holdout_rows, weight="tokens", mask="loss_mask",
-                         batch_size=train_config.batch_size, mesh=mesh),
-      train_config.patience, best_checkpointer)
-  train(name="train_revision", loss_fn=next_token_loss_fn(policy.graphdef),
-        params=policy.params, batches=batches, train_config=train_config,
-        checkpointer=state_checkpointer, metrics_path=metrics_path, seed=dropout_seed,
-        mesh=mesh, rules=rules, early_stopping=stopping, log=log)
-  state_checkpointer.close()
-  best_checkpointer.close()
-  return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
-          "stopped_early": stopping.stopped,
+  summary = train_early_stopped(
+      name="train_revision", loss_fn=next_token_loss_fn(policy.graphdef),
+      params=policy.params, batches=batches,
+      validate=validation_loss_fn(validation_loss, holdout_rows, weight="tokens",
+                                  mask="loss_mask", batch_size=train_config.batch_size,
+                                  mesh=mesh),
+      train_config=train_config, checkpointers=checkpointers, metrics_path=metrics_path,
+      seed=dropout_seed, mesh=mesh, rules=rules, log=log)
+  return {**summary,
           "num_train_rows": int(train_rows["inputs"].shape[0])}

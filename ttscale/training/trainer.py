@@ -264,3 +264,26 @@ def _run_steps(name, step_fn, state, start, batches, train_config,
             f"stopping at step {done}, keeping step {early_stopping.best_step}")
         break
   return state
+
+
+def train_early_stopped(*, name: str, loss_fn: LossFn, params: nnx.State, batches: Batches,
+                        validate: Callable[[nnx.State], float], train_config,
+                        checkpointers: tuple[Checkpointer, Checkpointer], metrics_path: str,
+                        seed: int, mesh=None, rules=None,
+                        log: Callable[[str], None] = print, trainable=None) -> dict:
+  """`train` with early stopping on `validate(params)` (lower is better), the
+  best parameters kept by the second checkpointer; both are closed on return.
+
+  Returns:
+    {"best_step", "best_validation_loss", "stopped_early"}.
+  """
+  state_checkpointer, best_checkpointer = checkpointers
+  stopping = EarlyStopping(validate, train_config.patience, best_checkpointer)
+  train(name=name, loss_fn=loss_fn, params=params, batches=batches,
+        train_config=train_config, checkpointer=state_checkpointer,
+        metrics_path=metrics_path, seed=seed, mesh=mesh, rules=rules,
+        early_stopping=stopping, log=log, trainable=trainable)
+  state_checkpointer.close()
+  best_checkpointer.close()
+  return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
+          "stopped_early": stopping.stopped}

@@ -14,7 +14,7 @@ from ttscale.models.value import init_from_policy
 from ttscale.training import frozen_trunk
 from ttscale.training.checkpoints import Checkpointer
 from ttscale.training.objectives import step_value_loss
-from ttscale.training.trainer import EarlyStopping, train
+from ttscale.training.trainer import train_early_stopped
 from ttscale.training.validation import validation_loss_fn
 
 _WIDTH_MULTIPLE = 16  # verifier rows are padded to a multiple of this
@@ -84,18 +84,13 @@ def train_value_model(*, name: str, records: list[dict], target: str, init_param
       f"{int(train_arrays['step_mask'].sum())} labelled steps; "
       f"{holdout_arrays['step_mask'].shape[0]} held out; "
       f"{batches.steps_per_epoch} steps per epoch")
-  state_checkpointer, best_checkpointer = checkpointers
-  stopping = EarlyStopping(
-      validation_loss_fn(validation_loss, holdout_arrays, weight="steps", mask="step_mask",
-                         batch_size=train_config.batch_size, mesh=mesh),
-      train_config.patience, best_checkpointer)
-  train(name=name, loss_fn=loss_fn, params=params, batches=batches,
-        train_config=train_config, checkpointer=state_checkpointer,
-        metrics_path=metrics_path, seed=seed + 6, mesh=mesh, rules=rules,
-        early_stopping=stopping, log=log, trainable=trainable)
-  state_checkpointer.close()
-  best_checkpointer.close()
-  return {"best_step": stopping.best_step, "best_validation_loss": stopping.best,
-          "stopped_early": stopping.stopped,
+  summary = train_early_stopped(
+      name=name, loss_fn=loss_fn, params=params, batches=batches,
+      validate=validation_loss_fn(validation_loss, holdout_arrays, weight="steps",
+                                  mask="step_mask", batch_size=train_config.batch_size,
+                                  mesh=mesh),
+      train_config=train_config, checkpointers=checkpointers, metrics_path=metrics_path,
+      seed=seed + 6, mesh=mesh, rules=rules, log=log, trainable=trainable)
+  return {**summary,
           "num_train_solutions": int(train_arrays["step_mask"].shape[0]),
           "num_train_labels": int(train_arrays["step_mask"].sum())}
