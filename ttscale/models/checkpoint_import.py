@@ -13,9 +13,11 @@ The `checkpoint` config block names the format and the directories:
                           (padding: Gemma's 256128 rows for 256000 pieces,
                           Qwen's 151936 for 151665 ids)
 
-The `model` (and `large_model`) block must describe the checkpoint: every
-field is checked against it, so a config that does not match is an error that
-names the field, never a silently reshaped model.
+The `model` (and `large_model`) block describes the checkpoint: its
+architecture fields left unset (None) are read from the checkpoint
+(`checkpoint_architecture`: config.json, or a Gemma tree's shapes), and every
+field set is checked against it, so a config that does not match is an error
+that names the field, never a silently reshaped model.
 """
 
 from __future__ import annotations
@@ -61,6 +63,32 @@ def check_checkpoint_paths(checkpoint_config) -> None:
     if not (found.is_file() if name == "tokenizer" else found.is_dir()):
       kind = "file" if name == "tokenizer" else "directory"
       raise ValueError(f"checkpoint.{name}={path!r}: no such {kind}")
+
+
+def checkpoint_architecture(fmt: str, checkpoint_dir: str) -> tuple[dict, str]:
+  """What a checkpoint fixes of its `model` block, without reading its weights.
+
+  Args:
+    fmt: one of `FORMATS`.
+    checkpoint_dir: the checkpoint's directory.
+
+  Returns:
+    ({field: value} for every `config.ARCHITECTURE_FIELDS` name, where it was
+    read: `DIR/config.json` for "hf" and "llama", `DIR` for "gemma").
+
+  Raises:
+    ValueError: see `hf_import.read_hf_config`, `gemma_import.read_gemma_architecture`.
+  """
+  from ttscale.models.config import ARCHITECTURE_FIELDS
+  if fmt in ("hf", "llama"):
+    from ttscale.models.hf_import import CONFIG_FILE, hf_model_block
+    block = hf_model_block(checkpoint_dir)
+    return ({field: block[field] for field in ARCHITECTURE_FIELDS},
+            str(epath.Path(checkpoint_dir) / CONFIG_FILE))
+  if fmt == "gemma":
+    from ttscale.models.gemma_import import read_gemma_architecture
+    return read_gemma_architecture(checkpoint_dir), str(checkpoint_dir)
+  raise ValueError(f"checkpoint.format={fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
 def import_language_model(fmt: str, checkpoint_dir: str, config: ModelConfig, *,

@@ -8,6 +8,9 @@ import math
 ACTIVATIONS = ("relu", "gelu", "silu")
 ROPE_SCALINGS = ("none", "linear", "llama3")
 DTYPES = ("float32", "bfloat16")
+# Choices of a run, not facts of a checkpoint: a released model fixes every
+# other field (`ARCHITECTURE_FIELDS`), its vocabulary size aside.
+RUN_FIELDS = ("dropout_rate", "param_dtype", "compute_dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,3 +176,18 @@ class ModelConfig:
                 + local_layers * min(context_length, self.sliding_window))
     attention = 4 * self.num_heads * self.head_dim * attended
     return 2 * matmul_params + attention
+
+
+ARCHITECTURE_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig)
+                            if field.name not in ("vocab_size", *RUN_FIELDS))
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ModelConfig)
+             if field.name != "vocab_size"}
+
+
+def comparable_record(record: dict, ignore: tuple[str, ...] = ()) -> dict:
+  """A recorded `model` (a config block, or a `ModelConfig` as a dict) in the
+  form two records compare in: a field absent from it (one `ModelConfig`
+  gained after it was written, or left out of a config block) holds its
+  default, which builds the same model; the fields in `ignore` are left out."""
+  return {field: value for field, value in (_DEFAULTS | record).items()
+          if field not in ignore}

@@ -57,6 +57,7 @@ pieces; the last 128 rows are padding. By default a vocabulary other than
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -66,7 +67,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ttscale.models.checkpoint_import import language_model_from_arrays
-from ttscale.models.config import ModelConfig
+from ttscale.models.config import ARCHITECTURE_FIELDS, ModelConfig
 
 CHECKPOINT_VOCAB_SIZE = 256_128  # rows of the released Gemma 1/2 embeddings
 TOKENIZER_VOCAB_SIZE = 256_000   # pieces of their `tokenizer.model`
@@ -124,6 +125,53 @@ def _restore(checkpoint_dir: Path) -> Mapping:
     raise ValueError(f"{checkpoint_dir}: cannot restore the orbax checkpoint "
                      f"({type(error).__name__}: {first_line})") from error
   raise ValueError(f"{checkpoint_dir}: not an orbax checkpoint (no tree metadata)")
+
+
+def read_gemma_architecture(checkpoint_dir: str | Path) -> dict:
+  """The `model` block a Gemma 1 orbax checkpoint fixes: `ModelConfig`'s
+  architecture fields, read from the shapes in its tree metadata (no array is
+  restored); `rope_base` is the released models' 10000 (the tree does not hold it).
+
+  Returns:
+    {field: value} for every name in `config.ARCHITECTURE_FIELDS`.
+
+  Raises:
+    ValueError: not an orbax checkpoint, or a tree without Gemma's attention
+      and MLP weights in layer 0; one line naming the directory.
+  """
+  checkpoint_dir = Path(checkpoint_dir)
+  if not checkpoint_dir.is_dir():
+    raise ValueError(f"{checkpoint_dir}: no such directory")
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(checkpoint_dir).item_metadata
+  except Exception as error:  # orbax raises many types for a damaged directory.
+    raise ValueError(f"{checkpoint_dir}: cannot read the orbax checkpoint's metadata "
+                     f"({type(error).__name__})") from error
+  if metadata is None:
+    raise ValueError(f"{checkpoint_dir}: not an orbax checkpoint (no tree metadata)")
+  shapes, _ = _by_name(jax.tree.map(lambda leaf: tuple(leaf.shape), metadata.tree,
+                                    is_leaf=lambda leaf: hasattr(leaf, "shape")),
+                       checkpoint_dir)
+  layer = "transformer/layer_0/"
+  try:
+    num_layers = len({name.split("/")[1] for name in shapes
+                      if name.startswith("transformer/layer_")})
+    embed_dim = shapes[_EMBEDDING][1]
+    mlp_dim = shapes[layer + "mlp/linear"][0]
+    if layer + "attn/qkv_einsum/w" in shapes:  # [3, heads, embed, head_dim]
+      _, num_heads, _, head_dim = shapes[layer + "attn/qkv_einsum/w"]
+      num_kv_heads = num_heads
+    else:  # [heads, embed, head_dim], [2, kv_heads, embed, head_dim]
+      num_heads, _, head_dim = shapes[layer + "attn/q_einsum/w"]
+      num_kv_heads = shapes[layer + "attn/kv_einsum/w"][1]
+  except (KeyError, IndexError, ValueError) as error:
+    raise ValueError(f"{checkpoint_dir}: not a Gemma 1 parameter tree (looked for "
+                     f"{error} among {len(shapes)} parameters)") from None
+  architecture = dataclasses.asdict(ModelConfig(
+      vocab_size=1, num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads,
+      num_kv_heads=num_kv_heads, head_dim=head_dim, mlp_dim=mlp_dim,
+      **GEMMA_ARCHITECTURE))
+  return {field: architecture[field] for field in ARCHITECTURE_FIELDS}
 
 
 def _by_name(tree: Mapping, checkpoint_dir: Path) -> tuple[dict, dict]:

@@ -42,7 +42,7 @@ from flax import nnx
 from safetensors import safe_open
 
 from ttscale.models.checkpoint_import import language_model_from_arrays
-from ttscale.models.config import ModelConfig
+from ttscale.models.config import RUN_FIELDS, ModelConfig
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -57,7 +57,6 @@ MODEL_TYPES = ("llama", "qwen2", "qwen3", *_GEMMAS)
 # HF activation names -> ours; "gelu" in HF is the exact (erf) GELU, which we lack.
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu"}
 _GLOBAL, _LOCAL = "full_attention", "sliding_attention"
-_RUN_FIELDS = ("dropout_rate", "param_dtype", "compute_dtype")
 
 
 class _ConfigError(ValueError):
@@ -427,7 +426,7 @@ def load_hf(checkpoint_dir: str | Path, config: ModelConfig | None = None, *,
   for field in dataclasses.fields(ModelConfig):
     ours, theirs = getattr(config, field.name), getattr(checkpoint_config, field.name)
     # Dropout and the dtypes are choices of the run, not facts of the checkpoint.
-    if field.name not in _RUN_FIELDS and ours != theirs:
+    if field.name not in RUN_FIELDS and ours != theirs:
       raise ValueError(f"{Path(checkpoint_dir) / CONFIG_FILE}: gives {field.name}="
                        f"{theirs!r} but the config passed has {ours!r}")
   arrays = read_hf_params(checkpoint_dir, config, checkpoint_vocab_size=rows)
