@@ -8,6 +8,10 @@ when left out) and boolean options that adjust any variant.
 import dataclasses
 from collections.abc import Sequence
 
+from ml_collections import config_dict
+
+from ttscale.models.config import ARCHITECTURE_FIELDS, RUN_FIELDS, ModelConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class ConfigArg:
@@ -71,3 +75,23 @@ def adamw(*, learning_rate: float, warmup_steps: int, end_learning_rate_fraction
   return dict(learning_rate=learning_rate, warmup_steps=warmup_steps,
               end_learning_rate_fraction=end_learning_rate_fraction,
               weight_decay=weight_decay, b1=b1, b2=b2, grad_clip_norm=grad_clip_norm)
+
+
+def checkpoint_model_block(**run_fields) -> config_dict.ConfigDict:
+  """A `model` block to be read from the checkpoint the network starts from.
+
+  Every architecture field (`ModelConfig`'s but the vocabulary and
+  `RUN_FIELDS`) is a typed placeholder: None until the pipeline fills it from
+  the checkpoint (`ttscale/pipeline/model_blocks.py`); a flag may still set
+  one (`--config.model.num_layers=18`), and it is then checked against the
+  checkpoint. `run_fields` (dropout, dtypes) are set as given.
+  """
+  defaults = {field.name: field.default for field in dataclasses.fields(ModelConfig)}
+  block = {field: config_dict.placeholder(type(defaults[field]))
+           for field in ARCHITECTURE_FIELDS}
+  unknown = sorted(set(run_fields) - set(RUN_FIELDS))
+  if unknown:
+    raise ValueError(f"model.{unknown[0]}: not a run field; expected some of "
+                     f"{', '.join(RUN_FIELDS)}")
+  return config_dict.ConfigDict(block | {field: run_fields.get(field, defaults[field])
+                                         for field in RUN_FIELDS})

@@ -4,9 +4,10 @@ Variants (`--config=configs/math.py:VARIANT`):
   gemma_2b_v5e  Gemma-2B policy and PRM, Gemma-7B as the larger model, on a
                 TPU v5e slice (e.g. v5litepod-16); budgets as in the paper.
   gemma_2b_v4   the same on a TPU v4 slice (e.g. v4-32).
-  local_tiny    a tiny Llama-format checkpoint and a small MATH-layout
-                directory, end to end on a CPU in minutes (what the tests run);
-                also when none is named.
+  local_tiny    a tiny checkpoint (`launch/tiny_math_files.py` writes a Llama
+                one; any family of `checkpoint.format="hf"` runs) and a small
+                MATH-layout directory, end to end on a CPU in minutes (what
+                the tests run); also when none is named.
 
 No options (`configs/common.py`): a released checkpoint fixes the model
 block of the Gemma variants, so nothing can shrink them as arith.py's
@@ -22,10 +23,13 @@ Paths come from flags, e.g.
       --config.checkpoint.tokenizer=gs://BUCKET/gemma/tokenizer.model \\
       --workdir=gs://BUCKET/runs/math-2b
 
-The `model` block must describe the checkpoint (the import checks every field
-and every tensor's shape; `ttscale.models.hf_import.hf_model_block(DIR)` gives
-it from a Hugging Face checkpoint's config.json). Every other block is the
-embedded study's (`configs/arith.py`), with the values below changed.
+The `model` block (and `large_model`, when `checkpoint.large` is set) is read
+from the checkpoint: its config.json (`checkpoint.format="hf"`) or the shapes
+of a Gemma tree ("gemma"). Its architecture fields are placeholders
+(`common.checkpoint_model_block`); one set by a flag
+(`--config.model.num_layers=18`) is checked against the checkpoint, and a
+difference is an error naming the field. Every other block is the embedded
+study's (`configs/arith.py`), with the values below changed.
 """
 
 from ml_collections import config_dict
@@ -34,14 +38,11 @@ from configs import arith, common
 
 VARIANTS = ("gemma_2b_v5e", "gemma_2b_v4", "local_tiny")
 
-# Gemma 1 (google-deepmind/gemma): MQA for 2B, MHA for 7B, GeGLU, zero-centred
-# RMSNorm scales, embeddings scaled by sqrt(embed_dim) and tied to the head.
-_GEMMA = dict(activation="gelu", norm_scale_offset=1.0, scale_embeddings=True,
-              tie_embeddings=True, rope_base=10_000.0, norm_eps=1e-6, dropout_rate=0.0)
-GEMMA_2B = dict(num_layers=18, embed_dim=2048, num_heads=8, num_kv_heads=1,
-                head_dim=256, mlp_dim=16384, **_GEMMA)
-GEMMA_7B = dict(num_layers=28, embed_dim=3072, num_heads=16, num_kv_heads=16,
-                head_dim=256, mlp_dim=24576, **_GEMMA)
+# The tiny Llama `launch/tiny_math_files.py` writes for `local_tiny` (its
+# config.json says the same; `local_tiny` reads it from there).
+LOCAL_TINY_MODEL = dict(
+    num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
+    activation="silu", rope_base=10_000.0, tie_embeddings=False)
 
 # FSDP over "data" and tensor parallelism over "model": a parameter's "embed"
 # axis is split over data, its heads/MLP/vocab axes over model. A mesh axis
@@ -73,6 +74,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # tokenizer (empty: from the trained policy, as in the paper).
   c.checkpoint = config_dict.ConfigDict(dict(
       format="gemma", policy="", large="", prm="", tokenizer="", trim_vocab=True))
+  c.model = common.checkpoint_model_block(dropout_rate=0.0)
   # MATH has no exact step labels: the learned PRM is the only verifier. The
   # PRM is the paper's: fine-tuned from the policy (or `checkpoint.prm`),
   # reading only its own value head, its last step's score kept.
@@ -82,10 +84,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   if variant == "local_tiny":
     return _local_tiny(c)
 
-  # bfloat16 compute (the TPU's matmul rate, half the activations and KV
-  # cache) from float32 parameters (fine-tuning keeps full-precision weights).
-  c.model = config_dict.ConfigDict(GEMMA_2B | dict(compute_dtype="bfloat16"))
-  c.large_model = config_dict.ConfigDict(GEMMA_7B | dict(compute_dtype="bfloat16"))
+  # Gemma-2B and Gemma-7B (`checkpoint.policy`, `.large`), read from their
+  # checkpoints. bfloat16 compute (the TPU's matmul rate, half the
+  # activations and KV cache) from float32 parameters (fine-tuning keeps
+  # full-precision weights).
+  c.model.compute_dtype = "bfloat16"
+  c.large_model = common.checkpoint_model_block(dropout_rate=0.0,
+                                                compute_dtype="bfloat16")
   c.data.test_split = "test500"
   # The base policies are used as released, few-shot prompted (train.num_steps
   # = 0 saves the imported weights as the policy's checkpoint).
@@ -118,12 +123,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
 
 def _local_tiny(c: config_dict.ConfigDict) -> config_dict.ConfigDict:
-  """A tiny Llama-format policy (its shape below) on a few MATH-layout files."""
-  c.checkpoint.update(format="llama", trim_vocab=False)
+  """A tiny policy from a Hugging Face checkpoint (its shape from its
+  config.json) on a few MATH-layout files; the larger model is arith's tiny
+  one, trained from scratch."""
+  c.checkpoint.update(format="hf", trim_vocab=False)
   c.data.seq_len = 96
-  c.model = config_dict.ConfigDict(dict(
-      num_layers=1, embed_dim=32, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=64,
-      activation="silu", rope_base=10_000.0, dropout_rate=0.0, tie_embeddings=False))
   c.train.update(num_steps=3, checkpoint_every=3, log_every=3)
   c.sampling.update(max_new_tokens=32, batch_size=32)
   c.prm.update(num_questions=8, samples_per_question=4, num_rollouts=2, prefixes_per_part=64)

@@ -43,7 +43,6 @@ def write_files(out: str, checkpoint_vocab: int | None = None) -> dict:
   Returns:
     {"manual_dir", "tokenizer", "policy", "prm"}: paths; "vocab_size": the tokenizer's.
   """
-  model_block = local_tiny_config().model
   problems = testing_files.write_math_dir(os.path.join(out, "MATH"))
   task = MathTask()
   paths = {"manual_dir": os.path.join(out, "MATH"),
@@ -52,7 +51,7 @@ def write_files(out: str, checkpoint_vocab: int | None = None) -> dict:
   vocab_size = testing_files.write_llama_style_tokenizer(
       paths["tokenizer"], [task.prompt(p["problem"]) + p["solution"] for p in problems])
   tokenizer = load_tokenizer(paths["tokenizer"])
-  model = ModelConfig.from_config(model_block, checkpoint_vocab or vocab_size)
+  model = ModelConfig(vocab_size=checkpoint_vocab or vocab_size, **math_config.LOCAL_TINY_MODEL)
   # The policy's head favours the step delimiter and eos, so that its
   # solutions have steps and end.
   testing_files.write_llama_checkpoint(

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from configs import math as math_config
 from launch import tiny_math_files
 from ttscale import pipeline, testing, testing_files
 from ttscale.data.pretrained_tokenizer import PretrainedTokenizer, load_tokenizer
@@ -99,7 +100,7 @@ def test_the_math_study_runs_every_stage_from_the_imported_checkpoint(math_study
   assert process.returncode == 0, process.stderr[-3000:]
   for stage in pipeline.STAGES:
     assert os.path.exists(os.path.join(workdir, "stages", f"{stage}.json")), stage
-  assert "train_policy: importing the llama checkpoint" in process.stdout
+  assert "train_policy: importing the hf checkpoint" in process.stdout
   results = json.loads(open(os.path.join(workdir, "results.json")).read())
   assert results["findings"]
   assert os.path.getsize(os.path.join(workdir, "report.md")) > 0
@@ -137,7 +138,7 @@ def _largest_difference(params: nnx.State, imported: nnx.State) -> float:
 def test_the_prm_trunk_is_its_own_imported_checkpoint_fine_tuned(math_files, math_study):
   workdir, process = math_study
   assert process.returncode == 0, process.stderr[-3000:]
-  assert "train_prm: importing the llama checkpoint" in process.stdout
+  assert "train_prm: importing the hf checkpoint" in process.stdout
   ctx = pipeline.Context(
       _config(**_overrides(math_files, **{"checkpoint.prm": math_files.prm_checkpoint})),
       workdir, log=lambda line: None)
@@ -159,8 +160,8 @@ def _overrides(files: MathFiles, **more) -> dict:
 def test_a_gemma_checkpoint_becomes_the_policy_without_its_padding_rows(math_files, tmp_path):
   config = _config(**_overrides(math_files, **{
       "checkpoint.format": "gemma", "checkpoint.trim_vocab": True, "train.num_steps": 0}))
-  config.model.update(GEMMA_ARCHITECTURE)
-  model = ModelConfig.from_config(config.model, math_files.vocab_size)
+  model = ModelConfig(vocab_size=math_files.vocab_size,
+                      **math_config.LOCAL_TINY_MODEL | GEMMA_ARCHITECTURE)
   checkpoint = str(tmp_path / "gemma")
   tree = testing_files.write_gemma_checkpoint(checkpoint, model,
                                               vocab_size=math_files.vocab_size + 8)

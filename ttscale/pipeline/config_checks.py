@@ -18,10 +18,13 @@ STEP_LABELS = ("soft", "hard")
 
 def _check_networks_and_sampling(config) -> None:
   """The network blocks and the sampling rule, as the stages will build them
-  (any vocabulary size: the tokenizer's is not known before the data stage)."""
+  (any vocabulary size: the tokenizer's is not known before the data stage).
+  Fields left unset (None) are read from a checkpoint before any stage runs
+  (`model_blocks`): here they take any valid value."""
   for block in ("model", "large_model"):
     try:
-      ModelConfig.from_config(config[block], vocab_size=2)
+      ModelConfig.from_config({field: value for field, value in config[block].items()
+                               if value is not None}, vocab_size=2)
     except ValueError as error:  # name the block the value came from
       raise ValueError(str(error).replace("model.", f"{block}.")) from None
   try:

@@ -13,6 +13,7 @@ from etils import epath
 from ttscale import io_utils, layout, parallel
 from ttscale.data import arith_builder, math_builder, tfds_source
 from ttscale.data.pretrained_tokenizer import load_tokenizer
+from ttscale.pipeline.model_blocks import derive_model_blocks
 from ttscale.pipeline.networks import Networks
 from ttscale.search import generate, sampling
 from ttscale.tasks import get_task
@@ -22,7 +23,9 @@ class Context(Networks):
   """What the stages share: config, workdir paths, lazily loaded artefacts."""
 
   def __init__(self, config, workdir: str, log: Callable[[str], None] = print):
-    self.config = config
+    # The `model` blocks as the stages record them: completed from the
+    # checkpoints they start from.
+    self.config = derive_model_blocks(config)
     self.workdir = io_utils.absolute(workdir)  # a gs:// workdir stays a URL
     self.log = log
     self.task = get_task(config.task)

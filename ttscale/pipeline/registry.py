@@ -23,6 +23,7 @@ from ttscale.pipeline import workdir_lock
 from ttscale.pipeline.config_checks import check_config
 from ttscale.pipeline.context import Context
 from ttscale.pipeline.fingerprints import check_workdir, digest, stage_inputs
+from ttscale.pipeline.model_blocks import derive_model_blocks
 from ttscale.pipeline.stages import STAGES
 from ttscale.progress import format_seconds
 
@@ -113,6 +114,7 @@ def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -
   """Runs `stages` (default: all, in order); returns {stage: marker record}."""
   names = check_stage_names(stages or list(STAGES))
   check_config(config)
+  config = derive_model_blocks(config)
   ctx = Context(config, workdir, log)
   if "://" not in ctx.workdir:
     workdir_lock.check_usable(ctx.workdir)
