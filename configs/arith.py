@@ -68,9 +68,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.checkpoint = config_dict.ConfigDict(dict(
       format="", policy="", large="", prm="", tokenizer="", trim_vocab=False))
 
+  # `compute_dtype="bfloat16"`: matmuls, activations and the KV cache in
+  # bfloat16 from float32 parameters (`param_dtype`); see ModelConfig.
   c.model = config_dict.ConfigDict(dict(
       num_layers=2, embed_dim=128, num_heads=4, num_kv_heads=4, head_dim=32,
-      mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True))
+      mlp_dim=256, activation="relu", dropout_rate=0.0, tie_embeddings=True,
+      param_dtype="float32", compute_dtype="float32"))
 
   c.train = config_dict.ConfigDict(dict(
       batch_size=50, num_steps=750,
@@ -231,7 +234,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   # R = D_inference / D_pretrain in `inference_ratios` (the paper's values).
   c.large_model = config_dict.ConfigDict(dict(
       num_layers=2, embed_dim=256, num_heads=8, num_kv_heads=8, head_dim=32,
-      mlp_dim=576, activation="relu", dropout_rate=0.0, tie_embeddings=True))
+      mlp_dim=576, activation="relu", dropout_rate=0.0, tie_embeddings=True,
+      param_dtype="float32", compute_dtype="float32"))
   c.flops_matched = config_dict.ConfigDict(dict(inference_ratios=(0.16, 0.79, 22.0)))
 
   # ("data", "model") mesh; -1 takes the remaining devices.

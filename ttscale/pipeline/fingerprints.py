@@ -28,6 +28,7 @@ from etils import epath
 
 from ttscale import io_utils, layout, outcomes
 from ttscale.diffs import first_difference
+from ttscale.models.config import comparable_record
 from ttscale.tasks import revision
 from ttscale.training.checkpoints import check_spec
 
@@ -73,6 +74,15 @@ def stage_inputs(config, stage: Stage) -> dict:
   return json.loads(json.dumps(values))
 
 
+def _comparable_inputs(inputs: dict) -> dict:
+  """Stage inputs with the network blocks as `comparable_record` makes them:
+  a field a block leaves out is its default (as `ModelConfig.from_config`
+  reads it), so that a field added to the config with its default value
+  does not refuse workdirs made before."""
+  return {key: comparable_record(value) if key in ("model", "large_model") else value
+          for key, value in inputs.items()}
+
+
 def _check_marker(ctx: Context, stage: Stage) -> None:
   marker = ctx.path(layout.marker(stage.name))
   if not epath.Path(marker).exists():
@@ -80,7 +90,8 @@ def _check_marker(ctx: Context, stage: Stage) -> None:
   recorded = io_utils.read_json(marker).get("inputs")
   if not isinstance(recorded, dict):
     raise ValueError(f"{marker}: no 'inputs' record; the workdir is damaged")
-  difference = first_difference(stage_inputs(ctx.config, stage), recorded)
+  difference = first_difference(_comparable_inputs(stage_inputs(ctx.config, stage)),
+                                _comparable_inputs(recorded))
   if difference:
     raise ValueError(
         f"stage {stage.name} in {ctx.workdir} was done with other settings: "

@@ -21,6 +21,7 @@ from etils import epath
 
 from ttscale import io_utils
 from ttscale.diffs import first_difference
+from ttscale.models.config import comparable_record
 
 
 def _vocab_size(spec: dict) -> int | None:
@@ -28,16 +29,31 @@ def _vocab_size(spec: dict) -> int | None:
   return spec.get("vocab_size", (spec.get("model") or {}).get("vocab_size"))
 
 
+def _comparable(spec: Any) -> Any:
+  """`spec` with every `model` record in it as `comparable_record` makes it,
+  without its compute dtype: the same weights run in float32 or bfloat16
+  (`model.compute_dtype` is how a checkpoint is run, not what it holds; the
+  stage markers still record it, so results of the other dtype are not reused)."""
+  if not isinstance(spec, dict):
+    return spec
+  return {key: (comparable_record(value, ignore=("compute_dtype",))
+                if key == "model" and isinstance(value, dict) else _comparable(value))
+          for key, value in spec.items()}
+
+
 def check_spec(directory: str, spec: dict) -> None:
   """Raises ValueError if `directory` holds checkpoints of another spec.
 
-  Reads only; a directory without `spec.json` passes.
+  `model` records compare with the defaults of fields they lack and without
+  `compute_dtype` (`_comparable`). Reads only; a directory without
+  `spec.json` passes.
   """
   spec_path = os.path.join(directory, "spec.json")
   if not epath.Path(spec_path).exists():
     return
   stored = io_utils.read_json(spec_path)
-  difference = first_difference(json.loads(json.dumps(spec)), stored)
+  difference = first_difference(_comparable(json.loads(json.dumps(spec))),
+                                _comparable(stored))
   if difference and difference.startswith("tokenizer"):
     # A fingerprint alone does not tell a user which tokenizer is which.
     sizes = [_vocab_size(s) for s in (stored, spec)]
