@@ -1,6 +1,6 @@
 r"""Writes the small files `configs/math.py:local_tiny` runs on, for a try-out.
 
-  python -m launch.tiny_math_files --out=/tmp/math_files
+  python -m launch.tiny_math_files --out=/tmp/math_files [--family=llama]
 
 writes, in the formats the real ones have (see `ttscale.testing_files`):
 
@@ -9,7 +9,13 @@ writes, in the formats the real ones have (see `ttscale.testing_files`):
   OUT/llama/                                   a tiny random Llama policy (safetensors)
   OUT/llama_prm/                               another one, for `checkpoint.prm`
 
-and prints the launcher command that runs the study on them. The models are
+With `--family=qwen3` or `--family=gemma3` (needs torch and transformers,
+`pip install -e '.[reference]'`), OUT/FAMILY/ and OUT/FAMILY_prm/ instead hold
+random models written by transformers' own classes (`save_pretrained`), each
+with a `tokenizer.json` trained by the `tokenizers` library (byte-level BPE
+for Qwen 3, sentencepiece-style for Gemma 3); see `ttscale.testing_transformers`.
+
+It prints the launcher command that runs the study on them. The models are
 random: the study runs end to end, its accuracies are not meaningful.
 """
 
@@ -18,13 +24,15 @@ import os
 from absl import app, flags
 
 from configs import math as math_config
-from ttscale import testing_files
+from ttscale import testing_files, testing_transformers
 from ttscale.data.pretrained_tokenizer import load_tokenizer
 from ttscale.models.config import ModelConfig
 from ttscale.tasks.math import MathTask
 
 _OUT = flags.DEFINE_string("out", None, "Directory to write (made if missing).",
                            required=True)
+_FAMILY = flags.DEFINE_enum("family", "llama", ["llama", *testing_transformers.FAMILIES],
+                            "The checkpoints' family (and their tokenizer's format).")
 _CONFIG = "configs/math.py:local_tiny"
 
 
@@ -60,9 +68,39 @@ def write_files(out: str, checkpoint_vocab: int | None = None) -> dict:
   return {**paths, "vocab_size": vocab_size}
 
 
+def write_transformers_files(out: str, family: str) -> dict:
+  """Writes the MATH files, a `tokenizer.json` and two random checkpoints of
+  `family` (`testing_transformers.FAMILIES`) written by transformers.
+
+  Returns:
+    {"manual_dir", "tokenizer", "policy", "prm"}: paths; "vocab_size": the tokenizer's.
+  """
+  from ttscale.data.hf_tokenizer import HFTokenizer
+
+  problems = testing_files.write_math_dir(os.path.join(out, "MATH"))
+  task = MathTask()
+  paths = {"manual_dir": os.path.join(out, "MATH"),
+           "policy": os.path.join(out, family), "prm": os.path.join(out, f"{family}_prm")}
+  paths["tokenizer"] = os.path.join(paths["policy"], "tokenizer.json")
+  os.makedirs(paths["policy"], exist_ok=True)
+  testing_transformers.write_tokenizer_json(
+      paths["tokenizer"], [task.prompt(p["problem"]) + p["solution"] for p in problems],
+      testing_transformers.FAMILIES[family]["tokenizer"])
+  tokenizer = HFTokenizer.load(paths["tokenizer"])
+  special_ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                     pad_token_id=tokenizer.pad_id)
+  for seed, name in enumerate(("policy", "prm")):
+    testing_transformers.write_transformers_checkpoint(
+        paths[name], family, tokenizer.vocab_size, special_ids, seed=seed)
+  return {**paths, "vocab_size": tokenizer.vocab_size}
+
+
 def main(argv):
   del argv
-  paths = write_files(_OUT.value)
+  if _FAMILY.value == "llama":
+    paths = write_files(_OUT.value)
+  else:
+    paths = write_transformers_files(_OUT.value, _FAMILY.value)
   print(f"python -m launch.main --config={_CONFIG} --workdir=/tmp/math \\\n"
         f"    --config.data.manual_dir={paths['manual_dir']} \\\n"
         f"    --config.checkpoint.policy={paths['policy']} \\\n"

@@ -34,6 +34,7 @@ TOP_LEVEL_MODULES = {
     # Stand-in models and files for tests and demos.
     "testing": "models",
     "testing_files": "models",
+    "testing_transformers": "models",
 }
 _ENGINE_BELOW = (_UTILS, "tasks", "data", "models")
 # Layer -> the other layers it may import.

@@ -125,3 +125,21 @@ def test_stages_record_a_derived_block_as_the_same_block_written_out(tmp_path):
           == stage_inputs(derive_model_blocks(written), stage))
   context = pipeline.Context(derived, str(tmp_path / "work"), log=lambda line: None)
   assert context.config.model.num_layers == 3
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_tiny_math_files_of_a_transformers_family_give_the_model_block(tmp_path, family):
+  """`python -m launch.tiny_math_files --family=F`: a checkpoint written by
+  transformers itself, with a tokenizer.json whose size is its embedding's."""
+  pytest.importorskip("transformers")
+  from launch import tiny_math_files
+  from ttscale.data.hf_tokenizer import HFTokenizer
+
+  files = tiny_math_files.write_transformers_files(str(tmp_path), family)
+  config = math_config.get_config("local_tiny")
+  config.checkpoint.update(policy=files["policy"], prm=files["prm"],
+                           tokenizer=files["tokenizer"])
+  model = ModelConfig.from_config(derive_model_blocks(config).model, files["vocab_size"])
+  assert model == read_hf_config(files["policy"],
+                                 expected_vocab_size=HFTokenizer.load(files["tokenizer"]).vocab_size)
+  assert model.qk_norm and (model.sliding_window > 0) == (family == "gemma3")
