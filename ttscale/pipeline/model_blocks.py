@@ -43,9 +43,11 @@ def derive_model_blocks(config):
       with no checkpoint to read it from; or a `checkpoint.*` field that
       cannot work (`check_checkpoint_config`, `check_checkpoint_paths`).
   """
-  checkpoint = config.checkpoint
+  checkpoint = config.get("checkpoint") or {}
   completed = {}
   for block, source in SOURCES:
+    if block not in config:
+      continue
     path = checkpoint.get(source, "")
     if not path:
       placeholders = [field for field in (*ARCHITECTURE_FIELDS, *config[block])
