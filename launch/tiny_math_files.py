@@ -89,9 +89,12 @@ def write_transformers_files(out: str, family: str) -> dict:
   tokenizer = HFTokenizer.load(paths["tokenizer"])
   special_ids = dict(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                      pad_token_id=tokenizer.pad_id)
+  # As for the Llama files: the policy favours the step delimiter and eos.
+  favoured = {tokenizer.step_id: 4.0, tokenizer.eos_id: 3.5}
   for seed, name in enumerate(("policy", "prm")):
     testing_transformers.write_transformers_checkpoint(
-        paths[name], family, tokenizer.vocab_size, special_ids, seed=seed)
+        paths[name], family, tokenizer.vocab_size, special_ids, seed=seed,
+        favoured=favoured if name == "policy" else None)
   return {**paths, "vocab_size": tokenizer.vocab_size}
 
 
