@@ -64,6 +64,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from ttscale.models.checkpoint_import import language_model_from_arrays
@@ -139,7 +140,7 @@ def read_gemma_architecture(checkpoint_dir: str | Path) -> dict:
     ValueError: not an orbax checkpoint, or a tree without Gemma's attention
       and MLP weights in layer 0; one line naming the directory.
   """
-  checkpoint_dir = Path(checkpoint_dir)
+  checkpoint_dir = epath.Path(checkpoint_dir)  # a gs:// URL stays one
   if not checkpoint_dir.is_dir():
     raise ValueError(f"{checkpoint_dir}: no such directory")
   try:
