@@ -86,9 +86,11 @@ def test_an_unset_field_without_a_checkpoint_names_the_field_and_where_to_read_i
 
 def test_the_launcher_says_the_same_in_one_line_before_any_write(tmp_path):
   config = _math_config(tmp_path, policy=_checkpoint(tmp_path / "qwen3"))
-  config.model.num_heads = 8
+  # A window alone is no valid block (it needs its pattern): the launcher
+  # must name the difference from config.json, not judge the field by itself.
+  config.model.sliding_window = 8
   workdir = tmp_path / "work"
-  with pytest.raises(ValueError, match=r"^model\.num_heads=8 but .*config\.json gives 4"):
+  with pytest.raises(ValueError, match=r"^model\.sliding_window=8 but .*config\.json gives 0:"):
     pipeline.run(config, str(workdir), ["data"], log=lambda line: None)
   assert not workdir.exists()
 

@@ -19,12 +19,14 @@ STEP_LABELS = ("soft", "hard")
 def _check_networks_and_sampling(config) -> None:
   """The network blocks and the sampling rule, as the stages will build them
   (any vocabulary size: the tokenizer's is not known before the data stage).
-  Fields left unset (None) are read from a checkpoint before any stage runs
-  (`model_blocks`): here they take any valid value."""
+  A block with fields left unset (None) is checked once they are read from its
+  checkpoint (`model_blocks.derive_model_blocks`, which `registry.run` calls
+  first): what is valid depends on them (e.g. a window needs its pattern)."""
   for block in ("model", "large_model"):
+    if any(value is None for value in config[block].values()):
+      continue
     try:
-      ModelConfig.from_config({field: value for field, value in config[block].items()
-                               if value is not None}, vocab_size=2)
+      ModelConfig.from_config(config[block], vocab_size=2)
     except ValueError as error:  # name the block the value came from
       raise ValueError(str(error).replace("model.", f"{block}.")) from None
   try:

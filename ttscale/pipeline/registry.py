@@ -113,8 +113,8 @@ def run_stage(ctx: Context, name: str) -> dict:
 def run(config, workdir: str, stages=None, log: Callable[[str], None] = print) -> dict:
   """Runs `stages` (default: all, in order); returns {stage: marker record}."""
   names = check_stage_names(stages or list(STAGES))
-  check_config(config)
   config = derive_model_blocks(config)
+  check_config(config)
   ctx = Context(config, workdir, log)
   if "://" not in ctx.workdir:
     workdir_lock.check_usable(ctx.workdir)
