@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ttscale import outcomes
+from ttscale.models.config import comparable_records
 
 
 def _row(question: int, budget: int = 4, correct: bool = True) -> outcomes.Outcome:
@@ -65,3 +66,18 @@ def test_damage_inside_the_table_is_an_error_naming_the_line(tmp_path):
   (tmp_path / "orphan.jsonl").write_text("")
   with pytest.raises(ValueError, match="has no orphan.jsonl.meta.json"):
     outcomes.OutcomeTable(str(tmp_path / "orphan.jsonl"), META)
+
+
+def test_a_table_written_before_a_model_field_existed_is_still_extended(tmp_path):
+  """Fails if a model field added since (at its default) refuses an older
+  table under the pipeline's comparison, or if a field that does change the
+  model is let through."""
+  path = str(tmp_path / "search.jsonl")
+  older = {"policy": {"model": {"num_layers": 2, "embed_dim": 128}}}
+  outcomes.OutcomeTable(path, older, comparable_records).append([_row(0)])
+  today = {"policy": {"model": {"num_layers": 2, "embed_dim": 128, "qk_norm": False}}}
+  outcomes.OutcomeTable(path, today, comparable_records).append([_row(1)])
+  assert len(outcomes.read_table(path)) == 2
+  with pytest.raises(ValueError, match=r"policy\.model\.qk_norm=False in the workdir, True now"):
+    outcomes.OutcomeTable(path, {"policy": {"model": {**today["policy"]["model"],
+                                                      "qk_norm": True}}}, comparable_records)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from etils import epath
 
@@ -66,11 +66,15 @@ def _row_key(row: dict) -> tuple:
   return (row["question_index"], row["method"], row["params"], row["budget"], row["seed"])
 
 
+def _as_is(record: dict) -> dict:
+  return record
+
+
 class OutcomeTable:
   """Appends to and reads one table file, guarded by its meta record."""
 
-  def __init__(self, path: str, meta: dict):
-    """Opens (or starts) the table at `path`.
+  def __init__(self, path: str, meta: dict, comparable: Callable[[dict], dict] = _as_is):
+    """Opens (or starts) the table at `path`; `comparable` as in `check_meta`.
 
     Raises:
       ValueError: the table was made with another `meta` (names the first
@@ -79,7 +83,7 @@ class OutcomeTable:
     self.path = io_utils.absolute(path)
     self.meta_path = self.path + ".meta.json"
     meta = json.loads(json.dumps(meta))
-    check_meta(self.path, meta)
+    check_meta(self.path, meta, comparable)
     if not epath.Path(self.meta_path).exists():
       io_utils.write_json_atomic(self.meta_path, meta)
     self._rows = _read_rows(self.path, repair=True)
@@ -111,14 +115,19 @@ class OutcomeTable:
     self._keys.update(_row_key(row) for row in rows)
 
 
-def check_meta(path: str, meta: dict) -> None:
-  """Raises ValueError if the table at `path` was made with another `meta`."""
+def check_meta(path: str, meta: dict, comparable: Callable[[dict], dict] = _as_is) -> None:
+  """Raises ValueError if the table at `path` was made with another `meta`.
+
+  Both records compare as `comparable` makes them (the pipeline's fills the
+  model fields a table written before they existed lacks).
+  """
   meta_path = io_utils.absolute(path) + ".meta.json"
   if not epath.Path(meta_path).exists():
     if epath.Path(path).exists():
       raise ValueError(f"{path} has no {os.path.basename(meta_path)}; the workdir is damaged")
     return
-  difference = first_difference(json.loads(json.dumps(meta)), io_utils.read_json(meta_path))
+  difference = first_difference(comparable(json.loads(json.dumps(meta))),
+                                comparable(io_utils.read_json(meta_path)))
   if difference:
     raise ValueError(f"{path} holds outcomes of another setup: {difference}; use a new "
                      "--workdir or the settings it was made with")

@@ -191,3 +191,15 @@ def comparable_record(record: dict, ignore: tuple[str, ...] = ()) -> dict:
   default, which builds the same model; the fields in `ignore` are left out."""
   return {field: value for field, value in (_DEFAULTS | record).items()
           if field not in ignore}
+
+
+def comparable_records(tree, ignore: tuple[str, ...] = ()):
+  """A JSON-like tree (a checkpoint spec, a table's meta) with every dict
+  under a "model" key as `comparable_record` makes it, so that records
+  written before a field existed compare equal to today's."""
+  if not isinstance(tree, dict):
+    return tree
+  return {key: (comparable_record(value, ignore)
+                if key == "model" and isinstance(value, dict)
+                else comparable_records(value, ignore))
+          for key, value in tree.items()}

@@ -28,7 +28,7 @@ from etils import epath
 
 from ttscale import io_utils, layout, outcomes
 from ttscale.diffs import first_difference
-from ttscale.models.config import comparable_record
+from ttscale.models.config import comparable_record, comparable_records
 from ttscale.tasks import revision
 from ttscale.training.checkpoints import check_spec
 
@@ -57,7 +57,7 @@ class Fingerprint:
     if self.kind == "checkpoint":
       check_spec(ctx.path(self.path), self.expected(ctx))
     else:
-      outcomes.check_meta(ctx.path(self.path), self.expected(ctx))
+      outcomes.check_meta(ctx.path(self.path), self.expected(ctx), comparable_records)
 
 
 # ------------------------------------------------------------------ stage markers

@@ -12,6 +12,7 @@ import numpy as np
 from etils import epath
 
 from ttscale import io_utils, layout, outcomes, resumable
+from ttscale.models.config import comparable_records
 from ttscale.pipeline import fingerprints
 from ttscale.pipeline.context import Context
 from ttscale.progress import Progress
@@ -26,7 +27,8 @@ def stage_sweep_revisions(ctx: Context) -> dict:
   cfg, sw = ctx.config, ctx.config.sweep_revisions
   test = ctx.examples("test")[:sw.num_questions]
   table = outcomes.OutcomeTable(ctx.path(layout.REVISION_TABLE),
-                                fingerprints.revision_table_meta(ctx))
+                                fingerprints.revision_table_meta(ctx),
+                                comparable_records)
   models = {"revision": ctx.load_revision_model(),
             "revision_verifier": ctx.load_verifier("revision_verifier"),
             "prm": ctx.load_verifier("prm")}

@@ -4,6 +4,7 @@ into the outcome table (`search/search_sweep.py`), and its figure."""
 from __future__ import annotations
 
 from ttscale import layout, outcomes
+from ttscale.models.config import comparable_records
 from ttscale.pipeline import fingerprints
 from ttscale.pipeline.context import Context
 from ttscale.progress import Progress
@@ -19,7 +20,8 @@ def stage_sweep_search(ctx: Context) -> dict:
   test = ctx.examples("test")[:cfg.search.num_questions]
   questions = [e.question for e in test]
   table = outcomes.OutcomeTable(ctx.path(layout.SEARCH_TABLE),
-                                fingerprints.search_table_meta(ctx))
+                                fingerprints.search_table_meta(ctx),
+                                comparable_records)
   policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
   settings = search_sweep.sweep_settings(cfg.search)
   exact = (ExactVerifier(ctx.tokenizer, ctx.task, questions)

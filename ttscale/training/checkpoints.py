@@ -21,7 +21,7 @@ from etils import epath
 
 from ttscale import io_utils
 from ttscale.diffs import first_difference
-from ttscale.models.config import comparable_record
+from ttscale.models.config import comparable_records
 
 
 def _vocab_size(spec: dict) -> int | None:
@@ -34,11 +34,7 @@ def _comparable(spec: Any) -> Any:
   without its compute dtype: the same weights run in float32 or bfloat16
   (`model.compute_dtype` is how a checkpoint is run, not what it holds; the
   stage markers still record it, so results of the other dtype are not reused)."""
-  if not isinstance(spec, dict):
-    return spec
-  return {key: (comparable_record(value, ignore=("compute_dtype",))
-                if key == "model" and isinstance(value, dict) else _comparable(value))
-          for key, value in spec.items()}
+  return comparable_records(spec, ignore=("compute_dtype",))
 
 
 def check_spec(directory: str, spec: dict) -> None:
