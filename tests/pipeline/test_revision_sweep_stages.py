@@ -105,6 +105,14 @@ def test_revision_sweep_writes_the_attempt_analysis_of_its_longest_chains(finish
   assert attempts["transitions"]["correct_to_incorrect"]["of"] == int(before.sum())
   assert attempts["transitions"]["incorrect_to_correct"]["of"] == int((~before).sum())
   assert attempts["fresh_baseline"]["num_questions"] == tiny_config().sweep_revisions.num_questions
+  # The arithmetic task names its errors: every longest-chain attempt has a kind,
+  # None exactly when the task's grading of its steps finds no error.
+  kinds = [q for _, saved in pools for q in saved["first_errors"][0]]
+  assert len(kinds) == correct.shape[0]
+  shares = attempts["longest_chains"]["first_errors"]
+  assert [sum(v[k] for v in shares.values()) for k in range(4)] == pytest.approx([1.0] * 4)
+  right = np.array([[[k is None for k in chain] for chain in q] for q in kinds])
+  assert shares.get("right", [0.0] * 4) == pytest.approx(right.mean(axis=(0, 1)).tolist())
 
 
 def test_tiny_revision_sweep_is_every_split_of_budgets_up_to_four():

@@ -41,6 +41,10 @@ REVISIONS = [("revisions", SEQUENTIAL, 4, 4, {0, 1, 2}),   # 0.75
 # -> correct 3 times of 7.
 ATTEMPT_CHAINS = [[[False, True, True, True]], [[False, False, True, True]],
                   [[True, False, True, True]], [[False, False, False, False]]]
+# How each of them went wrong: a slip first, then lost operands.
+ATTEMPT_FIRST_ERRORS = [[[None if right else "slip" if k == 0 else "operands"
+                          for k, right in enumerate(chain)] for chain in question]
+                        for question in ATTEMPT_CHAINS]
 
 
 def _outcomes(settings):
@@ -67,7 +71,7 @@ def _write_workdir(workdir, with_select=True):
   io_utils.write_json_atomic(os.path.join(workdir, "revisions", "attempts.json"),
                              revision_analysis.attempt_analysis(
                                  {"N0004_s0004_q00000.json": (0, np.array(ATTEMPT_CHAINS))},
-                                 SEED))
+                                 SEED, {"N0004_s0004_q00000.json": ATTEMPT_FIRST_ERRORS}))
   io_utils.write_json_atomic(os.path.join(workdir, "stages", "train_revision_verifier.json"), {
       "stage": "train_revision_verifier", "seconds": 1.0, "summary": {
           "heldout_outcome_auc": {"revision_verifier": 0.8, "base_prm": 0.7},
@@ -150,6 +154,9 @@ def test_revision_section_reports_attempts_splits_and_the_verifier(built):
   assert longest["accuracy"] == [0.25, 0.25, 0.75, 0.75]
   assert longest["gain"]["gain"] == 0.5 and longest["gain"]["attempt"] == 4
   assert "| accuracy | 0.250 | 0.250 | 0.750 | 0.750 |" in markdown
+  assert "| right | 0.25 | 0.25 | 0.75 | 0.75 |" in markdown
+  assert "| operands | 0.00 | 0.75 | 0.25 | 0.25 |" in markdown
+  assert "| slip | 0.75 | 0.00 | 0.00 | 0.00 |" in markdown
   later = _finding(results, "later revisions improve on the first attempt")
   assert later["ours"].startswith("gain 0.500 [")
   assert "incorrect one into a correct one 3 of 7 times (0.429)" in markdown

@@ -65,3 +65,32 @@ def test_fresh_baseline_pools_first_attempts_per_question_across_units():
 def test_graded_attempts_must_be_three_dimensional():
   with pytest.raises(ValueError, match=r"expected \[questions, chains, attempts\]"):
     revision_analysis.attempt_accuracy(np.ones((2, 3), bool))
+
+
+def test_first_error_shares_count_each_kind_per_attempt():
+  """Fails if a kind's share is not taken over every chain at that attempt,
+  if a right attempt (None) is not "right", or if kinds are not ordered by
+  their total share."""
+  first_errors = [[["operands", None], ["slip", "operands"]],
+                  [[None, None], ["operands", "operands"]]]
+  shares = revision_analysis.first_error_shares(first_errors)
+  assert shares == {"operands": [0.5, 0.5], "right": [0.25, 0.5], "slip": [0.25, 0.0]}
+  assert list(shares) == ["operands", "right", "slip"]
+  for attempt in range(2):
+    assert sum(values[attempt] for values in shares.values()) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match=r"expected \[questions, chains, attempts\]"):
+    revision_analysis.first_error_shares([])
+
+
+def test_attempt_analysis_reports_first_errors_only_when_every_longest_unit_has_them():
+  units = {"a": (0, GRADED[:1, :1]), "b": (1, GRADED[1:, :1])}
+  kinds = {"a": [[["slip", None, None]]], "b": [[[None, "slip", "operands"]],
+                                               [["operands", "operands", None]]]}
+  analysis = revision_analysis.attempt_analysis(units, seed=0, first_errors=kinds)
+  assert analysis["longest_chains"]["first_errors"] == {
+      "right": [pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(2 / 3)],
+      "operands": [pytest.approx(1 / 3), pytest.approx(1 / 3), pytest.approx(1 / 3)],
+      "slip": [pytest.approx(1 / 3), pytest.approx(1 / 3), 0.0]}
+  # A pool saved before kinds were recorded: no partial table.
+  partial = revision_analysis.attempt_analysis(units, seed=0, first_errors={"a": kinds["a"]})
+  assert "first_errors" not in partial["longest_chains"]

@@ -89,13 +89,16 @@ def _summary(ctx: Context, rows: list[dict], unit_dir: str,
   curves, sequential_vs_parallel = revision_analysis.sweep_accuracy(
       rows, revision_sweep.SELECTORS)
   # Every chain of the pools once: each group of equal-length chains of a pool.
-  chains = {}
+  chains, first_errors = {}, {}
   for unit in units:
     path = os.path.join(unit_dir, unit.file_name)
     if epath.Path(path).exists():
-      for group, correct in enumerate(io_utils.read_json(path)["correct"]):
+      saved = io_utils.read_json(path)
+      for group, correct in enumerate(saved["correct"]):
         chains[f"{unit.file_name}#{group}"] = (unit.first, np.asarray(correct, bool))
-  attempts = revision_analysis.attempt_analysis(chains, ctx.config.seed)
+        if "first_errors" in saved:
+          first_errors[f"{unit.file_name}#{group}"] = saved["first_errors"][group]
+  attempts = revision_analysis.attempt_analysis(chains, ctx.config.seed, first_errors)
   io_utils.write_json_atomic(ctx.path(layout.REVISION_ATTEMPTS), attempts)
   revision_figure.plot(rows, ctx.path(layout.REVISION_FIGURE))
   for sel, by_budget in sequential_vs_parallel.items():

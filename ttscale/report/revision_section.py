@@ -66,6 +66,22 @@ def results(rows: list[dict], bins: dict[int, int], attempts: dict | None,
   }
 
 
+def _first_error_table(shares: dict | None) -> list[str]:
+  """How the same chains' attempts go wrong, by the task's kind of first
+  error (`revision_analysis.first_error_shares`); nothing without them."""
+  if not shares:
+    return []
+  attempts = len(next(iter(shares.values())))
+  return ["", "The first wrong step of each attempt of these chains, by kind (share of "
+          "the chains; \"operands\": a step that does not apply the question's next "
+          "operation to the running value; \"slip\": the right operation, a wrong "
+          "result):", "",
+          "| first error | " + " | ".join(str(k + 1) for k in range(attempts)) + " |",
+          "|---|" + "---|" * attempts,
+          *(f"| {kind} | " + " | ".join(_fmt(v, 2) for v in values) + " |"
+            for kind, values in shares.items())]
+
+
 def markdown(section: dict) -> list[str]:
   lines = ["## Revisions (Figs. 6 and 7)", "", "![](fig6_7_revisions.png)", "",
            f"First attempt of the revision model: {_fmt(section['first_attempt'])} of the "
@@ -85,6 +101,7 @@ def markdown(section: dict) -> list[str]:
                                           for lo, hi in longest["interval"]) + " |", "",
               f"Attempt {gain['attempt']} − attempt 1 of the same chains: "
               f"{interval_text(gain['gain'], gain['interval'])}."]
+    lines += _first_error_table(longest.get("first_errors"))
   turned = attempts.get("transitions")
   if turned:
     c2i, i2c = turned["correct_to_incorrect"], turned["incorrect_to_correct"]

@@ -7,6 +7,8 @@
 - `transitions`: how often a correct attempt is revised into an incorrect one,
   and an incorrect one into a correct one (paper: about 38% of correct
   answers turned incorrect).
+- `first_error_shares`: how each attempt goes wrong (the task's kinds of
+  first error), attempt by attempt.
 - `fresh_baseline`: what a fresh first attempt of the same model would have
   scored in place of each revision, so that a revision model that hurts can be
   told from one whose chains land on hard questions.
@@ -124,12 +126,37 @@ def fresh_baseline(units) -> dict:
           "num_questions": int((seen > 0).sum())}
 
 
+def first_error_shares(first_errors: list) -> dict:
+  """How each attempt position goes wrong: the share of chains whose attempt k
+  has each kind of first error (a task's `first_error`; None, right, is
+  "right"), so that an attempt that loses its place in the question can be
+  told from one that slips on a value.
+
+  Args:
+    first_errors: [questions][chains][attempts] kinds (str or None).
+
+  Returns:
+    {kind: [share at attempt 1, 2, ...]}, kinds by their total share, largest
+    first; the shares of one attempt sum to 1.
+  """
+  kinds = np.array([[["right" if k is None else k for k in chain] for chain in question]
+                    for question in first_errors], dtype=object)
+  if kinds.ndim != 3 or 0 in kinds.shape:
+    raise ValueError(f"first errors of shape {kinds.shape}: expected [questions, chains, "
+                     "attempts], none empty")
+  flat = kinds.reshape(-1, kinds.shape[2])
+  shares = {kind: (flat == kind).mean(axis=0) for kind in set(flat.ravel())}
+  return {kind: shares[kind].tolist()
+          for kind in sorted(shares, key=lambda kind: (-shares[kind].sum(), kind))}
+
+
 # Later attempts are judged against the first at this attempt (or the chains'
 # last, when shorter): the paper's window of previous attempts is 4.
 GAIN_ATTEMPT = 4
 
 
-def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int) -> dict:
+def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int,
+                     first_errors: dict[str, list] | None = None) -> dict:
   """Per-attempt accuracy and gain of the longest single chains, and the
   transitions and fresh baseline of every chain of every unit.
 
@@ -137,10 +164,13 @@ def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int) -> dic
     units: {unit name: (first question, graded bool [Q, p, s])}; names sort
       by first question within a split. The longest single chains are the
       units of p = 1 with the largest s.
+    first_errors: {unit name: [Q][p][s] kinds of first error} for the units
+      whose task names its errors.
 
   Returns:
     {"transitions", "fresh_baseline", "longest_chains": `attempt_accuracy`
-     with its "gain", or None without a unit of p = 1}.
+     with its "gain" and, when every one of its units has them,
+     "first_errors" (`first_error_shares`); or None without a unit of p = 1}.
   """
   longest = {}
   for name, (_, correct) in units.items():
@@ -155,6 +185,10 @@ def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int) -> dic
     correct = np.concatenate([c for _, c in sorted(longest[sequential])])
     accuracy = attempt_accuracy(correct, seed)
     accuracy["gain"] = attempt_gain(correct, min(GAIN_ATTEMPT, sequential), seed)
+    names = sorted(name for name, _ in longest[sequential])
+    if first_errors and all(name in first_errors for name in names):
+      accuracy["first_errors"] = first_error_shares(
+          [question for name in names for question in first_errors[name]])
     analysis["longest_chains"] = accuracy
   return analysis
 

@@ -107,9 +107,10 @@ def run_unit(models: dict[str, Network], tokenizer: Tokenizer, task: Task,
   Returns:
     Per group of the pool, [Q][chains][attempts] lists: "answers" (answer or
     None), "correct", "scores" {verifier: ...}, "context_lengths" and
-    "token_counts" (of each attempt, for its FLOPs); "prompt_lengths" [Q] (the
-    question's plain prompt, as the base PRM reads it); "seconds",
-    "generated_tokens".
+    "token_counts" (of each attempt, for its FLOPs); with a task that names
+    its errors (`first_error`), "first_errors" (the kind of each attempt's
+    first wrong step, None when right); "prompt_lengths" [Q] (the question's
+    plain prompt, as the base PRM reads it); "seconds", "generated_tokens".
   """
   questions = [e.question for e in examples]
   saved = {"answers": [], "correct": [], "scores": {}, "context_lengths": [],
@@ -117,6 +118,9 @@ def run_unit(models: dict[str, Network], tokenizer: Tokenizer, task: Task,
            "prompt_lengths": [len(revisions.context_tokens(tokenizer, task, q, []))
                               for q in questions]}
   verifier = ExactVerifier(tokenizer, task, questions) if exact else None
+  first_error = getattr(task, "first_error", None)
+  if first_error is not None:
+    saved["first_errors"] = []
   for index, group in enumerate(unit.groups):
     run = revisions.run_chains(
         models["revision"], tokenizer, task, questions, sequential=group.length,
@@ -138,6 +142,9 @@ def run_unit(models: dict[str, Network], tokenizer: Tokenizer, task: Task,
                              for question, e in zip(answers, examples, strict=True)])
     for name, values in scores.items():
       saved["scores"].setdefault(name, []).append(np.asarray(values).tolist())
+    if first_error is not None:
+      saved["first_errors"].append([[[first_error(q, a.text) for a in chain] for chain in attempts]
+                                    for q, attempts in zip(questions, run.attempts, strict=True)])
     saved["context_lengths"].append([[[len(a.context) for a in chain] for chain in question]
                                      for question in run.attempts])
     saved["token_counts"].append([[[len(a.tokens) for a in chain] for chain in question]
