@@ -4,7 +4,8 @@ The `checkpoint` config block names the format and the directories:
 
     checkpoint.format     "hf" (Hugging Face config.json + *.safetensors: Llama,
                           Qwen 2.5/3, Gemma 1/2/3; "llama" is the same) or
-                          "gemma" (the gemma library's orbax trees, Gemma 1)
+                          "gemma" (the gemma library's orbax trees,
+                          Gemma 1, 2 and 3)
     checkpoint.policy     the policy's checkpoint directory ("" = train from scratch)
     checkpoint.large      the larger policy's, for the FLOPs-matched comparison
     checkpoint.tokenizer  the models' tokenizer: sentencepiece `tokenizer.model`

@@ -1,4 +1,5 @@
-"""Imports Gemma checkpoints (orbax, as the `gemma` library and Kaggle ship them).
+"""Imports Gemma 1, 2 and 3 checkpoints (orbax, as the `gemma` library and Kaggle
+ship them).
 
 Format. A checkpoint is an orbax PyTree directory (`_METADATA`, `manifest.ocdbt`,
 `d/`, ...). The released (Kaggle / `gs://gemma-data`) checkpoints hold a
@@ -15,6 +16,11 @@ arrays:
      "transformer/layer_0/mlp/linear": {"w": [mlp, embed]},
      ..., "transformer/final_norm": {"scale": [embed]}}
 
+Gemma 2 and 3 add, per layer, "post_attention_norm" and "post_ffw_norm"
+({"scale": [embed]}); Gemma 3 also "attn/_query_norm" and "attn/_key_norm"
+({"scale": [head_dim]}, RMSNorm of queries and keys before RoPE). Gemma 3 4B+
+trees also hold a vision encoder ("SigLiPFromPatches_0/...", the embedder's
+"mm_*"), which is not read.
 When `kv_heads == heads` (Gemma 7B) attention has one `qkv_einsum` {"w": [3,
 heads, embed, head_dim]} instead of `q_einsum` and `kv_einsum`. The `gemma`
 library's in-memory tree (`params_lib.load_and_format_params`, and checkpoints
@@ -29,19 +35,26 @@ Layout conversion (Gemma → ours, `transformer.py`); all else is a rename:
   query, key, value.
 - `gating_einsum[0]` → `gate` (the GELU'd half), `gating_einsum[1]` → `up`. Gemma 1
   (and Gemma 2 2B) store [2, embed, mlp]; Gemma 2 9B/27B and Gemma 3 store [2,
-  mlp, embed] (`transpose_gating_einsum=True` in the `gemma` library and here).
+  mlp, embed] (`transpose_gating_einsum=True` in the `gemma` library and here;
+  read from the shapes unless given).
 - Norm scales are stored zero-centred (Gemma applies `1 + scale`): kept as they
   are, with `norm_scale_offset=1` in the config.
 Arrays are restored on the host as numpy (released weights are bfloat16) and cast
 to float32: ~10 GB for Gemma 2B, ~34 GB for 7B.
 
-Semantics match the `gemma` library (pinned by the test against a float64 numpy
-forward written from its code): input embeddings times sqrt(embed_dim), RMSNorm
-with epsilon 1e-6, RoPE on the two halves of head_dim (as `apply_rope`), query
-scaled by head_dim**-0.5, approximate (tanh) GELU, LM head tied to the unscaled
-embedding. Gemma 2's extra post-attention/post-MLP norms, sliding-window layers
-and other query scalings are not supported (their parameters are reported as
-unexpected); its soft caps are (`attn_logit_softcap`, `final_logit_softcap`).
+Semantics match the `gemma` library: input embeddings times sqrt(embed_dim),
+RMSNorm with epsilon 1e-6, RoPE on the two halves of head_dim (as `apply_rope`),
+query scaled by query_pre_attn_scalar**-0.5 (head_dim by default), approximate
+(tanh) GELU, LM head tied to the unscaled embedding; Gemma 2/3's post-norms,
+soft caps, sliding-window layers (`sliding_window`, every
+`sliding_window_pattern`-th layer global), Gemma 3's qk-norm, local RoPE base
+and linearly scaled global RoPE. Pinned by `tests/models/test_gemma_import.py`
+(Gemma 1, against a float64 numpy forward written from the library's code) and
+`test_gemma_orbax_parity.py` (Gemma 2 and 3, against logits and greedy
+continuations the library itself computed, `tests/models/fixtures/`). What a
+tree cannot show (soft caps, window, RoPE bases, query scaling) comes from the
+config: `gemma_config`'s presets of the released models, which
+`read_gemma_architecture` picks by the tree's shapes.
 
 Vocabulary. The released embeddings have 256128 rows but the tokenizer 256000
 pieces; the last 128 rows are padding. By default a vocabulary other than
@@ -76,13 +89,55 @@ TOKENIZER_VOCAB_SIZE = 256_000   # pieces of their `tokenizer.model`
 GEMMA_ARCHITECTURE = dict(
     activation="gelu", rope_base=10_000.0, tie_embeddings=True, norm_eps=1e-6,
     norm_scale_offset=1.0, scale_embeddings=True)
-# From `gemma/transformer.py` (`TransformerConfig.gemma_2b`, `gemma_7b`).
+# What Gemma 2 and 3 add to GEMMA_ARCHITECTURE, whatever the size: the tree
+# shows neither (`post_norms` and `qk_norm` it does show).
+_GEMMA2 = dict(post_norms=True, attn_logit_softcap=50.0, final_logit_softcap=30.0,
+               sliding_window=4096, sliding_window_pattern=2)
+_GEMMA3 = dict(post_norms=True, qk_norm=True, sliding_window_pattern=6,
+               rope_base=1_000_000.0, rope_local_base=10_000.0)
+_GEMMA3_LONG = dict(_GEMMA3, sliding_window=1024, rope_scaling="linear",
+                    rope_scaling_factor=8.0)
+# The released models, from the `gemma` library 4.0.1 (`gm.nn.Gemma2_2B`, ...;
+# Gemma 1: `TransformerConfig.gemma_2b`, `gemma_7b`). `query_pre_attn_scalar`
+# is the library's query scaling written as ours (scaled by its -1/2 power):
+# head_dim, or embed_dim / num_heads for Gemma 2 27B and Gemma 3 27B.
 _PRESETS = {
     "gemma-2b": dict(num_layers=18, embed_dim=2048, num_heads=8, num_kv_heads=1,
                      head_dim=256, mlp_dim=16_384),
     "gemma-7b": dict(num_layers=28, embed_dim=3072, num_heads=16, num_kv_heads=16,
                      head_dim=256, mlp_dim=24_576),
+    "gemma2-2b": dict(_GEMMA2, num_layers=26, embed_dim=2304, num_heads=8,
+                      num_kv_heads=4, head_dim=256, mlp_dim=9216,
+                      query_pre_attn_scalar=256.0),
+    "gemma2-9b": dict(_GEMMA2, num_layers=42, embed_dim=3584, num_heads=16,
+                      num_kv_heads=8, head_dim=256, mlp_dim=14_336,
+                      query_pre_attn_scalar=256.0),
+    "gemma2-27b": dict(_GEMMA2, num_layers=46, embed_dim=4608, num_heads=32,
+                       num_kv_heads=16, head_dim=128, mlp_dim=36_864,
+                       query_pre_attn_scalar=144.0),
+    "gemma3-270m": dict(_GEMMA3, num_layers=18, embed_dim=640, num_heads=4,
+                        num_kv_heads=1, head_dim=256, mlp_dim=2048,
+                        sliding_window=512, query_pre_attn_scalar=256.0),
+    "gemma3-1b": dict(_GEMMA3, num_layers=26, embed_dim=1152, num_heads=4,
+                      num_kv_heads=1, head_dim=256, mlp_dim=6912,
+                      sliding_window=512, query_pre_attn_scalar=256.0),
+    "gemma3-4b": dict(_GEMMA3_LONG, num_layers=34, embed_dim=2560, num_heads=8,
+                      num_kv_heads=4, head_dim=256, mlp_dim=10_240,
+                      query_pre_attn_scalar=256.0),
+    "gemma3-12b": dict(_GEMMA3_LONG, num_layers=48, embed_dim=3840, num_heads=16,
+                       num_kv_heads=8, head_dim=256, mlp_dim=15_360,
+                       query_pre_attn_scalar=256.0),
+    "gemma3-27b": dict(_GEMMA3_LONG, num_layers=62, embed_dim=5376, num_heads=32,
+                       num_kv_heads=16, head_dim=128, mlp_dim=21_504,
+                       query_pre_attn_scalar=168.0),
 }
+_SHAPE_FIELDS = ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim",
+                 "mlp_dim", "post_norms", "qk_norm")
+# Fields of a Gemma 2/3 `model` block its tree does not show (GEMMA_ARCHITECTURE's
+# aside): a preset's, or the config's when the tree matches no released model.
+UNSHOWN_FIELDS = ("attn_logit_softcap", "final_logit_softcap", "sliding_window",
+                  "sliding_window_pattern", "rope_base", "rope_local_base",
+                  "rope_scaling", "rope_scaling_factor", "query_pre_attn_scalar")
 # The fields of GEMMA_ARCHITECTURE a Gemma checkpoint fixes (rope_base is free),
 # and why.
 _REQUIRED = {
@@ -93,22 +148,34 @@ _REQUIRED = {
     "scale_embeddings": "it scales embeddings by sqrt(embed_dim)",
 }
 _EMBEDDING = "transformer/embedder/input_embedding"
+# Where the vision encoder sits: released (flat) trees, then nested ones.
+_VISION_PREFIXES = ("SigLiPFromPatches_0/", "vision_encoder/", "transformer/vision_encoder/")
 
 
 def gemma_config(name: str, vocab_size: int) -> ModelConfig:
-  """The `ModelConfig` of a released Gemma 1 model: "gemma-2b" or "gemma-7b".
+  """The `ModelConfig` of a released Gemma model: "gemma-2b", "gemma-7b",
+  "gemma2-2b", "gemma2-9b", "gemma2-27b", "gemma3-270m", "gemma3-1b",
+  "gemma3-4b", "gemma3-12b" or "gemma3-27b" (Gemma 3: the text model).
 
-  `vocab_size` is the embedding's row count after any trimming: 256128
-  (`CHECKPOINT_VOCAB_SIZE`) as released, 256000 (`TOKENIZER_VOCAB_SIZE`) with
-  `trim_vocab_to=256000`.
+  `vocab_size` is the embedding's row count after any trimming: for Gemma 1/2
+  256128 (`CHECKPOINT_VOCAB_SIZE`) as released, 256000 (`TOKENIZER_VOCAB_SIZE`)
+  with `trim_vocab_to=256000`; 262144 for Gemma 3.
   """
   if name not in _PRESETS:
     raise ValueError(f"unknown Gemma model {name!r}; expected one of {sorted(_PRESETS)}")
-  return ModelConfig(vocab_size=vocab_size, **_PRESETS[name], **GEMMA_ARCHITECTURE)
+  return ModelConfig(vocab_size=vocab_size, **(GEMMA_ARCHITECTURE | _PRESETS[name]))
+
+
+def _absolute(checkpoint_dir) -> epath.Path:
+  """The directory as orbax needs it: absolute (a relative path reads as a
+  checkpoint without metadata); a gs:// URL stays one."""
+  path = epath.Path(checkpoint_dir)
+  return path if "://" in str(checkpoint_dir) else path.resolve()
 
 
 def _restore(checkpoint_dir: Path) -> Mapping:
   """The checkpoint's tree, every array numpy on the host."""
+  checkpoint_dir = _absolute(checkpoint_dir)
   if not checkpoint_dir.is_dir():
     raise ValueError(f"{checkpoint_dir}: no such directory")
   checkpointer = ocp.PyTreeCheckpointer()
@@ -129,18 +196,24 @@ def _restore(checkpoint_dir: Path) -> Mapping:
 
 
 def read_gemma_architecture(checkpoint_dir: str | Path) -> dict:
-  """The `model` block a Gemma 1 orbax checkpoint fixes: `ModelConfig`'s
-  architecture fields, read from the shapes in its tree metadata (no array is
-  restored); `rope_base` is the released models' 10000 (the tree does not hold it).
+  """The `model` block a Gemma orbax checkpoint fixes, read from the shapes in
+  its tree metadata (no array is restored).
+
+  The shapes give the sizes, and Gemma 2/3's extra norms `post_norms` and
+  `qk_norm` (Gemma 1 has neither, Gemma 2 the first, Gemma 3 both). What no
+  shape shows (`UNSHOWN_FIELDS`: soft caps, sliding window, RoPE bases, query
+  scaling) is the released model's whose sizes the tree has (`gemma_config`'s
+  presets); for a Gemma 2/3 tree of no released size those fields are None,
+  for the config to set. Gemma 1 trees keep the defaults (`rope_base` 10000).
 
   Returns:
-    {field: value} for every name in `config.ARCHITECTURE_FIELDS`.
+    {field: value or None} for every name in `config.ARCHITECTURE_FIELDS`.
 
   Raises:
     ValueError: not an orbax checkpoint, or a tree without Gemma's attention
       and MLP weights in layer 0; one line naming the directory.
   """
-  checkpoint_dir = epath.Path(checkpoint_dir)  # a gs:// URL stays one
+  checkpoint_dir = _absolute(checkpoint_dir)
   if not checkpoint_dir.is_dir():
     raise ValueError(f"{checkpoint_dir}: no such directory")
   try:
@@ -166,13 +239,19 @@ def read_gemma_architecture(checkpoint_dir: str | Path) -> dict:
       num_heads, _, head_dim = shapes[layer + "attn/q_einsum/w"]
       num_kv_heads = shapes[layer + "attn/kv_einsum/w"][1]
   except (KeyError, IndexError, ValueError) as error:
-    raise ValueError(f"{checkpoint_dir}: not a Gemma 1 parameter tree (looked for "
+    raise ValueError(f"{checkpoint_dir}: not a Gemma parameter tree (looked for "
                      f"{error} among {len(shapes)} parameters)") from None
-  architecture = dataclasses.asdict(ModelConfig(
-      vocab_size=1, num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads,
-      num_kv_heads=num_kv_heads, head_dim=head_dim, mlp_dim=mlp_dim,
-      **GEMMA_ARCHITECTURE))
-  return {field: architecture[field] for field in ARCHITECTURE_FIELDS}
+  shown = dict(num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads,
+               num_kv_heads=num_kv_heads, head_dim=head_dim, mlp_dim=mlp_dim,
+               post_norms=layer + "post_attention_norm/scale" in shapes,
+               qk_norm=layer + "attn/_query_norm/scale" in shapes)
+  fields = GEMMA_ARCHITECTURE | shown
+  if shown["post_norms"] or shown["qk_norm"]:
+    released = [preset for preset in _PRESETS.values()
+                if all(preset.get(field, False) == shown[field] for field in _SHAPE_FIELDS)]
+    fields |= released[0] if released else dict.fromkeys(UNSHOWN_FIELDS)
+  defaults = dataclasses.asdict(ModelConfig(vocab_size=1))
+  return {field: fields.get(field, defaults[field]) for field in ARCHITECTURE_FIELDS}
 
 
 def _by_name(tree: Mapping, checkpoint_dir: Path) -> tuple[dict, dict]:
@@ -181,6 +260,9 @@ def _by_name(tree: Mapping, checkpoint_dir: Path) -> tuple[dict, dict]:
   Canonical names are the "/"-joined paths of the released checkpoints, with the
   "transformer/" root and without the "w" of the MLP weights (as the `gemma`
   library's in-memory tree): "transformer/layer_0/mlp/gating_einsum".
+  The vision encoder of Gemma 3 4B+ (and the embedder's projection into it)
+  is left out, as the library's `text_only=True` leaves it: a text policy
+  never runs it.
   """
   flat = {}
 
@@ -195,6 +277,8 @@ def _by_name(tree: Mapping, checkpoint_dir: Path) -> tuple[dict, dict]:
   visit("", tree)
   arrays, spelled = {}, {}
   for name, value in flat.items():
+    if name.startswith(_VISION_PREFIXES) or "/embedder/mm_" in f"/{name}":
+      continue
     canonical = name if name.startswith("transformer/") else f"transformer/{name}"
     if canonical.endswith(("/mlp/gating_einsum/w", "/mlp/linear/w")):
       canonical = canonical.removesuffix("/w")
@@ -237,6 +321,16 @@ def _expected_params(config: ModelConfig, transpose_gating_einsum: bool,
       gating = ((2, m, d), lambda w, p=mlp: {(*p, "gate"): w[0].T, (*p, "up"): w[1].T})
     else:
       gating = ((2, d, m), lambda w, p=mlp: {(*p, "gate"): w[0], (*p, "up"): w[1]})
+    if config.post_norms:  # Gemma 2 and 3: the sublayers' outputs normed again
+      params |= {
+          gemma + "post_attention_norm/scale": (
+              (d,), to(*ours, "post_attention_norm", "scale")),
+          gemma + "post_ffw_norm/scale": ((d,), to(*ours, "post_mlp_norm", "scale"))}
+    if config.qk_norm:  # Gemma 3: RMSNorm over head_dim, before RoPE
+      params |= {
+          gemma + "attn/_query_norm/scale": (
+              (hd,), to(*attention, "query_norm", "scale")),
+          gemma + "attn/_key_norm/scale": ((hd,), to(*attention, "key_norm", "scale"))}
     params |= {
         gemma + "pre_attention_norm/scale": ((d,), to(*ours, "attention_norm", "scale")),
         gemma + "attn/attn_vec_einsum/w": ((h, hd, d), to(*attention, "out")),
@@ -258,7 +352,8 @@ def _check_architecture(config: ModelConfig, checkpoint_dir: Path) -> None:
 def read_gemma_params(checkpoint_dir: str | Path, config: ModelConfig, *,
                       expected_vocab_size: int | None = None,
                       trim_vocab_to: int | None = None,
-                      transpose_gating_einsum: bool = False) -> dict[tuple, np.ndarray]:
+                      transpose_gating_einsum: bool | None = None,
+                      ) -> dict[tuple, np.ndarray]:
   """Our parameters, float32 numpy keyed by `nnx` state path, from the checkpoint.
 
   E.g. `("decoder", "blocks", 0, "attention", "query")` -> [embed, heads, head_dim].
@@ -272,17 +367,24 @@ def read_gemma_params(checkpoint_dir: str | Path, config: ModelConfig, *,
     trim_vocab_to: keep only the first rows of the embedding (drop padding rows,
       e.g. 256000 of the released 256128); None keeps them all.
     transpose_gating_einsum: the MLP gating weight is stored [2, mlp, embed]
-      (Gemma 2 9B/27B, Gemma 3) rather than [2, embed, mlp] (Gemma 1).
+      (Gemma 2 9B/27B, Gemma 3) rather than [2, embed, mlp] (Gemma 1, Gemma 2
+      2B); None reads it from layer 0's shape (as [2, embed, mlp] when
+      mlp_dim == embed_dim, where the shape cannot tell).
 
   Raises:
     ValueError: one line naming `checkpoint_dir` and, where one is to blame, the
-      parameter: a parameter missing, unexpected (e.g. Gemma 2's post-norms) or of
+      parameter: a parameter missing, unexpected (e.g. Gemma 2's post-norms
+      without `post_norms`) or of
       a shape other than `config` implies; a vocabulary other than
       `expected_vocab_size` ("vocab_size"); a config without Gemma's fields.
   """
   checkpoint_dir = Path(checkpoint_dir)
   _check_architecture(config, checkpoint_dir)
   arrays, spelled = _by_name(_restore(checkpoint_dir), checkpoint_dir)
+  if transpose_gating_einsum is None:
+    gating = arrays.get("transformer/layer_0/mlp/gating_einsum")
+    transpose_gating_einsum = (gating is not None and config.mlp_dim != config.embed_dim
+                               and gating.shape == (2, config.mlp_dim, config.embed_dim))
   expected = _expected_params(config, transpose_gating_einsum)
   unexpected = sorted(spelled[name] for name in arrays if name not in expected)
   if unexpected:
@@ -324,7 +426,7 @@ def read_gemma_params(checkpoint_dir: str | Path, config: ModelConfig, *,
 def load_gemma(checkpoint_dir: str | Path, config: ModelConfig, *,
                expected_vocab_size: int | None = None,
                trim_vocab_to: int | None = None,
-               transpose_gating_einsum: bool = False,
+               transpose_gating_einsum: bool | None = None,
                ) -> tuple[ModelConfig, nnx.GraphDef, nnx.State]:
   """A `LanguageModel` holding a Gemma checkpoint, split as `nnx.split` would.
 

@@ -4,7 +4,9 @@ When `checkpoint.policy` (or `checkpoint.large`) names a checkpoint, its
 block's architecture is the checkpoint's: a field left unset (None, as the
 placeholders of `configs/common.py:checkpoint_model_block`) or absent is read
 from it (`checkpoint_import.checkpoint_architecture`: the Hugging Face
-`config.json`, or a Gemma tree's shapes), and a field set must agree with it.
+`config.json`, or a Gemma tree's shapes and the released model they match),
+and a field set must agree with it; a field the checkpoint leaves open (a
+Gemma 2/3 tree of no released size shows no soft cap) must be set.
 The run's own fields (`config.RUN_FIELDS`: dropout, dtypes) are the config's.
 
 This runs before any stage and reads only: the completed blocks are what the
@@ -60,11 +62,17 @@ def derive_model_blocks(config):
     check_checkpoint_paths(checkpoint)
     architecture, where = checkpoint_architecture(checkpoint.format, path)
     for field, value in config[block].items():
-      if value is not None and field in architecture and value != architecture[field]:
+      if (value is not None and architecture.get(field) is not None
+          and value != architecture[field]):
         raise ValueError(f"{block}.{field}={value!r} but {where} gives "
                          f"{architecture[field]!r}: leave {block}.{field} unset to "
                          "take the checkpoint's")
     unset = unset_fields(config[block])
+    # E.g. the soft caps of a Gemma 2 tree of no released size: no shape shows them.
+    open_fields = [field for field in unset if architecture[field] is None]
+    if open_fields:
+      raise ValueError(f"{block}.{open_fields[0]} is unset and {where} does not fix "
+                       f"it: set {block}.{open_fields[0]}")
     if unset:
       completed[block] = {field: architecture[field] for field in unset}
   if not completed:
