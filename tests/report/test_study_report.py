@@ -157,6 +157,9 @@ def test_revision_section_reports_attempts_splits_and_the_verifier(built):
   assert "| right | 0.25 | 0.25 | 0.75 | 0.75 |" in markdown
   assert "| operands | 0.00 | 0.75 | 0.25 | 0.25 |" in markdown
   assert "| slip | 0.75 | 0.00 | 0.00 | 0.00 |" in markdown
+  # Rows by total share: right (2.0), operands (1.25), slip (0.75).
+  assert (markdown.index("| right | 0.25") < markdown.index("| operands | 0.00")
+          < markdown.index("| slip | 0.75"))
   later = _finding(results, "later revisions improve on the first attempt")
   assert later["ours"].startswith("gain 0.500 [")
   assert "incorrect one into a correct one 3 of 7 times (0.429)" in markdown

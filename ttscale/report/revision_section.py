@@ -78,8 +78,9 @@ def _first_error_table(shares: dict | None) -> list[str]:
           "result):", "",
           "| first error | " + " | ".join(str(k + 1) for k in range(attempts)) + " |",
           "|---|" + "---|" * attempts,
-          *(f"| {kind} | " + " | ".join(_fmt(v, 2) for v in values) + " |"
-            for kind, values in shares.items())]
+          # Largest total share first (results.json keeps the kinds sorted by name).
+          *(f"| {kind} | " + " | ".join(_fmt(v, 2) for v in shares[kind]) + " |"
+            for kind in sorted(shares, key=lambda kind: (-sum(shares[kind]), kind)))]
 
 
 def markdown(section: dict) -> list[str]:
