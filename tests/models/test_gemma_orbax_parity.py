@@ -23,19 +23,17 @@ import dataclasses
 import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from greedy_reference import greedy_tokens
 
-from ttscale.models import ModelConfig, init_cache, policy_extend_fn
+from ttscale.models import ModelConfig, init_cache
 from ttscale.models.gemma_import import (
   GEMMA_ARCHITECTURE,
   load_gemma,
   read_gemma_architecture,
 )
-from ttscale.search import sampling
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 FAMILIES = ("gemma2", "gemma3")
@@ -121,20 +119,7 @@ def _parity(family: str) -> _Parity:
   right_aligned = np.zeros_like(prompts)
   for row, length in enumerate(lengths):
     right_aligned[row, width - length:] = prompts[row, :length]
-  sampler_config = sampling.SamplerConfig(
-      rule=sampling.SamplingRule(temperature=0.0), stop_at=sampling.StopAt.SOLUTION,
-      max_new_tokens=new_tokens, step_id=-1, eos_id=-1)
-  extend_fn = policy_extend_fn(graphdef)
-
-  @jax.jit
-  def greedy(params, prompts, lengths):
-    cache = init_cache(config, batch, total)
-    cache, pending = sampling.prefill(extend_fn, params, cache, prompts, lengths)
-    out = sampling.sample(extend_fn, params, cache, pending, jnp.ones((batch,), bool),
-                          jax.random.key(0), sampler_config)
-    return out.tokens
-
-  tokens = np.asarray(greedy(params, right_aligned, lengths))
+  tokens = greedy_tokens(graphdef, params, config, right_aligned, lengths, new_tokens)
   return _Parity(family, reference, config, float(forward_diff), float(decode_diff),
                  tokens)
 

@@ -24,15 +24,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from greedy_reference import greedy_tokens
 
-from ttscale.models import init_cache, policy_extend_fn
+from ttscale.models import init_cache
 from ttscale.models.hf_import import INDEX_FILE, load_hf, read_hf_config
-from ttscale.search import sampling
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -173,20 +171,8 @@ def _our_parity(reference: _Reference) -> _Parity:
   decode_diff = np.abs(np.concatenate(decoded, 1) - reference.logits)[valid].max()
 
   # Greedy continuation through the search engine's sampler.
-  sampler_config = sampling.SamplerConfig(
-      rule=sampling.SamplingRule(temperature=0.0), stop_at=sampling.StopAt.SOLUTION,
-      max_new_tokens=NEW_TOKENS, step_id=-1, eos_id=-1)
-  extend_fn = policy_extend_fn(graphdef)
-
-  @jax.jit
-  def greedy(params, prompts, lengths):
-    cache = init_cache(config, batch, total)
-    cache, pending = sampling.prefill(extend_fn, params, cache, prompts, lengths)
-    out = sampling.sample(extend_fn, params, cache, pending, jnp.ones((batch,), bool),
-                          jax.random.key(0), sampler_config)
-    return out.tokens
-
-  tokens = np.asarray(greedy(params, reference.prompts, reference.prompt_lengths))
+  tokens = greedy_tokens(graphdef, params, config, reference.prompts,
+                         reference.prompt_lengths, NEW_TOKENS)
   return _Parity(float(forward_diff), float(bfloat16_diff), float(decode_diff), tokens,
                  reference)
 
