@@ -8,7 +8,7 @@ import pytest
 
 from ttscale import io_utils
 from ttscale.outcomes import Outcome, OutcomeTable, uses_exact_verifier
-from ttscale.report import study_report
+from ttscale.report import revision_section, study_report
 from ttscale.scaling import compute_optimal, revision_analysis
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -47,6 +47,11 @@ ATTEMPT_FIRST_ERRORS = [[[None if right else "slip" if k == 0 else "operands"
                         for question in ATTEMPT_CHAINS]
 
 
+# The policy's pass@1 per question (the difficulty stage's), against the revision
+# model's first attempts above (q2 right only).
+POLICY_PASS_AT_1 = [0.5, 0.25, 0.75, 0.0]
+
+
 def _outcomes(settings):
   return [Outcome(question_index=q, level=1, method=method, params=params, budget=budget,
                   seed=0, answer=str(q), correct=q in right, generations=generations,
@@ -62,7 +67,7 @@ def _write_workdir(workdir, with_select=True):
   revisions.append(_outcomes(REVISIONS))
   io_utils.write_json_atomic(os.path.join(workdir, "difficulty.json"), {
       "questions": QUESTIONS, "oracle_bins": ORACLE_BINS, "predicted_bins": PREDICTED_BINS,
-      "num_samples": 8, "num_bins": 2, "bin_agreement": 0.5,
+      "pass_at_1": POLICY_PASS_AT_1, "num_samples": 8, "num_bins": 2, "bin_agreement": 0.5,
       # Two steps each written right half the time: the engine check's perfect search.
       "step_success": {"num_samples": 8, "rates": {str(q): [0.5, 0.5] for q in QUESTIONS}},
       "prediction_cost": {"generations_per_question": 8, "policy_flops_per_question": 1.0e6,
@@ -172,6 +177,15 @@ def test_revision_section_reports_attempts_splits_and_the_verifier(built):
   assert section["splits_by_bin"]["budget"] == 4
   assert section["splits_by_bin"]["bins"]["1"]["best"] == "1:4"
   assert "difference 0.100 [-0.050, 0.250] over 30 held-out questions" in markdown
+  # First-attempt pass@1 1/4 against the policy's 1.5/4; per question -0.5, -0.25,
+  # 0.25, 0: the paired difference -0.125.
+  versus = section["first_attempt_vs_policy"]
+  assert versus["difference"] == pytest.approx(-0.125)
+  assert versus["interval"][0] <= -0.125 <= versus["interval"][1]
+  assert ("from every chain's first attempt (1 a question on average) and the difficulty "
+          "stage's policy samples: revision model 0.250, policy 0.375; difference "
+          "-0.125 [") in markdown
+  assert "as pass@1 on the same questions, 0.250 against 0.375 (difference -0.125 [" in markdown
   assert "fig6_attempts.png" in results["figures"]
   with open(os.path.join(workdir, "fig6_attempts.png"), "rb") as f:
     assert f.read(8) == PNG_SIGNATURE
@@ -321,3 +335,14 @@ def test_efficiency_finding_holds_on_the_median_budget_not_the_best():
   assert study_report.efficiency_holds([1.0, 2.0, 4.0]) is True
   assert study_report.efficiency_holds([1.0, None, None]) is True
   assert study_report.efficiency_holds([]) is None
+
+
+def test_first_attempt_against_the_policy_pairs_only_common_questions():
+  first = {"questions": [0, 1, 7], "pass_at_1": [1.0, 0.5, 0.0], "samples": [4, 4, 2]}
+  versus = revision_section.first_attempt_vs_policy(first, {0: 0.5, 1: 0.5, 3: 0.9})
+  assert versus["num_questions"] == 2
+  assert (versus["first_attempt"], versus["policy"]) == (0.75, 0.5)
+  assert versus["difference"] == pytest.approx(0.25)
+  assert versus["first_attempts_per_question"] == 4.0
+  assert revision_section.first_attempt_vs_policy(first, {3: 0.9}) is None
+  assert revision_section.first_attempt_vs_policy(None, {0: 0.5}) is None

@@ -62,6 +62,19 @@ def test_fresh_baseline_pools_first_attempts_per_question_across_units():
       "after_correct"] is None
 
 
+def test_first_attempt_pass_at_1_counts_every_chain_of_every_unit_per_question():
+  # As above: q0 0/2, q1 2/3, q2 1/3; a question no unit covers is left out.
+  second = np.array([[[False, True]], [[True, True]]])
+  # A unit on q5 alone (GRADED's q1: both first attempts right); q3 and q4 have none.
+  first = revision_analysis.first_attempt_pass_at_1(
+      [(0, GRADED), (1, second), (5, GRADED[1:2])])
+  assert first["questions"] == [0, 1, 2, 5]
+  assert first["pass_at_1"] == pytest.approx([0.0, 2 / 3, 1 / 3, 1.0])
+  assert first["samples"] == [2, 3, 3, 2]
+  analysis = revision_analysis.attempt_analysis({"u": (0, GRADED)}, seed=0)
+  assert analysis["first_attempts"]["pass_at_1"] == pytest.approx([0.0, 1.0, 0.0])
+
+
 def test_graded_attempts_must_be_three_dimensional():
   with pytest.raises(ValueError, match=r"expected \[questions, chains, attempts\]"):
     revision_analysis.attempt_accuracy(np.ones((2, 3), bool))

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from ttscale.report.search_checks_section import interval_text
+from ttscale.scaling.search_checks import mean_interval
 
 _PARAMS = re.compile(r"s=(\d+),p=(\d+),select=hierarchical")
 
@@ -48,16 +49,49 @@ def splits_by_bin(rows: list[dict], bins: dict[int, int]) -> dict:
   return {"budget": budget, "bins": per_bin}
 
 
+def first_attempt_vs_policy(first_attempts: dict | None, policy_pass_at_1: dict[int, float],
+                            seed: int = 0) -> dict | None:
+  """The revision model's first-attempt pass@1 against the policy's, on the
+  questions both were measured on, with a paired bootstrap interval.
+
+  Args:
+    first_attempts: `attempts.json`'s "first_attempts"
+      (`revision_analysis.first_attempt_pass_at_1`), or None.
+    policy_pass_at_1: {question: the policy's pass@1} (the difficulty stage's).
+
+  Returns:
+    {"num_questions", "first_attempt", "policy", "difference" (first attempt
+    minus policy), "interval", "first_attempts_per_question" (mean)}, or None
+    without a common question.
+  """
+  if not first_attempts:
+    return None
+  pairs = [(p, policy_pass_at_1[q], n) for q, p, n in zip(
+      first_attempts["questions"], first_attempts["pass_at_1"], first_attempts["samples"],
+      strict=True) if q in policy_pass_at_1]
+  if not pairs:
+    return None
+  revision, policy, samples = (np.array(v, np.float64) for v in zip(*pairs, strict=True))
+  return {"num_questions": len(pairs), "first_attempt": float(revision.mean()),
+          "policy": float(policy.mean()), "difference": float((revision - policy).mean()),
+          "interval": mean_interval(revision - policy, seed),
+          "first_attempts_per_question": float(samples.mean())}
+
+
 def results(rows: list[dict], bins: dict[int, int], attempts: dict | None,
             revision_verifier: dict | None, policy_one_sample: float | None,
-            first_attempt: float | None) -> dict:
+            first_attempt: float | None, policy_pass_at_1: dict[int, float] | None = None
+            ) -> dict:
   """The section's numbers: `attempts` is `revisions/attempts.json` and
   `revision_verifier` the `train_revision_verifier` stage's summary (None
   when not run); one policy sample's and the revision model's first
-  attempt's accuracy."""
+  attempt's accuracy; `policy_pass_at_1` {question: the policy's pass@1}
+  for `first_attempt_vs_policy`."""
   return {
       "policy_one_sample": policy_one_sample,
       "first_attempt": first_attempt,
+      "first_attempt_vs_policy": first_attempt_vs_policy(
+          (attempts or {}).get("first_attempts"), policy_pass_at_1 or {}),
       "attempts": attempts,
       "splits_by_bin": splits_by_bin(rows, bins),
       "verifier": None if revision_verifier is None else {
@@ -87,6 +121,13 @@ def markdown(section: dict) -> list[str]:
   lines = ["## Revisions (Figs. 6 and 7)", "", "![](fig6_7_revisions.png)", "",
            f"First attempt of the revision model: {_fmt(section['first_attempt'])} of the "
            f"questions; one policy sample: {_fmt(section['policy_one_sample'])}."]
+  versus = section.get("first_attempt_vs_policy")
+  if versus:
+    lines += ["", f"Pass@1 on the same {versus['num_questions']} questions, from every "
+              f"chain's first attempt ({versus['first_attempts_per_question']:.0f} a question "
+              "on average) and the difficulty stage's policy samples: revision model "
+              f"{_fmt(versus['first_attempt'])}, policy {_fmt(versus['policy'])}; difference "
+              f"{interval_text(versus['difference'], versus['interval'])}."]
   attempts = section["attempts"] or {}
   longest = attempts.get("longest_chains")
   if longest:

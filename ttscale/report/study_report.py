@@ -215,7 +215,8 @@ def build(workdir: str) -> tuple[str, dict]:
   revisions = revision_section.results(
       rows, bins, attempts, verifier_stage and verifier_stage.get("summary"),
       _accuracy(rows, "best_of_n", "", 1),
-      _accuracy(rows, "revisions", "s=1,p=1,select=majority", 1))
+      _accuracy(rows, "revisions", "s=1,p=1,select=majority", 1),
+      dict(zip(difficulty["questions"], difficulty.get("pass_at_1", []), strict=False)))
   if attempts and attempts.get("longest_chains"):
     figures["fig6_attempts.png"] = lambda p: revision_figure.plot_attempts(
         attempts["longest_chains"], revisions["policy_one_sample"], p)
@@ -243,7 +244,8 @@ def build(workdir: str) -> tuple[str, dict]:
       "prm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("prm"),
       "orm_step_auc": eval_prm.get("step_auc_vs_exact", {}).get("orm"),
       "policy_one_sample_accuracy": revisions["policy_one_sample"],
-      "revision_first_attempt_accuracy": revisions["first_attempt"]}
+      "revision_first_attempt_accuracy": revisions["first_attempt"],
+      "revision_first_attempt_vs_policy": revisions["first_attempt_vs_policy"]}
   results = {"accuracy_by_generations": accuracy,
              "accuracy_by_generations_interval": accuracy_intervals,
              "search_checks": checks, "select": select, "context": context,
@@ -268,8 +270,13 @@ def _markdown(results: dict, num_questions: int) -> str:
             f"labels is {_fmt(c['prm_step_auc'])} (ORM {_fmt(c['orm_step_auc'])}); search "
             "can only prune as well as its PRM ranks steps. One policy sample is right on "
             f"{_fmt(c['policy_one_sample_accuracy'])} of the questions, the revision model's "
-            f"first attempt on {_fmt(c['revision_first_attempt_accuracy'])}: revisions start "
-            "from what the fine-tuning left of the policy."]
+            f"first attempt on {_fmt(c['revision_first_attempt_accuracy'])}"]
+  versus = c.get("revision_first_attempt_vs_policy")
+  if versus:  # many samples a question: the comparison that is not one draw each
+    lines[-1] += (f"; as pass@1 on the same questions, {_fmt(versus['first_attempt'])} "
+                  f"against {_fmt(versus['policy'])} (difference "
+                  f"{interval_text(versus['difference'], versus['interval'])})")
+  lines[-1] += ": revisions start from what the fine-tuning left of the policy."
   lines += [""] + search_checks_section.markdown(results["search_checks"])
   lines += ["", "## Search (Fig. 3)", "", "![](fig3_search.png)", "",
             "![](fig3_search_by_bin.png)", "",

@@ -9,6 +9,8 @@
   answers turned incorrect).
 - `first_error_shares`: how each attempt goes wrong (the task's kinds of
   first error), attempt by attempt.
+- `first_attempt_pass_at_1`: the revision model's pass@1 with no previous
+  attempt, per question, from every chain's first attempt.
 - `fresh_baseline`: what a fresh first attempt of the same model would have
   scored in place of each revision, so that a revision model that hurts can be
   told from one whose chains land on hard questions.
@@ -88,6 +90,41 @@ def transitions(graded) -> dict:
   return {"correct_to_incorrect": rate(*counts[:2]), "incorrect_to_correct": rate(*counts[2:])}
 
 
+def _first_attempts(units) -> tuple[np.ndarray, np.ndarray]:
+  """Per question index: the number of right first attempts over every
+  chain of every unit, and the number of first attempts."""
+  units = [(first, _checked(correct)) for first, correct in units]
+  size = max((first + c.shape[0] for first, c in units), default=0)
+  right, seen = np.zeros(size), np.zeros(size)
+  for first, correct in units:
+    right[first:first + correct.shape[0]] += correct[:, :, 0].sum(axis=1)
+    seen[first:first + correct.shape[0]] += correct.shape[1]
+  return right, seen
+
+
+def first_attempt_pass_at_1(units) -> dict:
+  """The revision model's pass@1 with no previous attempt, per question.
+
+  Attempt 1 of every chain is such a sample, so every chain of every unit
+  counts (units may cover the same questions: different splits). Many
+  samples a question make this a far less noisy estimate than one chain's
+  first attempt, to compare with the policy's pass@1 on the same questions.
+
+  Args:
+    units: (first question index, graded bool [questions, chains, attempts]).
+
+  Returns:
+    {"questions": question indices with a first attempt, ascending;
+     "pass_at_1": [those questions] the share of right first attempts;
+     "samples": [those questions] how many first attempts}.
+  """
+  right, seen = _first_attempts(units)
+  questions = np.flatnonzero(seen)
+  return {"questions": questions.tolist(),
+          "pass_at_1": (right[questions] / seen[questions]).tolist(),
+          "samples": seen[questions].astype(int).tolist()}
+
+
 def fresh_baseline(units) -> dict:
   """The chance that a fresh sample would be right where the chains revised.
 
@@ -109,12 +146,8 @@ def fresh_baseline(units) -> dict:
     there are none), and "num_questions" with a first attempt.
   """
   units = [(first, _checked(correct)) for first, correct in units]
-  size = max((first + c.shape[0] for first, c in units), default=0)
-  right, seen = np.zeros(size), np.zeros(size)
-  for first, correct in units:
-    right[first:first + correct.shape[0]] += correct[:, :, 0].sum(axis=1)
-    seen[first:first + correct.shape[0]] += correct.shape[1]
-  fresh = np.divide(right, seen, out=np.zeros(size), where=seen > 0)
+  right, seen = _first_attempts(units)
+  fresh = np.divide(right, seen, out=np.zeros(len(seen)), where=seen > 0)
   totals = np.zeros(4)  # sum of p_q after incorrect, count, after correct, count
   for first, correct in units:
     p = np.broadcast_to(fresh[first:first + correct.shape[0], None, None],
@@ -168,7 +201,8 @@ def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int,
       whose task names its errors.
 
   Returns:
-    {"transitions", "fresh_baseline", "longest_chains": `attempt_accuracy`
+    {"transitions", "fresh_baseline", "first_attempts"
+     (`first_attempt_pass_at_1`), "longest_chains": `attempt_accuracy`
      with its "gain" and, when every one of its units has them,
      "first_errors" (`first_error_shares`); or None without a unit of p = 1}.
   """
@@ -178,6 +212,7 @@ def attempt_analysis(units: dict[str, tuple[int, np.ndarray]], seed: int,
       longest.setdefault(correct.shape[2], []).append((name, correct))
   analysis = {"transitions": transitions([c for _, c in units.values()]),
               "fresh_baseline": fresh_baseline(list(units.values())),
+              "first_attempts": first_attempt_pass_at_1(list(units.values())),
               "longest_chains": None}
   if longest:
     sequential = max(longest)
