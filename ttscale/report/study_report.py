@@ -216,7 +216,8 @@ def build(workdir: str) -> tuple[str, dict]:
       rows, bins, attempts, verifier_stage and verifier_stage.get("summary"),
       _accuracy(rows, "best_of_n", "", 1),
       _accuracy(rows, "revisions", "s=1,p=1,select=majority", 1),
-      dict(zip(difficulty["questions"], difficulty.get("pass_at_1", []), strict=False)))
+      dict(zip(difficulty["questions"], difficulty["pass_at_1"], strict=True))
+      if "pass_at_1" in difficulty else None)
   if attempts and attempts.get("longest_chains"):
     figures["fig6_attempts.png"] = lambda p: revision_figure.plot_attempts(
         attempts["longest_chains"], revisions["policy_one_sample"], p)
