@@ -122,3 +122,36 @@ def test_a_step_appended_scores_like_the_whole_prefix_with_step_likelihood(likel
   last, _ = model.extend(tokens[:, 7:], jnp.ones((1, 3), bool), cache)
   np.testing.assert_allclose(step[0, -1], full[0, 6], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(last[0, -1], full[0, 9], rtol=1e-5, atol=1e-5)
+
+
+def test_an_append_in_chunks_scores_and_caches_like_one_append(likelihood_model):
+  """Fails if the chunked trunk loses a step that crosses a chunk boundary
+  (its likelihood features restart), skips a chunk some row uses, or writes
+  other slots than one append does."""
+  model, _ = likelihood_model
+  graphdef, params = nnx.split(model)
+  params_dict = nnx.to_pure_dict(params)
+  params_dict["likelihood_weights"] = jnp.asarray([0.3, -0.7])  # nonzero: the features count
+  nnx.replace_by_pure_dict(params, params_dict)
+  model = nnx.merge(graphdef, params)
+  rng = np.random.default_rng(5)
+  tokens = rng.integers(5, CONFIG.vocab_size, size=(4, 16))
+  tokens[:, 2::3] = STEP                             # steps of 3 tokens: some cross column 4, 8
+  tokens = jnp.asarray(tokens, jnp.int32)
+  counts = jnp.asarray([0, 3, 9, 7])                 # no row reaches the last chunk
+  valid = jnp.arange(16)[None, :] < counts[:, None]
+  cache = init_cache(CONFIG, 4, 24)
+  prompt = jnp.asarray(rng.integers(5, CONFIG.vocab_size, size=(4, 5)), jnp.int32)
+  _, cache = model.extend(prompt, jnp.ones((4, 5), bool), cache)
+  whole, whole_cache = model.extend(tokens, valid, cache)
+  chunked, chunked_cache = jax.jit(lambda t, v, c: model.extend_in_chunks(t, v, c, 4))(
+      tokens, valid, cache)
+  np.testing.assert_allclose(np.where(valid, chunked, 0), np.where(valid, whole, 0),
+                             rtol=1e-5, atol=1e-5)
+  assert int(chunked_cache.write_index) == int(whole_cache.write_index) == 21
+  np.testing.assert_array_equal(chunked_cache.slot_valid, whole_cache.slot_valid)
+  np.testing.assert_array_equal(chunked_cache.next_position, whole_cache.next_position)
+  used = whole_cache.slot_valid[:, None, None, :]
+  for chunked_keys, whole_keys in zip(chunked_cache.keys, whole_cache.keys, strict=True):
+    np.testing.assert_allclose(np.where(used, chunked_keys, 0), np.where(used, whole_keys, 0),
+                               rtol=1e-5, atol=1e-5)

@@ -228,3 +228,25 @@ def test_flops_count_every_prefill_and_every_decoded_token(chains, model):
   context = len(chains.attempts[0][0][0].context)
   prefill = sum(config.flops_per_token(c) for c in range(1, context))
   assert float(rate.decode(0, context - 1)) == pytest.approx(prefill, rel=1e-5)
+
+
+def test_continuations_keep_the_callers_order_when_asked(model, tokenizer, sampler_config):
+  """Fails if `shortest_first=False` still sorts the contexts: batch b draws
+  with `fold_in(key, b)`, so a long context given first must get batch 0's
+  draws, those it gets when sampled alone."""
+  long, short = (revisions.context_tokens(tokenizer, TASK, q, []) for q in ("2*4-1", "3+4"))
+  assert len(long) > len(short)
+
+  def sample(contexts, shortest_first):
+    return generate.sample_continuations(
+        model, contexts, sampler_config=sampler_config, batch_size=BATCH_SIZE,
+        key=KEY, width=16, copies=BATCH_SIZE, shortest_first=shortest_first)
+
+  alone = [t.tolist() for t in sample([long], True).tokens]
+  kept = sample([long, short], False)
+  assert [t.tolist() for t in kept.tokens[:BATCH_SIZE]] == alone
+  assert len(kept.tokens) == 2 * BATCH_SIZE
+  # Sorted, the short context takes batch 0 and the long one batch 1's draws.
+  short_alone = [t.tolist() for t in sample([short], True).tokens]
+  sorted_ = sample([long, short], True)
+  assert [t.tolist() for t in sorted_.tokens[BATCH_SIZE:]] == short_alone

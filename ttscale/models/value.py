@@ -132,6 +132,51 @@ class ValueModel(nnx.Module):
     hidden, cache = self.decoder.extend(tokens, token_valid, cache)
     return self._logits(hidden, tokens, token_valid), cache
 
+  def extend_in_chunks(self, tokens: jax.Array, token_valid: jax.Array, cache: KVCache,
+                       chunk: int) -> tuple[jax.Array, KVCache]:
+    """`extend`, running the trunk `chunk` columns at a time and only up to the
+    last column that holds a real token of some row.
+
+    Search appends whole solutions (T = 128) or rollouts into fixed-width
+    buffers that are mostly padding; the trunk's cost then follows the
+    longest real append, not T. The slots are those `extend` uses (chunk c at
+    `write_index + c·chunk`); the slots of chunks left out stay invalid, as
+    every slot at or past `write_index` is. The head reads the whole width at
+    once, so the step-likelihood features see steps that cross chunks whole.
+
+    Args:
+      tokens: int32 [batch, T]; token_valid: bool [batch, T], real tokens of
+        a row first (a prefix of the columns); chunk: columns per trunk call
+        (T not a multiple of it, or not above it: one `extend`).
+
+    Returns:
+      (value logits float [batch, T], meaningless where not `token_valid`;
+      the cache, its `write_index` advanced by T as `extend` does).
+    """
+    batch, width = tokens.shape
+    if width <= chunk or width % chunk:
+      return self.extend(tokens, token_valid, cache)
+    start = cache.write_index
+    used = jnp.max(jnp.where(token_valid, jnp.arange(width)[None, :] + 1, 0))
+
+    def cond(carry):
+      column, _, _ = carry
+      return column < used
+
+    def body(carry):
+      column, hidden, cache = carry
+      piece = jax.lax.dynamic_slice_in_dim(tokens, column, chunk, axis=1)
+      piece_valid = jax.lax.dynamic_slice_in_dim(token_valid, column, chunk, axis=1)
+      piece_hidden, cache = self.decoder.extend(piece, piece_valid, cache)
+      hidden = jax.lax.dynamic_update_slice_in_dim(hidden, piece_hidden, column, axis=1)
+      return column + chunk, hidden, cache
+
+    piece_shape = jax.eval_shape(lambda t, v, c: self.decoder.extend(t, v, c)[0],
+                                 tokens[:, :chunk], token_valid[:, :chunk], cache)
+    hidden = jnp.zeros((batch, width, piece_shape.shape[-1]), piece_shape.dtype)
+    _, hidden, cache = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), hidden, cache))
+    return self._logits(hidden, tokens, token_valid), cache.replace(write_index=start + width)
+
 
 def init_from_policy(value_params: nnx.State, policy_params: nnx.State) -> nnx.State:
   """`value_params` with the trunk (`decoder`) replaced by the policy's.

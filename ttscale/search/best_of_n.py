@@ -2,7 +2,9 @@
 
 The N samples of a question are rows of the batch; each prompt is prefilled
 once and copied. Whole solutions are sampled, then appended to the PRM's
-cache in one call; a solution's score is the PRM's score at its last step end
+cache in one call, whose trunk runs only over the columns some row uses
+(`common.PRM_APPEND_CHUNK` at a time: solutions fill about half of their
+128-token buffer); a solution's score is the PRM's score at its last step end
 (`last` aggregation, the paper's best; or the lowest of its step scores,
 `min`). The answer is chosen on the host
 (`select.weighted_best_of_n` over the decoded final answers).

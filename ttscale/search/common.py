@@ -18,6 +18,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from ttscale.models import ExtendFn, init_cache, policy_extend_fn
 from ttscale.models.config import ModelConfig
@@ -25,6 +26,10 @@ from ttscale.models.kv_cache import KVCache
 from ttscale.search import sampling
 from ttscale.search.budget import FlopsRate
 from ttscale.search.exact_verifier import ExactVerifier
+
+# Columns per PRM trunk call when search appends a whole solution (128 wide)
+# or a rollout (k·S): appended rows are mostly padding past their longest.
+PRM_APPEND_CHUNK = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +57,15 @@ class SearchModels:
   def prm_extend(self) -> ExtendFn:
     # `ValueModel.extend` has the policy's signature: (params, tokens, valid, cache).
     return policy_extend_fn(self.prm_graphdef)
+
+  def prm_append(self, prm_params, tokens, token_valid, cache):
+    """`prm_extend` for appends of a step or more: a PRM that can
+    (`ValueModel.extend_in_chunks`) runs its trunk only over the columns some
+    row uses."""
+    prm = nnx.merge(self.prm_graphdef, prm_params)
+    if hasattr(prm, "extend_in_chunks"):
+      return prm.extend_in_chunks(tokens, token_valid, cache, PRM_APPEND_CHUNK)
+    return prm.extend(tokens, token_valid, cache)
 
   @property
   def policy_rate(self) -> FlopsRate:
@@ -117,7 +131,7 @@ def append_to_prm(models: SearchModels, prm_params, prm_cache: KVCache, tokens: 
   valid = jnp.arange(tokens.shape[1])[None, :] < counts[:, None]
   start_context = prm_cache.next_position
   write_index = prm_cache.write_index
-  logits, prm_cache = models.prm_extend(prm_params, tokens, valid, prm_cache)
+  logits, prm_cache = models.prm_append(prm_params, tokens, valid, prm_cache)
   prm_cache = prm_cache.replace(write_index=write_index + jnp.max(counts))
   return jax.nn.sigmoid(logits), prm_cache, models.prm_rate.decode(start_context, counts)
 

@@ -83,16 +83,16 @@ def sample_continuations(policy: Network, contexts: list[list[int]], *,
                          sampler_config: sampling.SamplerConfig,
                          batch_size: int, key: jax.Array, width: int | None = None,
                          width_multiple: int = _PROMPT_WIDTH_MULTIPLE,
-                         copies: int = 1, mesh=None, rules=None,
-                         progress: Progress | None = None) -> Continuations:
+                         copies: int = 1, shortest_first: bool = True, mesh=None,
+                         rules=None, progress: Progress | None = None) -> Continuations:
   """Continues every context (a token list ending in its last context token)
   `copies` times.
 
   Rows are decoded in fixed-shape batches of `batch_size` (the last one
-  padded), contexts taken shortest first: a batch decodes until its longest
-  row stops, and context length predicts continuation length (on the
-  embedded task, the number of operations), so batches of like lengths stop
-  sooner. Batch b draws with `fold_in(key, b)`, so the same contexts and key
+  padded), contexts taken shortest first (or as given): a batch decodes until
+  its longest row stops, and context length predicts continuation length (on
+  the embedded task, the number of operations), so batches of like lengths
+  stop sooner. Batch b draws with `fold_in(key, b)`, so the same contexts and key
   give the same continuations. A context is prefilled once for its copies
   when `copies` divides `batch_size` (otherwise once per copy).
 
@@ -102,6 +102,9 @@ def sample_continuations(policy: Network, contexts: list[list[int]], *,
       takes its own, `context_width(batch, width_multiple)`, so that short
       batches attend over a short cache (a program per distinct width).
     copies: continuations per context, in consecutive rows.
+    shortest_first: False keeps the contexts' order in the batches, for a
+      caller that knows better what predicts continuation length (MC
+      rollouts: the steps left in the solution a prefix was cut from).
     mesh, rules: rows are split over the mesh's "data" axis (None: one device).
     progress: updated once per batch.
 
@@ -113,8 +116,9 @@ def sample_continuations(policy: Network, contexts: list[list[int]], *,
     contexts, copies = [c for c in contexts for _ in range(copies)], 1
   per_batch = batch_size // copies
   num_batches = -(-len(contexts) // per_batch)
-  # Shortest first (stable); rows go back to the input order at the end.
-  order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+  # Shortest first (stable) or as given; rows go back to the input order at the end.
+  order = (sorted(range(len(contexts)), key=lambda i: len(contexts[i])) if shortest_first
+           else list(range(len(contexts))))
   ordered = [contexts[i] for i in order]
   tokens: list[np.ndarray] = []
   ended: list[bool] = []

@@ -228,8 +228,9 @@ def _roll_out_part(policy, solutions, pairs, settings: RolloutSettings, number: 
       sampler_config=dataclasses.replace(settings.sampler_config, max_new_tokens=part_budget),
       batch_size=settings.batch_size,
       key=jax.random.fold_in(jax.random.key(settings.seed), number),
-      width=width, copies=settings.num_rollouts, mesh=mesh, rules=rules,
-      progress=progress)
+      width=width, copies=settings.num_rollouts,
+      # In `_rollout_order`'s order: by steps left, so a batch's rows end together.
+      shortest_first=False, mesh=mesh, rules=rules, progress=progress)
   return out, remaining
 
 
