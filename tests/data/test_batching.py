@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ttscale.data.batching import TrainBatches, encode_example, left_pad, pack_sequences
+from ttscale.data.batching import (
+  TrainBatches,
+  encode_example,
+  left_pad,
+  pack_sequences,
+  rows_by_length,
+)
 from ttscale.data.tokenizer import train_tokenizer
 from ttscale.tasks.arith import ArithTask
 
@@ -183,6 +189,92 @@ def test_train_batches_reject_too_few_rows_and_negative_steps():
     _row_batches(num_rows=3, batch_size=4)
   with pytest.raises(ValueError, match="step"):
     _row_batches().batch(-1)
+
+
+def test_verifier_rows_are_cut_to_the_narrowest_width_with_their_labels_whole():
+  """Fails if a row loses a token or a label, carries another row's labels,
+  or is cut wider than it needs."""
+  rng = np.random.default_rng(2)
+  lengths = rng.integers(1, 33, size=120)
+  inputs = np.where(np.arange(32)[None, :] < lengths[:, None],
+                    np.arange(1, 121)[:, None], 0).astype(np.int32)
+  arrays = {"inputs": inputs, "token_mask": (inputs > 0).astype(np.float32),
+            "step_ends": np.stack([lengths - 1, lengths // 2], axis=1).astype(np.int32),
+            "targets": np.arange(120, dtype=np.float32)[:, None] * np.ones((1, 2))}
+  batches = rows_by_length(arrays, lengths.tolist(), batch_size=2, seed=0)
+  seen = 0
+  for step in range(batches.steps_per_epoch):
+    batch = batches.batch(step)
+    rows, width = batch["inputs"].shape
+    assert rows * width == 2 * 32 and batch["step_ends"].shape == (rows, 2)
+    for r in range(rows):
+      row = int(batch["inputs"][r, 0]) - 1
+      assert width == min(w for w in (8, 16, 32) if w >= lengths[row])
+      assert np.count_nonzero(batch["inputs"][r]) == lengths[row]
+      assert batch["token_mask"][r].sum() == lengths[row]
+      assert batch["step_ends"][r, 0] == lengths[row] - 1 < width
+      assert batch["targets"][r, 0] == row
+      seen += 1
+  assert seen > 0.85 * len(lengths)
+
+
+def _rows_of_lengths(lengths):
+  """Verifier-like rows: row i holds len i's worth of the token i + 1."""
+  lengths = np.asarray(lengths)
+  inputs = np.where(np.arange(32)[None, :] < lengths[:, None],
+                    np.arange(1, len(lengths) + 1)[:, None], 0).astype(np.int32)
+  return {"inputs": inputs, "step_ends": (lengths - 1)[:, None].astype(np.int32)}
+
+
+def _widths_of(batches):
+  """{row number: the width it was served in}."""
+  widths = {}
+  for step in range(batches.steps_per_epoch):
+    batch = batches.batch(step)
+    widths.update({int(i): batch["inputs"].shape[1] for i in batch["inputs"][:, 0]})
+  return widths
+
+
+def test_a_width_too_sparse_for_a_batch_is_served_wider():
+  """Three short rows cannot fill the 8-wide width's batch of 8: they go in
+  the 16-wide batches. A single long row cannot fill a batch of the widest
+  (2 rows): the 16-wide rows join it there."""
+  lengths = [3, 4, 5] + [12] * 40 + [30] * 6
+  batches = rows_by_length(_rows_of_lengths(lengths), lengths, batch_size=2, seed=0)
+  assert batches.widths == [16, 32]
+  assert {w for i, w in _widths_of(batches).items() if i <= 3} == {16}
+  lengths = [3] * 40 + [12] * 40 + [30]
+  batches = rows_by_length(_rows_of_lengths(lengths), lengths, batch_size=2, seed=0)
+  assert batches.widths == [8, 32]
+  widths = _widths_of(batches)
+  assert {w for i, w in widths.items() if i > 40} == {32}
+
+
+def test_bucketed_batches_are_a_function_of_seed_and_step():
+  lengths = np.random.default_rng(1).integers(1, 33, 200).tolist()
+
+  def make(seed):
+    return rows_by_length(_rows_of_lengths(lengths), lengths, batch_size=2, seed=seed)
+
+  first, again, other = make(0), make(0), make(1)
+  steps = (17, 2, 40, 2)
+  assert all(np.array_equal(first.batch(s)["inputs"], again.batch(s)["inputs"]) for s in steps)
+  assert any(first.batch(s)["inputs"].shape != other.batch(s)["inputs"].shape
+             or not np.array_equal(first.batch(s)["inputs"], other.batch(s)["inputs"])
+             for s in steps)
+  epoch = first.steps_per_epoch
+  assert any(first.batch(s)["inputs"].shape != first.batch(s + epoch)["inputs"].shape
+             or not np.array_equal(first.batch(s)["inputs"], first.batch(s + epoch)["inputs"])
+             for s in range(epoch))
+
+
+def test_bucketed_batches_reject_too_long_rows_too_few_rows_and_negative_steps():
+  with pytest.raises(ValueError, match="row 1 has 40 tokens"):
+    rows_by_length(_rows_of_lengths([5, 3]), [5, 40], batch_size=1, seed=0)
+  with pytest.raises(ValueError, match="batch_size=4"):
+    rows_by_length(_rows_of_lengths([5, 6, 30]), [5, 6, 30], batch_size=4, seed=0)
+  with pytest.raises(ValueError, match="step"):
+    rows_by_length(_rows_of_lengths([5, 6]), [5, 6], batch_size=1, seed=0).batch(-1)
 
 
 def test_left_pad_right_aligns_sequences():

@@ -227,6 +227,137 @@ class TrainBatches:
     return {name: array[batch_rows] for name, array in self._packed.items()}
 
 
+class BucketedBatches:
+  """Batches from rows of several widths, each batch of one width.
+
+  Verifier rows of long-context data (revision attempts after 0 to 4
+  previous ones) padded to the longest row's width pay for padding and
+  attention across the whole row. `rows_by_length` cuts each row to the
+  narrowest of the widths `seq_len // d` (d in `divisions`) that holds it,
+  with `batch_size · d` rows a batch, so every batch carries
+  `batch_size · seq_len` positions and each width is one compiled program.
+  Measured on the policy's shape (2 cores, forward and backward): 14.5k
+  positions/s in rows of 704, 22k in 352, 27k in 176.
+
+  Epoch e visits every width's batches in an order drawn from (seed, e),
+  each width's rows permuted by (seed, e, width) and its leftover rows
+  dropped, so a step's batch is a pure function of (seed, step), as
+  `TrainBatches`'s is.
+  """
+
+  def __init__(self, buckets: Sequence[dict[str, np.ndarray]], rows_per_batch: Sequence[int],
+               seed: int):
+    """Serves `buckets[b]` (arrays with a common leading row axis) in
+    batches of `rows_per_batch[b]` rows; each holds at least one batch."""
+    self._buckets = list(buckets)
+    self._rows_per_batch = list(rows_per_batch)
+    self.widths = [int(rows["inputs"].shape[1]) for rows in self._buckets]
+    self._batches_per_bucket = [rows["inputs"].shape[0] // per
+                                for rows, per in zip(self._buckets, self._rows_per_batch,
+                                                     strict=True)]
+    assert all(self._batches_per_bucket), "every width needs a batch's rows"
+    self._seed = seed
+    self._cached_epoch = -1
+    self._cached_plan: tuple = ()
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return sum(self._batches_per_bucket)
+
+  @property
+  def num_rows(self) -> dict[int, int]:
+    """{width: rows}."""
+    return {width: int(rows["inputs"].shape[0])
+            for width, rows in zip(self.widths, self._buckets, strict=True)}
+
+  def _epoch_plan(self, epoch: int) -> tuple:
+    if epoch != self._cached_epoch:
+      rng = np.random.default_rng([self._seed, epoch])
+      slots = np.concatenate([np.stack([np.full(n, b), np.arange(n)], axis=1)
+                              for b, n in enumerate(self._batches_per_bucket)])
+      orders = [np.random.default_rng([self._seed, epoch, width]).permutation(
+          rows["inputs"].shape[0]) for width, rows in zip(self.widths, self._buckets,
+                                                          strict=True)]
+      self._cached_plan = (slots[rng.permutation(len(slots))], orders)
+      self._cached_epoch = epoch
+    return self._cached_plan
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The batch of training step `step` (from 0): its width's arrays, rows first."""
+    if step < 0:
+      raise ValueError(f"step must be >= 0, got {step}")
+    epoch, step_in_epoch = divmod(step, self.steps_per_epoch)
+    slots, orders = self._epoch_plan(epoch)
+    bucket, k = slots[step_in_epoch]
+    per = self._rows_per_batch[bucket]
+    rows = orders[bucket][k * per:(k + 1) * per]
+    return {name: array[rows] for name, array in self._buckets[bucket].items()}
+
+
+def _width_groups(lengths: Sequence[int], seq_len: int, batch_size: int,
+                  divisions: Sequence[int]) -> list[tuple[int, int, list[int]]]:
+  """Which rows go in which width.
+
+  Each row goes to the narrowest width `seq_len // d` that holds its
+  sequence. A width with fewer rows than one batch of `batch_size · d` hands
+  them to the next wider one; the widest, if short of a batch, takes the
+  narrower ones' rows back until it has one.
+
+  Returns:
+    [(width, d, sequence indices)], narrowest first.
+
+  Raises:
+    ValueError: a sequence longer than `seq_len`, `divisions` not ending
+      in 1, or fewer rows in all than one batch.
+  """
+  divisions = sorted(set(divisions), reverse=True)
+  if divisions[-1] != 1 or seq_len // divisions[0] < 1:
+    raise ValueError(f"divisions={tuple(divisions)}: expected positive divisors of "
+                     f"seq_len={seq_len} down to 1")
+  widths = [seq_len // d for d in divisions]
+  members: list[list[int]] = [[] for _ in widths]
+  for index, length in enumerate(lengths):
+    if not 1 <= length <= seq_len:
+      raise ValueError(f"row {index} has {length} tokens: expected 1 to the rows' "
+                       f"width, {seq_len}")
+    members[next(j for j, width in enumerate(widths) if length <= width)].append(index)
+  kept = []
+  for j in range(len(widths) - 1):
+    if members[j] and len(members[j]) < batch_size * divisions[j]:
+      members[j + 1] += members[j]     # too few for a batch: rows of the next width
+    elif members[j]:
+      kept.append(j)
+  last = len(widths) - 1
+  while kept and members[last] and len(members[last]) < batch_size:
+    members[last] += members[kept.pop()]
+  if members[last]:
+    kept.append(last)
+  rows = len(members[kept[-1]]) if kept else 0
+  if rows < batch_size * divisions[kept[-1] if kept else last]:
+    raise ValueError(f"batch_size={batch_size} must be in [1, {rows}], the number of "
+                     "rows")
+  return [(widths[j], divisions[j], sorted(members[j])) for j in kept]
+
+
+def rows_by_length(arrays: dict[str, np.ndarray], lengths: Sequence[int], batch_size: int,
+                   seed: int, divisions: Sequence[int] = (4, 2, 1)) -> BucketedBatches:
+  """`BucketedBatches` of one sequence a row (verifier rows): row i of
+  `arrays`, its tokens in the first `lengths[i]` columns, cut to the
+  narrowest width that holds it.
+
+  Args:
+    arrays: [n, W] token-aligned arrays (those with `inputs`' shape) and
+      [n, ...] others (step ends, labels), which are kept whole.
+  """
+  num_rows, seq_len = arrays["inputs"].shape
+  along_tokens = [name for name, a in arrays.items() if a.shape == (num_rows, seq_len)]
+  groups = _width_groups(lengths, seq_len, batch_size, divisions)
+  return BucketedBatches(
+      [{name: (a[indices, :width] if name in along_tokens else a[indices])
+        for name, a in arrays.items()} for width, _, indices in groups],
+      [batch_size * d for _, d, _ in groups], seed)
+
+
 def left_pad(
   sequences: Sequence[Sequence[int]], length: int, pad_id: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from flax import nnx
 
-from ttscale.data.batching import TrainBatches
+from ttscale.data.batching import TrainBatches, rows_by_length
 from ttscale.data.verifier_data import verifier_arrays
 from ttscale.models import ModelConfig, ValueModel, policy_forward_fn
 from ttscale.models.value import init_from_policy
@@ -79,7 +79,13 @@ def train_value_model(*, name: str, records: list[dict], target: str, init_param
       logits = forward(params, batch["inputs"], batch["positions"])
       return step_value_loss(logits, batch["step_ends"], batch["step_mask"], batch["targets"])
 
-  batches = TrainBatches(train_arrays, train_config.batch_size, seed=seed + 5)
+  if frozen_trunk_features:
+    batches = TrainBatches(train_arrays, train_config.batch_size, seed=seed + 5)
+  else:
+    # Rows cut to three widths: with previous attempts in context (revision
+    # verifiers) most rows are far shorter than the longest.
+    lengths = train_arrays["token_mask"].sum(axis=1).astype(int).tolist()
+    batches = rows_by_length(train_arrays, lengths, train_config.batch_size, seed=seed + 5)
   log(f"{name}: {train_arrays['step_mask'].shape[0]} solutions, "
       f"{int(train_arrays['step_mask'].sum())} labelled steps; "
       f"{holdout_arrays['step_mask'].shape[0]} held out; "
