@@ -362,3 +362,30 @@ def test_sampling_rule_rejects_negative_temperature():
 def test_sampling_rule_rejects_top_p_outside_the_unit_interval(top_p):
   with pytest.raises(ValueError, match=f"top_p={top_p}"):
     SamplingRule(top_p=top_p)
+
+
+def test_solutions_begun_in_a_half_cache_end_as_in_one_cache(greedy_out):
+  """Fails if the rows still running after the first part lose or repeat a
+  token when the cache grows, if a row that ended there samples again, or
+  if lengths, ends and truncation are not those of one `sample`."""
+  graphdef, _, config = testing.tiny_policy(POLICY_SEED)
+  extend = policy_extend_fn(graphdef)
+  first_tokens = 4  # row 1 ends within it (3 tokens); rows 0 and 2 go on
+
+  @jax.jit
+  def run(params, prompts, lengths, rng):
+    cache = init_cache(config, prompts.shape[0], PROMPT_WIDTH + first_tokens)
+    cache, pending = sampling.prefill(extend, params, cache, prompts, lengths)
+    return sampling.sample_in_two_caches(extend, params, cache, pending,
+                                         jnp.ones(pending.shape, bool), rng, GREEDY,
+                                         first_tokens, MAX_SLOTS)
+
+  padded = np.array([[0] * (PROMPT_WIDTH - len(p)) + p for p in PROMPTS], np.int32)
+  out = run(_params(), padded, np.array([len(p) for p in PROMPTS], np.int32), _key(0))
+  assert out.tokens.shape == (len(PROMPTS), BUDGET) and out.cache.max_slots == MAX_SLOTS
+  assert _continuations(out) == _continuations(greedy_out)
+  assert 0 < min(out.lengths) < first_tokens < max(out.lengths)
+  np.testing.assert_array_equal(out.tokens, greedy_out.tokens)
+  np.testing.assert_allclose(out.logprobs, greedy_out.logprobs, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(out.ended_solution, greedy_out.ended_solution)
+  np.testing.assert_array_equal(out.truncated, greedy_out.truncated)

@@ -82,12 +82,15 @@ def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, l
   assert sampler_config.stop_at == sampling.StopAt.SOLUTION
   width = prompts.shape[1]
   budget = sampler_config.max_new_tokens
+  # Solutions start in a policy cache of half their budget (`sample_in_two_caches`).
+  first_tokens = budget // 2
   started = common.start(models, policy_params, prm_params, prompts, lengths,
-                         num_samples, slots=width + budget, prm_slots=width + budget)
+                         num_samples, slots=width + first_tokens, prm_slots=width + budget)
   rows = started.pending.shape[0]
   context = started.policy_cache.next_position
-  out = sampling.sample(models.policy_extend, policy_params, started.policy_cache,
-                        started.pending, jnp.ones((rows,), bool), rng, sampler_config)
+  out = sampling.sample_in_two_caches(
+      models.policy_extend, policy_params, started.policy_cache, started.pending,
+      jnp.ones((rows,), bool), rng, sampler_config, first_tokens, width + budget)
   policy_flops = models.policy_rate.decode(context, out.lengths)
   if models.exact_verifier is not None:
     scores = models.exact_verifier.scores(prompts, lengths, out.tokens, out.lengths)

@@ -182,6 +182,66 @@ def sample(extend_fn: ExtendFn, params, cache: KVCache, pending: jax.Array,
   )
 
 
+def grow_cache(cache: KVCache, max_slots: int) -> KVCache:
+  """`cache` with `max_slots` slots, the new ones free (a copy of the buffers)."""
+  extra = max_slots - cache.max_slots
+  return cache.replace(
+      keys=tuple(jnp.pad(k, ((0, 0), (0, 0), (0, 0), (0, extra))) for k in cache.keys),
+      values=tuple(jnp.pad(v, ((0, 0), (0, 0), (0, extra), (0, 0))) for v in cache.values),
+      slot_valid=jnp.pad(cache.slot_valid, ((0, 0), (0, extra))))
+
+
+def sample_in_two_caches(extend_fn: ExtendFn, params, cache: KVCache, pending: jax.Array,
+                         active: jax.Array, rng: jax.Array, config: SamplerConfig,
+                         first_tokens: int, max_slots: int) -> SampleOutput:
+  """`sample` of whole solutions, its first `first_tokens` trips in `cache`
+  as given, the rest, for the rows still running, in the cache grown to
+  `max_slots` slots.
+
+  A decode trip reads every slot of the cache, used or not; most solutions
+  end well within their token budget, so a cache sized for the whole budget
+  is mostly empty while they are sampled. The second half runs only if some
+  row is still running. Its draws come from another key than a one-cache
+  `sample`'s, so the samples differ from those, not in distribution.
+
+  Args:
+    cache: with at least `first_tokens` free slots (more are never used in
+      the first part).
+    config: `StopAt.SOLUTION`; `max_new_tokens` > `first_tokens`.
+    max_slots: the grown cache's slots (its free ones bound the rest).
+
+  Returns:
+    As `sample`, its arrays `config.max_new_tokens` wide and its cache
+    `max_slots` wide.
+  """
+  assert config.stop_at == StopAt.SOLUTION and 0 < first_tokens < config.max_new_tokens
+  first_rng, second_rng = jax.random.split(rng)
+  first = sample(extend_fn, params, cache, pending, active, first_rng,
+                 dataclasses.replace(config, max_new_tokens=first_tokens))
+  rest = dataclasses.replace(config, max_new_tokens=config.max_new_tokens - first_tokens)
+  running = first.truncated
+  grown = grow_cache(first.cache, max_slots)
+
+  def go_on(_):
+    return sample(extend_fn, params, grown, first.pending, running, second_rng, rest)
+
+  def done(_):
+    batch = pending.shape[0]
+    return SampleOutput(
+        tokens=jnp.zeros((batch, rest.max_new_tokens), jnp.int32),
+        logprobs=jnp.zeros((batch, rest.max_new_tokens), jnp.float32),
+        lengths=jnp.zeros((batch,), jnp.int32), ended_solution=jnp.zeros((batch,), bool),
+        truncated=jnp.zeros((batch,), bool), cache=grown, pending=first.pending)
+
+  second = jax.lax.cond(jnp.any(running), go_on, done, None)
+  return SampleOutput(
+      tokens=jnp.concatenate([first.tokens, second.tokens], axis=1),
+      logprobs=jnp.concatenate([first.logprobs, second.logprobs], axis=1),
+      lengths=first.lengths + second.lengths,
+      ended_solution=first.ended_solution | second.ended_solution,
+      truncated=second.truncated, cache=second.cache, pending=second.pending)
+
+
 def prefill(extend_fn: ExtendFn, params, cache: KVCache, prompts: jax.Array,
             lengths: jax.Array) -> tuple[KVCache, jax.Array]:
   """Writes all but the last token of each prompt into `cache`.
