@@ -107,13 +107,17 @@ def test_step_likelihood_features_are_the_steps_token_log_probs(likelihood_model
   np.testing.assert_allclose(features[0, 7], [0.0, 0.0], atol=1e-6)  # a step's first token
 
 
-def test_a_step_appended_scores_like_the_whole_prefix_with_step_likelihood(likelihood_model):
-  model, _ = likelihood_model
+def _weighing_likelihood(model):
+  """`model` with nonzero likelihood weights, so that the features count."""
   graphdef, params = nnx.split(model)
   params_dict = nnx.to_pure_dict(params)
-  params_dict["likelihood_weights"] = jnp.asarray([0.3, -0.7])  # nonzero: the features count
+  params_dict["likelihood_weights"] = jnp.asarray([0.3, -0.7])
   nnx.replace_by_pure_dict(params, params_dict)
-  model = nnx.merge(graphdef, params)
+  return nnx.merge(graphdef, params)
+
+
+def test_a_step_appended_scores_like_the_whole_prefix_with_step_likelihood(likelihood_model):
+  model = _weighing_likelihood(likelihood_model[0])
   tokens = jnp.asarray([[2, 7, STEP, 9, 10, 11, STEP, 12, 13, EOS]], jnp.int32)
   full = model(tokens, jnp.arange(10)[None])
   cache = init_cache(CONFIG, 1, 16)
@@ -128,12 +132,7 @@ def test_an_append_in_chunks_scores_and_caches_like_one_append(likelihood_model)
   """Fails if the chunked trunk loses a step that crosses a chunk boundary
   (its likelihood features restart), skips a chunk some row uses, or writes
   other slots than one append does."""
-  model, _ = likelihood_model
-  graphdef, params = nnx.split(model)
-  params_dict = nnx.to_pure_dict(params)
-  params_dict["likelihood_weights"] = jnp.asarray([0.3, -0.7])  # nonzero: the features count
-  nnx.replace_by_pure_dict(params, params_dict)
-  model = nnx.merge(graphdef, params)
+  model = _weighing_likelihood(likelihood_model[0])
   rng = np.random.default_rng(5)
   tokens = rng.integers(5, CONFIG.vocab_size, size=(4, 16))
   tokens[:, 2::3] = STEP                             # steps of 3 tokens: some cross column 4, 8
