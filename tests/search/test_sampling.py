@@ -9,6 +9,7 @@ one call vs two, a batch vs a row alone).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -389,3 +390,10 @@ def test_solutions_begun_in_a_half_cache_end_as_in_one_cache(greedy_out):
   np.testing.assert_allclose(out.logprobs, greedy_out.logprobs, rtol=1e-4, atol=1e-4)
   np.testing.assert_array_equal(out.ended_solution, greedy_out.ended_solution)
   np.testing.assert_array_equal(out.truncated, greedy_out.truncated)
+
+
+def test_only_whole_solutions_of_32_tokens_or_more_start_in_a_half_cache():
+  wide = dataclasses.replace(GREEDY, max_new_tokens=128)
+  assert sampling.first_cache_tokens(wide) == 64
+  assert sampling.first_cache_tokens(GREEDY) == 0                                  # 8 tokens
+  assert sampling.first_cache_tokens(dataclasses.replace(wide, stop_at=StopAt.STEP)) == 0

@@ -83,9 +83,9 @@ def best_of_n(models: common.SearchModels, policy_params, prm_params, prompts, l
   width = prompts.shape[1]
   budget = sampler_config.max_new_tokens
   # Solutions start in a policy cache of half their budget (`sample_in_two_caches`).
-  first_tokens = budget // 2
-  started = common.start(models, policy_params, prm_params, prompts, lengths,
-                         num_samples, slots=width + first_tokens, prm_slots=width + budget)
+  first_tokens = sampling.first_cache_tokens(sampler_config)
+  started = common.start(models, policy_params, prm_params, prompts, lengths, num_samples,
+                         slots=width + (first_tokens or budget), prm_slots=width + budget)
   rows = started.pending.shape[0]
   context = started.policy_cache.next_position
   out = sampling.sample_in_two_caches(

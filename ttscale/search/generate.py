@@ -26,7 +26,6 @@ from ttscale.search import sampling
 from ttscale.tasks.base import Task
 
 _PROMPT_WIDTH_MULTIPLE = 16  # few distinct prompt widths → few compilations
-_TWO_CACHES_FROM = 32        # token budgets from which solutions start in a half cache
 
 
 @dataclasses.dataclass
@@ -57,9 +56,7 @@ def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
   max_slots = prompt_width + sampler_config.max_new_tokens
   # Whole solutions start in a cache of half their token budget (a decode
   # trip reads every slot); the rows still running then go on in a full one.
-  first_tokens = (sampler_config.max_new_tokens // 2
-                  if sampler_config.stop_at == sampling.StopAt.SOLUTION
-                  and sampler_config.max_new_tokens >= _TWO_CACHES_FROM else 0)
+  first_tokens = sampling.first_cache_tokens(sampler_config)
 
   @jax.jit
   def run(params, prompts, lengths, rng):
@@ -70,11 +67,8 @@ def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
       rows = jnp.repeat(jnp.arange(batch_size // copies), copies)
       cache, pending = sampling.gather_rows((cache, pending), rows)
     active = jnp.ones((batch_size,), bool)
-    if first_tokens:
-      out = sampling.sample_in_two_caches(extend_fn, params, cache, pending, active, rng,
-                                          sampler_config, first_tokens, max_slots)
-    else:
-      out = sampling.sample(extend_fn, params, cache, pending, active, rng, sampler_config)
+    out = sampling.sample_in_two_caches(extend_fn, params, cache, pending, active, rng,
+                                        sampler_config, first_tokens, max_slots)
     return out.tokens, out.lengths, out.ended_solution
 
   return run

@@ -191,6 +191,18 @@ def grow_cache(cache: KVCache, max_slots: int) -> KVCache:
       slot_valid=jnp.pad(cache.slot_valid, ((0, 0), (0, extra))))
 
 
+# Token budgets from which whole solutions start in a cache of half the budget.
+_TWO_CACHES_FROM = 32
+
+
+def first_cache_tokens(config: SamplerConfig) -> int:
+  """The trips `sample_in_two_caches` runs in its first cache: half the
+  budget for whole solutions of 32 tokens or more, else 0 (one cache)."""
+  if config.stop_at == StopAt.SOLUTION and config.max_new_tokens >= _TWO_CACHES_FROM:
+    return config.max_new_tokens // 2
+  return 0
+
+
 def sample_in_two_caches(extend_fn: ExtendFn, params, cache: KVCache, pending: jax.Array,
                          active: jax.Array, rng: jax.Array, config: SamplerConfig,
                          first_tokens: int, max_slots: int) -> SampleOutput:
@@ -208,13 +220,17 @@ def sample_in_two_caches(extend_fn: ExtendFn, params, cache: KVCache, pending: j
     cache: with at least `first_tokens` free slots (more are never used in
       the first part).
     config: `StopAt.SOLUTION`; `max_new_tokens` > `first_tokens`.
+    first_tokens: `first_cache_tokens(config)`; 0 is one `sample` in
+      `cache` as given (then of `max_slots` slots).
     max_slots: the grown cache's slots (its free ones bound the rest).
 
   Returns:
     As `sample`, its arrays `config.max_new_tokens` wide and its cache
     `max_slots` wide.
   """
-  assert config.stop_at == StopAt.SOLUTION and 0 < first_tokens < config.max_new_tokens
+  if not first_tokens:
+    return sample(extend_fn, params, cache, pending, active, rng, config)
+  assert config.stop_at == StopAt.SOLUTION and first_tokens < config.max_new_tokens
   first_rng, second_rng = jax.random.split(rng)
   first = sample(extend_fn, params, cache, pending, active, first_rng,
                  dataclasses.replace(config, max_new_tokens=first_tokens))
