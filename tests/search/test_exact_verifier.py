@@ -100,8 +100,7 @@ def _search(tokenizer, verifier, method: str):
                              step_id=tokenizer.step_id, eos_id=tokenizer.eos_id,
                              group_size=2 if method == "dvts" else 0)
     program = functools.partial(beam.beam_search, models, config=config)
-  # Key 4: best-of-N's 8 draws hold both right and wrong solutions.
-  out = jax.jit(program)(policy.params, prm_params, prompts, lengths, jax.random.key(4))
+  out = jax.jit(program)(policy.params, prm_params, prompts, lengths, jax.random.key(3))
   return jax.tree.map(np.asarray, out)
 
 

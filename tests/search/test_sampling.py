@@ -392,7 +392,7 @@ def test_solutions_begun_in_a_half_cache_end_as_in_one_cache(greedy_out):
   np.testing.assert_array_equal(out.truncated, greedy_out.truncated)
 
 
-def test_only_whole_solutions_of_32_tokens_or_more_start_in_a_half_cache():
+def test_only_whole_solutions_of_64_tokens_or_more_start_in_a_half_cache():
   wide = dataclasses.replace(GREEDY, max_new_tokens=128)
   assert sampling.first_cache_tokens(wide) == 64
   assert sampling.first_cache_tokens(GREEDY) == 0                                  # 8 tokens

@@ -191,13 +191,14 @@ def grow_cache(cache: KVCache, max_slots: int) -> KVCache:
       slot_valid=jnp.pad(cache.slot_valid, ((0, 0), (0, extra))))
 
 
-# Token budgets from which whole solutions start in a cache of half the budget.
-_TWO_CACHES_FROM = 32
+# Token budgets from which whole solutions start in a cache of half the budget
+# (smaller ones gain less than the second loop costs to compile).
+_TWO_CACHES_FROM = 64
 
 
 def first_cache_tokens(config: SamplerConfig) -> int:
   """The trips `sample_in_two_caches` runs in its first cache: half the
-  budget for whole solutions of 32 tokens or more, else 0 (one cache)."""
+  budget for whole solutions of 64 tokens or more, else 0 (one cache)."""
   if config.stop_at == StopAt.SOLUTION and config.max_new_tokens >= _TWO_CACHES_FROM:
     return config.max_new_tokens // 2
   return 0
