@@ -139,10 +139,10 @@ def test_an_append_in_chunks_scores_and_caches_like_one_append(likelihood_model)
   tokens = jnp.asarray(tokens, jnp.int32)
   counts = jnp.asarray([0, 3, 9, 7])                 # no row reaches the last chunk
   valid = jnp.arange(16)[None, :] < counts[:, None]
-  cache = init_cache(CONFIG, 4, 24)
   prompt = jnp.asarray(rng.integers(5, CONFIG.vocab_size, size=(4, 5)), jnp.int32)
-  _, cache = model.extend(prompt, jnp.ones((4, 5), bool), cache)
-  whole, whole_cache = model.extend(tokens, valid, cache)
+  extend = jax.jit(lambda t, v, c: model.extend(t, v, c))     # jitted: eager is slow
+  _, cache = extend(prompt, jnp.ones((4, 5), bool), init_cache(CONFIG, 4, 24))
+  whole, whole_cache = extend(tokens, valid, cache)
   chunked, chunked_cache = jax.jit(lambda t, v, c: model.extend_in_chunks(t, v, c, 4))(
       tokens, valid, cache)
   np.testing.assert_allclose(np.where(valid, chunked, 0), np.where(valid, whole, 0),
