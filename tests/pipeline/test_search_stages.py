@@ -240,3 +240,38 @@ def test_sweep_with_another_max_rounds_names_it_and_leaves_the_table_untouched(
 
 
 # ------------------------------------------------------------------ revisions
+
+
+def test_search_batches_do_not_depend_on_how_many_devices_run_them(finished):
+  """Fails if a batch's candidates depend on the device that runs it or on
+  the other batches of its group: e.g. a group's padding copy kept, batches
+  returned out of order, or a random key given to another batch's device.
+  Four batches on one device, then on three (a group of three and a group of
+  one padded to three)."""
+  import jax
+
+  from ttscale.search import common, runner
+  from ttscale.search.budget import SearchSetting
+
+  config = tiny_config()
+  ctx = pipeline.Context(config, finished.workdir, log=lambda line: None)
+  policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
+  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
+  options = search_sweep.search_options(config)
+  questions = [e.question for e in ctx.examples("test")][:4]
+  setting = SearchSetting("beam", 2, beam_width=2)
+  per_batch = runner.questions_per_batch(setting.budget, options.rows)
+  batches = [[q] * per_batch for q in questions]
+
+  def search(devices):
+    found = runner.search_batches(
+        setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task, batches,
+        options=options, width=runner.prompt_width(ctx.tokenizer, ctx.task, questions),
+        rngs=[jax.random.key(b) for b in range(len(batches))], devices=devices)
+    return [(r.answer, r.candidates, r.scores.tolist(), r.flops)
+            for batch in found for r in batch]
+
+  one, three = search(jax.devices()[:1]), search(jax.devices()[:3])
+  assert one == three
+  # Each batch its own draws: the same question under 4 keys is not searched alike.
+  assert len({tuple(candidates) for _, candidates, _, _ in one[::per_batch]}) > 1
