@@ -24,6 +24,7 @@ from ttscale.models import (
   policy_extend_fn,
   policy_forward_fn,
 )
+from ttscale.models.kv_cache import continue_shared
 from ttscale.models.transformer import RMSNorm, _softmax_mix, dense_attention
 
 BATCH = 3
@@ -349,6 +350,53 @@ def test_sliding_window_cached_decode_with_gaps_equals_the_full_forward_pass():
     written += valid
     step += 1
   assert step > 9  # the gaps were there
+
+
+@pytest.mark.parametrize("options", [False, True], ids=["tiny", "all_options"])
+def test_rows_that_share_a_prefix_decode_the_logits_of_the_full_forward_pass(options):
+  # Two contexts of different lengths, each continued in 3 rows of their own
+  # tokens, rows idle at different steps: every logit as if each row held its
+  # whole sequence (GQA; with all options also the window across the prefix).
+  config = ALL_OPTIONS if options else testing.TINY_CONFIG
+  graphdef, params, _ = testing.tiny_policy(config=config)
+  if options:
+    params = _random_biases(params)
+  extend = jax.jit(policy_extend_fn(graphdef))
+  groups, copies, width, own = 2, 3, 6, 5
+  context_lengths = np.array([6, 4])
+  contexts = _random_tokens(10, (groups, width))
+  continuations = _random_tokens(11, (groups * copies, own))
+  # Left-padded contexts: the last `length` columns are real.
+  context_valid = np.arange(width)[None, :] >= width - context_lengths[:, None]
+  _, context = extend(params, jnp.asarray(contexts), jnp.asarray(context_valid),
+                       init_cache(config, groups, width))
+  cache = continue_shared(context, copies, max_slots=2 * own)
+  rows = np.repeat(np.arange(groups), copies)
+  # Each row's whole sequence; its logit after own token t is at length + t.
+  expected = [_logits_of(config, params, np.concatenate([
+      contexts[rows[row], width - context_lengths[rows[row]]:], continuations[row]])[None])[0]
+      for row in range(len(rows))]
+  written = np.zeros(groups * copies, int)
+  step = 0
+  while (written < own).any():
+    valid = (written < own) & (step % (np.arange(groups * copies) % 3 + 2) != 0)
+    column = np.minimum(written, own - 1)
+    appended = continuations[np.arange(len(rows)), column][:, None]
+    logits, cache = extend(params, jnp.asarray(appended), jnp.asarray(valid[:, None]), cache)
+    for row in np.flatnonzero(valid):
+      np.testing.assert_allclose(
+          np.asarray(logits)[row, 0],
+          expected[row][context_lengths[rows[row]] + written[row]], **TOLERANCE,
+          err_msg=f"row {row}, token {written[row]}")
+    written += valid
+    step += 1
+  assert step > own  # the gaps were there
+
+
+def test_a_cache_continues_one_shared_prefix_only():
+  context = continue_shared(init_cache(testing.TINY_CONFIG, 2, 4), 2, 3)
+  with pytest.raises(ValueError, match="already continues a shared prefix"):
+    continue_shared(context, 2, 3)
 
 
 def test_a_window_shorter_than_the_context_changes_the_logits():

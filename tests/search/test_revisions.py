@@ -230,6 +230,26 @@ def test_flops_count_every_prefill_and_every_decoded_token(chains, model):
   assert float(rate.decode(0, context - 1)) == pytest.approx(prefill, rel=1e-5)
 
 
+def test_copies_of_a_context_sample_what_one_row_per_copy_samples(model, tokenizer,
+                                                                 sampler_config):
+  """Fails if rows that read their context as a shared prefix (`copies`)
+  sample other tokens than rows that each hold the context themselves, with
+  the same draws: the shared prefix changes what is read, not the result."""
+  contexts = [revisions.context_tokens(tokenizer, TASK, q, []) for q in QUESTIONS]
+  repeated = [c for c in contexts for _ in range(PARALLEL)]
+
+  def sample(given, copies):
+    return generate.sample_continuations(
+        model, given, sampler_config=sampler_config, batch_size=BATCH_SIZE, key=KEY,
+        width=16, copies=copies, shortest_first=False)
+
+  shared, own = sample(contexts, PARALLEL), sample(repeated, 1)
+  assert [t.tolist() for t in shared.tokens] == [t.tolist() for t in own.tokens]
+  assert shared.ended.tolist() == own.ended.tolist()
+  # Temperature 1 on a random policy: the copies of a context differ.
+  assert shared.tokens[0].tolist() != shared.tokens[1].tolist()
+
+
 def test_continuations_keep_the_callers_order_when_asked(model, tokenizer, sampler_config):
   """Fails if `shortest_first=False` still sorts the contexts: batch b draws
   with `fold_in(key, b)`, so a long context given first must get batch 0's

@@ -19,6 +19,7 @@ import pytest
 
 from ttscale import testing
 from ttscale.models import init_cache, policy_extend_fn, policy_forward_fn
+from ttscale.models.kv_cache import continue_shared
 from ttscale.search import sampling
 from ttscale.search.sampling import SamplerConfig, SamplingRule, StopAt
 
@@ -317,6 +318,18 @@ def test_gather_rows_gives_every_copy_the_original_continuation(greedy_out):
   assert _continuations(copies) == [original[i] for i in indices.tolist()]
   np.testing.assert_allclose(copies.logprobs, np.asarray(greedy_out.logprobs)[indices],
                              rtol=1e-5, atol=1e-5)
+
+
+def test_gather_rows_moves_rows_and_keeps_the_shared_prefix_they_read():
+  context = init_cache(testing.TINY_CONFIG, 2, 4).replace(
+      slot_valid=jnp.array([[True, True, False, False], [True, False, False, False]]))
+  cache = continue_shared(context, 3, 5)
+  cache = cache.replace(next_position=jnp.arange(6, dtype=jnp.int32))
+  moved = sampling.gather_rows(cache, jnp.array([2, 1, 0, 5, 5, 3]))
+  assert moved.next_position.tolist() == [2, 1, 0, 5, 5, 3]
+  # The prefix has a row per group of 3 rows, not per row: taken whole.
+  assert moved.prefix.slot_valid.shape == (2, 4)
+  np.testing.assert_array_equal(moved.prefix.slot_valid, context.slot_valid)
 
 
 def test_random_sampling_is_a_function_of_the_rng():

@@ -18,6 +18,14 @@ head_dim]`; see `transformer.cached_attention`).
 
 The price is slots wasted on gaps (rows waiting for the longest row of a
 round); `max_slots` must cover the number of decode steps, not tokens.
+
+A shared prefix (`SharedPrefix`): rows that continue one context in
+`copies` consecutive rows (MC rollouts, a question's samples) read the
+context's keys and values from one copy per group, `[groups, ...]`, and keep
+only what they append in their own slots. A decode trip reads every slot of
+the cache, so a context of W slots costs each row W / copies slot reads, not
+W, and its scores are one matrix product per group rather than one vector
+product per row.
 """
 
 from __future__ import annotations
@@ -30,12 +38,36 @@ from ttscale.models.config import ModelConfig
 
 
 @struct.dataclass
+class SharedPrefix:
+  """The context that `copies` consecutive rows continue, stored once per group."""
+  keys: tuple[jax.Array, ...]    # per layer [groups, kv_heads, head_dim, width]
+  values: tuple[jax.Array, ...]  # per layer [groups, kv_heads, width, head_dim]
+  slot_valid: jax.Array          # bool: [groups, width] slot holds a context token
+
+  @property
+  def num_groups(self) -> int:
+    return self.slot_valid.shape[0]
+
+  def positions(self) -> jax.Array:
+    """int32 [groups, width]: each context slot's RoPE position (see `slot_positions`)."""
+    return slot_positions(self.slot_valid)
+
+  def rows(self, batch_size: int) -> jax.Array:
+    """int32 [batch_size]: the group of each row (groups of consecutive rows)."""
+    return jnp.arange(batch_size) // (batch_size // self.num_groups)
+
+
+@struct.dataclass
 class KVCache:
   keys: tuple[jax.Array, ...]    # compute dtype: per layer [batch, kv_heads, head_dim, max_slots]
   values: tuple[jax.Array, ...]  # compute dtype: per layer [batch, kv_heads, max_slots, head_dim]
   slot_valid: jax.Array          # bool: [batch, max_slots] slot holds a real token of this row
   next_position: jax.Array       # int32: [batch] RoPE position of the row's next token
   write_index: jax.Array         # int32: [] first free slot
+  # The context read before the row's own slots, or None. Its tokens come
+  # first in every row: positions count from them (`next_position` starts
+  # after them) and every own slot attends to them.
+  prefix: SharedPrefix | None = None
 
   @property
   def batch_size(self) -> int:
@@ -101,3 +133,32 @@ def append_layout(cache: KVCache, token_valid: jax.Array):
   attention_mask = causal[None] & slot_valid[:, None, :]          # [batch, T, max_slots]
   next_position = cache.next_position + counts[:, -1]
   return positions, slot_valid, attention_mask, next_position
+
+
+def continue_shared(context: KVCache, copies: int, max_slots: int) -> KVCache:
+  """A cache of `copies` rows per row of `context`, which they share.
+
+  Args:
+    context: the groups' prefilled contexts, [groups, ...], itself without a
+      prefix; all of its slots become the shared prefix.
+    copies: rows per group (consecutive).
+    max_slots: each row's own slots, for what it appends.
+
+  Returns:
+    An empty cache of `groups · copies` rows whose `prefix` is `context` and
+    whose rows go on at the position after their group's context.
+  """
+  if context.prefix is not None:
+    raise ValueError("continue_shared: the context already continues a shared prefix")
+  batch = context.batch_size * copies
+  dtype = context.keys[0].dtype
+  kv_heads, head_dim = context.keys[0].shape[1:3]
+  layers = range(len(context.keys))
+  return KVCache(
+      keys=tuple(jnp.zeros((batch, kv_heads, head_dim, max_slots), dtype) for _ in layers),
+      values=tuple(jnp.zeros((batch, kv_heads, max_slots, head_dim), dtype) for _ in layers),
+      slot_valid=jnp.zeros((batch, max_slots), bool),
+      next_position=jnp.repeat(context.next_position, copies),
+      write_index=jnp.zeros((), jnp.int32),
+      prefix=SharedPrefix(keys=context.keys, values=context.values,
+                          slot_valid=context.slot_valid))

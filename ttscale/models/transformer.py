@@ -217,6 +217,52 @@ def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
                       softcap)
 
 
+def prefix_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: jax.Array,
+                     prefix_keys_t: jax.Array, prefix_values: jax.Array,
+                     prefix_mask: jax.Array, softcap: float) -> jax.Array:
+  """`cached_attention` of rows that first read a context shared by their group.
+
+  Rows come in groups of `copies` consecutive rows (`kv_cache.SharedPrefix`).
+  A group's queries meet its context's keys in one matrix product, so the
+  context is read once per group; one softmax runs over the context's slots
+  and the row's own.
+
+  Args:
+    q: float [batch, kv_heads, groups * T, head_dim], already scaled.
+    keys_t, values, mask: the rows' own cache and mask, as `cached_attention`.
+    prefix_keys_t: float [row groups, kv_heads, head_dim, W].
+    prefix_values: float [row groups, kv_heads, W, head_dim].
+    prefix_mask: bool [batch, T, W].
+    softcap: soft cap of the scores (`soft_cap`); 0 is off.
+
+  Returns:
+    float [batch, kv_heads, groups * T, head_dim].
+  """
+  batch, kv_heads, queries, _ = q.shape
+  row_groups, width = prefix_keys_t.shape[0], prefix_keys_t.shape[-1]
+  copies = batch // row_groups
+
+  def by_group(x):  # [batch, kv_heads, queries, n] -> [row groups, kv_heads, copies * queries, n]
+    x = x.reshape(row_groups, copies, kv_heads, queries, x.shape[-1])
+    return x.transpose(0, 2, 1, 3, 4).reshape(row_groups, kv_heads, copies * queries,
+                                              x.shape[-1])
+
+  def by_row(x):  # the inverse of by_group
+    x = x.reshape(row_groups, kv_heads, copies, queries, x.shape[-1])
+    return x.transpose(0, 2, 1, 3, 4).reshape(batch, kv_heads, queries, x.shape[-1])
+
+  prefix_scores = by_row(jnp.einsum("gkqd,gkds->gkqs", by_group(q), prefix_keys_t))
+  own_scores = jnp.einsum("bkqd,bkds->bkqs", q, keys_t)
+  scores = soft_cap(jnp.concatenate([prefix_scores, own_scores], axis=-1).astype(jnp.float32),
+                    softcap)
+  both = _expand_mask(jnp.concatenate([prefix_mask, mask], axis=-1), kv_heads,
+                      queries // mask.shape[1])
+  weights = jax.nn.softmax(jnp.where(both, scores, _MASKED), axis=-1).astype(values.dtype)
+  own = jnp.einsum("bkqs,bksd->bkqd", weights[..., width:], values)
+  shared = jnp.einsum("gkqs,gksd->gkqd", by_group(weights[..., :width]), prefix_values)
+  return own + by_row(shared)
+
+
 class Attention(nnx.Module):
   """Self-attention of one layer; `local` layers read a sliding window."""
 
@@ -250,7 +296,7 @@ class Attention(nnx.Module):
         config.rope_base)
 
   def __call__(self, x, positions, attention_mask, cached_kv=None,
-               write_index=None):
+               write_index=None, prefix=None):
     """Self-attention.
 
     Args:
@@ -262,6 +308,9 @@ class Attention(nnx.Module):
         max_slots], values [batch, kv_heads, max_slots, head_dim]) into which
         this call's keys and values are written at slot `write_index`.
       write_index: int32 [] slot of the first token of this call.
+      prefix: None, or (keys [row groups, kv_heads, head_dim, W], values
+        [row groups, kv_heads, W, head_dim], mask bool [batch, T, W]): the
+        shared context every row reads before its cache (`prefix_attention`).
 
     Returns:
       (output [batch, T, embed], updated (keys, values) or None).
@@ -301,7 +350,10 @@ class Attention(nnx.Module):
           cached_kv[0], k.transpose(0, 1, 3, 2), (0, 0, 0, write_index))
       v = jax.lax.dynamic_update_slice(cached_kv[1], v, (0, 0, write_index, 0))
       cached_kv = (k, v)
-      mixed = cached_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
+      if prefix is None:
+        mixed = cached_attention(q, k, v, attention_mask, cfg.attn_logit_softcap)
+      else:
+        mixed = prefix_attention(q, k, v, attention_mask, *prefix, cfg.attn_logit_softcap)
     # --> [batch, T, heads, head_dim]
     mixed = mixed.reshape(batch, cfg.num_kv_heads, groups, length, cfg.head_dim)
     mixed = mixed.transpose(0, 3, 1, 2, 4).reshape(
@@ -347,16 +399,21 @@ class Block(nnx.Module):
     self.local = local
     self.dropout_rate = config.dropout_rate
 
-  def __call__(self, x, positions, masks, cached_kv, write_index, dropout_rng):
+  def __call__(self, x, positions, masks, cached_kv, write_index, dropout_rng,
+               prefix=None):
     """One block: x float [batch, T, embed] -> the same, and the layer's cache.
 
     `masks` is (global mask, sliding-window mask or None), bool [batch, T, S]
-    each; a local block reads the second.
+    each; a local block reads the second. `prefix`: None, or the layer's
+    shared context (keys, values) and its masks, (global, sliding-window).
     """
     rngs = (None, None) if dropout_rng is None else jax.random.split(dropout_rng)
+    if prefix is not None:
+      keys, values, prefix_masks = prefix
+      prefix = (keys, values, prefix_masks[1] if self.local else prefix_masks[0])
     attended, cached_kv = self.attention(
         self.attention_norm(x), positions, masks[1] if self.local else masks[0],
-        cached_kv, write_index)
+        cached_kv, write_index, prefix)
     if self.post_norms:
       attended = self.post_attention_norm(attended)
     x = x + _dropout(attended, self.dropout_rate, rngs[0])
@@ -390,7 +447,8 @@ class Decoder(nnx.Module):
                             for layer in range(config.num_layers)])
     self.final_norm = _norm(config)
 
-  def _run(self, tokens, positions, masks, cache_kv, write_index, dropout_rng):
+  def _run(self, tokens, positions, masks, cache_kv, write_index, dropout_rng,
+           prefix=None):
     x = jnp.take(self.embedding[...], tokens, axis=0).astype(self.config.compute_dtype)
     if self.config.scale_embeddings:
       # In the activation dtype, as Gemma's `Embedder.encode` does.
@@ -400,7 +458,9 @@ class Decoder(nnx.Module):
     for layer, block in enumerate(self.blocks):
       layer_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, layer)
       kv = None if cache_kv is None else (cache_kv[0][layer], cache_kv[1][layer])
-      x, kv = block(x, positions, masks, kv, write_index, layer_rng)
+      layer_prefix = None if prefix is None else (
+          prefix[0][layer], prefix[1][layer], prefix[2])
+      x, kv = block(x, positions, masks, kv, write_index, layer_rng, layer_prefix)
       if kv is not None:
         new_keys.append(kv[0])
         new_values.append(kv[1])
@@ -441,13 +501,25 @@ class Decoder(nnx.Module):
       cache: the cache to extend; it must have T free slots.
     """
     positions, slot_valid, mask, next_position = append_layout(cache, token_valid)
-    local_mask = None
-    if self.config.sliding_window:
-      local_mask = _window_mask(mask, positions, slot_positions(slot_valid),
-                                self.config.sliding_window)
+    window = self.config.sliding_window
+    own_positions = slot_positions(slot_valid) if window else None
+    prefix = None
+    if cache.prefix is not None:
+      rows = cache.prefix.rows(cache.batch_size)
+      context_valid = cache.prefix.slot_valid[rows]                    # [batch, W]
+      prefix_mask = jnp.broadcast_to(context_valid[:, None, :],
+                                     (*tokens.shape, context_valid.shape[1]))
+      prefix_local = None
+      if window:
+        prefix_local = _window_mask(prefix_mask, positions, cache.prefix.positions()[rows],
+                                    window)
+        # A row's own tokens come after its context's.
+        own_positions = own_positions + context_valid.sum(axis=1, dtype=jnp.int32)[:, None]
+      prefix = (cache.prefix.keys, cache.prefix.values, (prefix_mask, prefix_local))
+    local_mask = _window_mask(mask, positions, own_positions, window) if window else None
     hidden, (keys, values) = self._run(
         tokens, positions, (mask, local_mask), (cache.keys, cache.values),
-        cache.write_index, None)
+        cache.write_index, None, prefix)
     cache = cache.replace(
         keys=keys, values=values, slot_valid=slot_valid,
         next_position=next_position,

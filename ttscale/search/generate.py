@@ -21,6 +21,7 @@ from ttscale import parallel, resumable
 from ttscale.data.batching import left_pad
 from ttscale.data.tokenizer import Tokenizer
 from ttscale.models import ModelConfig, Network, init_cache, policy_extend_fn
+from ttscale.models.kv_cache import continue_shared
 from ttscale.progress import Progress
 from ttscale.search import sampling
 from ttscale.tasks.base import Task
@@ -51,21 +52,27 @@ def _compiled_sampler(graphdef, batch_size: int, prompt_width: int,
                       model_config: ModelConfig,
                       sampler_config: sampling.SamplerConfig, copies: int = 1):
   """`(params, prompts [batch_size / copies, W], lengths, rng)`: each prompt is
-  prefilled once, then continued in `copies` consecutive rows."""
+  prefilled once, then continued in `copies` consecutive rows, which read it
+  as their shared prefix (`kv_cache.continue_shared`): a decode trip reads a
+  context once per group, not once per row."""
   extend_fn = policy_extend_fn(graphdef)
-  max_slots = prompt_width + sampler_config.max_new_tokens
   # Whole solutions start in a cache of half their token budget (a decode
   # trip reads every slot); the rows still running then go on in a full one.
   first_tokens = sampling.first_cache_tokens(sampler_config)
+  first_slots = first_tokens or sampler_config.max_new_tokens
 
   @jax.jit
   def run(params, prompts, lengths, rng):
-    cache = init_cache(model_config, batch_size // copies,
-                       prompt_width + (first_tokens or sampler_config.max_new_tokens))
-    cache, pending = sampling.prefill(extend_fn, params, cache, prompts, lengths)
     if copies > 1:
-      rows = jnp.repeat(jnp.arange(batch_size // copies), copies)
-      cache, pending = sampling.gather_rows((cache, pending), rows)
+      context = init_cache(model_config, batch_size // copies, prompt_width)
+      context, pending = sampling.prefill(extend_fn, params, context, prompts, lengths)
+      cache = continue_shared(context, copies, first_slots)
+      pending = jnp.repeat(pending, copies)
+      max_slots = sampler_config.max_new_tokens
+    else:
+      cache = init_cache(model_config, batch_size, prompt_width + first_slots)
+      cache, pending = sampling.prefill(extend_fn, params, cache, prompts, lengths)
+      max_slots = prompt_width + sampler_config.max_new_tokens
     active = jnp.ones((batch_size,), bool)
     out = sampling.sample_in_two_caches(extend_fn, params, cache, pending, active, rng,
                                         sampler_config, first_tokens, max_slots)
@@ -98,7 +105,8 @@ def sample_continuations(policy: Network, contexts: list[list[int]], *,
   the embedded task, the number of operations), so batches of like lengths
   stop sooner. Batch b draws with `fold_in(key, b)`, so the same contexts and key
   give the same continuations. A context is prefilled once for its copies
-  when `copies` divides `batch_size` (otherwise once per copy).
+  when `copies` divides `batch_size` (otherwise once per copy), and its copies
+  read it from one shared prefix (`kv_cache.continue_shared`).
 
   Args:
     contexts: token ids, each at least one token long.

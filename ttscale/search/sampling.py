@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from ttscale.models.kv_cache import KVCache
+from ttscale.models.kv_cache import KVCache, SharedPrefix
 from ttscale.models.network import ExtendFn
 
 
@@ -282,7 +282,12 @@ def prefill(extend_fn: ExtendFn, params, cache: KVCache, prompts: jax.Array,
 def gather_rows(tree, indices: jax.Array):
   """Re-orders or duplicates rows: every array's leading axis by `indices` [B'].
 
-  Scalars (the cache's shared `write_index`) are kept as they are.
+  Scalars (the cache's shared `write_index`) and a cache's shared prefix are
+  kept as they are: rows must stay in their prefix's group of rows.
   """
-  return jax.tree.map(lambda x: x if x.ndim == 0 else jnp.take(x, indices, axis=0, mode="clip"),
-                      tree)
+  def take(x):
+    if isinstance(x, SharedPrefix) or x.ndim == 0:
+      return x
+    return jnp.take(x, indices, axis=0, mode="clip")
+
+  return jax.tree.map(take, tree, is_leaf=lambda x: isinstance(x, SharedPrefix))
