@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from ttscale import testing
+from ttscale.models.value import ValueModel
 from ttscale.search import beam, best_of_n, common, runner, sampling
 from ttscale.search.budget import (
   FlopsRate,
@@ -158,6 +159,41 @@ def test_lookahead_scores_at_the_rollout_end_and_drops_its_tokens():
   np.testing.assert_allclose(out.scores, scores[source], rtol=1e-6)
   # One round, one step: no rollout token in any returned solution.
   assert all(len(row) == 2 for row in _rows(out))
+
+
+def test_copies_of_a_prefix_share_one_lookahead_rollout(monkeypatch):
+  """Fails if rows whose prefixes repeat do not get what rolling each of them
+  out would give (a copy scored by another prefix's rollout, or a prefix left
+  out when the rollouts take several passes): a PRM that reads the whole
+  prefix (a random value model), two questions of 8 rows, passes of 4 rows."""
+  models = _models(REAL_PRM)[0]
+  prm_graphdef, prm_params, _ = testing.tiny_policy(seed=1, config=CONFIG,
+                                                    module=ValueModel)
+  models = dataclasses.replace(models, prm_graphdef=prm_graphdef)
+  policy_params = _models(REAL_PRM)[1]
+  config = beam.BeamConfig(
+      budget=N, beam_width=2, lookahead=2, max_rounds=3, max_new_tokens=12,
+      max_step_tokens=4, rule=sampling.SamplingRule(1.0), step_id=STEP, eos_id=EOS,
+      distinct=False)  # (distinct beams would read the patched `first_copy_of` too)
+  prompts = jnp.asarray([PROMPT, PROMPT], jnp.int32)
+  lengths = jnp.asarray([len(PROMPT)] * 2)
+
+  def run():
+    out = jax.jit(functools.partial(beam.beam_search, models, config=config))(
+        policy_params, prm_params, prompts, lengths, _key(5))
+    return jax.tree.map(np.asarray, out)
+
+  shared = run()
+  rows = [tuple(shared.tokens[r, :shared.lengths[r]].tolist()) for r in range(2 * N)]
+  assert len(set(rows[:N])) < N, "this seed must repeat a prefix"
+  # Every row its own first copy: each row rolled out by itself.
+  monkeypatch.setattr(beam, "first_copy_of", lambda tokens, lengths, live: jnp.broadcast_to(
+      jnp.arange(tokens.shape[1], dtype=jnp.int32), live.shape))
+  alone = run()
+  np.testing.assert_array_equal(shared.tokens, alone.tokens)
+  np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-6)
+  np.testing.assert_allclose(shared.flops, alone.flops, rtol=1e-6)
+  np.testing.assert_array_equal(shared.policy_tokens, alone.policy_tokens)
 
 
 def test_finished_candidates_survive_later_rounds():

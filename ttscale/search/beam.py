@@ -8,7 +8,9 @@ question owns N rows of the batch. Each round of one `lax.while_loop`:
    the exact verifier, scored by the task's exact labels); with k > 0 the
    score is instead read at the end of a greedy rollout of up to k more
    steps, from copies of both caches that are then dropped, so rollout tokens
-   never reach the returned solutions;
+   never reach the returned solutions; rows whose prefixes are
+   token-identical share one rollout (a greedy rollout is a function of its
+   prefix);
 3. per group of rows, the live rows are ranked by score; the best ceil(L/M)
    of the L live rows are kept and copied into the L live slots (each about
    M times), caches and all. In the first round L = N: the top N/M are kept,
@@ -112,12 +114,23 @@ def first_copies(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.
   Returns:
     bool [G, n]: live and no live row before it in its group is identical.
   """
+  return live & (first_copy_of(tokens, lengths, live) == jnp.arange(tokens.shape[1]))
+
+
+def first_copy_of(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.Array:
+  """Each live row's first (lowest index) live row of the same prefix, itself if none.
+
+  Args: as `first_copies`.
+
+  Returns:
+    int32 [G, n]: an index within the row's group; a row that is not live
+    is its own.
+  """
   same = ((lengths[:, :, None] == lengths[:, None, :])
           & jnp.all(tokens[:, :, None, :] == tokens[:, None, :, :], axis=-1))  # [G, i, j]
-  index = jnp.arange(tokens.shape[1])
-  earlier = index[None, :] < index[:, None]                                     # j < i
-  duplicate = jnp.any(same & earlier[None] & live[:, None, :], axis=2)
-  return live & ~duplicate
+  # A live row is the same as itself, so its first match is at or before it.
+  first = jnp.argmax(same & live[:, None, :], axis=2).astype(jnp.int32)
+  return jnp.where(live, first, jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :])
 
 
 def keep_top_beams(scores: jax.Array, live: jax.Array, group_size: int, beam_width: int,
@@ -169,55 +182,90 @@ def _append_rows(buffer: jax.Array, at: jax.Array, new: jax.Array, counts: jax.A
   return buffer.at[rows, columns].set(new, mode="drop")
 
 
-def _forget_appends(after: KVCache, before: KVCache) -> KVCache:
-  """`after`'s buffers with `before`'s bookkeeping: the slots written since
-  `before` become invalid and free again, without copying the cache."""
-  return after.replace(slot_valid=before.slot_valid, next_position=before.next_position,
-                       write_index=before.write_index)
+# Rows rolled out together, as a fraction of the batch: a round's distinct
+# prefixes are usually a third of its rows or fewer (kept beams are copied M
+# ways and short steps often repeat); more of them take more passes.
+_ROLLOUT_PASS_FRACTION = 4
 
 
 def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, step,
-                      prm_cache, scores, live, rng, verify_exact):
+                      prm_cache, scores, live, prefixes, rng, verify_exact):
   """Scores at the end of greedy rollouts of up to k steps.
 
-  One sampler call rolls every row out by k steps (each row stops on its own,
-  instead of every row waiting for the longest at each of the k steps), and
-  one PRM append scores each rollout at its last token. The rollouts write
-  into both caches in place and are then forgotten (`_forget_appends`), which
-  saves copying both caches every round. Rows that ended their solution (or
-  roll out nothing) keep `scores`.
+  A greedy rollout is a function of its prefix, so rows whose prefixes are
+  token-identical (within a question) share one rollout and its score: the
+  first row of each prefix is rolled out, in passes of a quarter of the
+  batch's rows (`_ROLLOUT_PASS_FRACTION`) gathered from both caches, and its
+  copies take what it got. Each pass rolls its rows out by k steps in one
+  sampler call (each row stops on its own) and scores them with one PRM
+  append at the rollout's last token (or its lowest step, with "min"). The
+  caches the rows go on with are not touched. FLOPs and decoded tokens count
+  every row's rollout, as the method spends them.
 
   Args:
+    prefixes: (tokens int32 [B, T], lengths int32 [B]), each row's solution
+      so far, the step just sampled included.
     verify_exact: with the exact verifier, `(rollout tokens, counts) -> scores`
       of each row's prefix followed by its rollout; None with the PRM.
 
   Returns:
-    (scores [B], FLOPs [B], rollout tokens [B], policy cache, PRM cache): the
-    caches hold what they held before the rollouts.
+    (scores [B], FLOPs [B], rollout tokens [B]): rows that ended their
+    solution (or roll out nothing) keep `scores`.
   """
   rolling = live & ~step.ended_solution & ~step.truncated
   rollout = dataclasses.replace(
       config.step_sampler(sampling.SamplingRule(temperature=0.0)),
       steps=config.lookahead, max_new_tokens=config.lookahead * config.max_step_tokens)
+  tokens, lengths = prefixes
+  rows, n = rolling.shape[0], config.budget
+  group_first = first_copy_of(tokens.reshape(-1, n, tokens.shape[1]), lengths.reshape(-1, n),
+                              rolling.reshape(-1, n))
+  leader = (group_first + jnp.arange(0, rows, n)[:, None]).reshape(-1)      # [B]
+  is_leader = rolling & (leader == jnp.arange(rows))
+  pass_rows = max(rows // _ROLLOUT_PASS_FRACTION, 1)
+  # The leaders first, in row order; `rows` (out of range) fills the rest.
+  order = jnp.nonzero(is_leader, size=rows + pass_rows, fill_value=rows)[0]
+  width = rollout.max_new_tokens
+
+  def one_pass(carry):
+    start, rolled, counts, new_scores = carry
+    picked = jax.lax.dynamic_slice_in_dim(order, start, pass_rows)          # [P]
+    valid = picked < rows
+    policy_cache, pending, prm_rows = sampling.gather_rows(
+        (step.cache, step.pending, prm_cache), picked)
+    out = sampling.sample(models.policy_extend, policy_params, policy_cache, pending,
+                          valid, rng, rollout)
+    picked_counts = jnp.where(valid, out.lengths, 0)
+    if verify_exact is None:
+      if config.aggregation == "min":  # the rollout's lowest step
+        token_scores, _, _ = common.append_to_prm(models, prm_params, prm_rows, out.tokens,
+                                                  picked_counts)
+        # (0 for a rollout that ends no step within its k·S tokens.)
+        picked_scores = solution_scores(out.tokens, picked_counts, token_scores,
+                                        config.step_id, config.eos_id, "min")
+      else:
+        picked_scores, _, _ = common.append_and_score(models, prm_params, prm_rows,
+                                                      out.tokens, picked_counts)
+      new_scores = new_scores.at[picked].set(picked_scores, mode="drop")
+    return (start + pass_rows, rolled.at[picked].set(out.tokens, mode="drop"),
+            counts.at[picked].set(picked_counts, mode="drop"), new_scores)
+
+  def more(carry):
+    return carry[0] < is_leader.sum()
+
+  _, rolled, counts, new_scores = jax.lax.while_loop(more, one_pass, (
+      jnp.zeros((), jnp.int32), jnp.zeros((rows, width), jnp.int32),
+      jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.float32)))
+  # Every rolling row takes its prefix's first row's rollout.
+  rolled, counts, new_scores = rolled[leader], jnp.where(rolling, counts[leader], 0), (
+      new_scores[leader])
   context = step.cache.next_position
-  out = sampling.sample(models.policy_extend, policy_params, step.cache, step.pending,
-                        rolling, rng, rollout)
-  counts = jnp.where(rolling, out.lengths, 0)
+  flops = models.policy_rate.decode(context, counts)
   if verify_exact is not None:
-    new_scores, rolled_prm_cache, prm_flops = verify_exact(out.tokens, counts), prm_cache, 0.0
-  elif config.aggregation == "min":  # the rollout's lowest step
-    token_scores, rolled_prm_cache, prm_flops = common.append_to_prm(
-        models, prm_params, prm_cache, out.tokens, counts)
-    # (0 for a rollout that ends no step within its k·S tokens.)
-    new_scores = solution_scores(out.tokens, counts, token_scores, config.step_id,
-                                 config.eos_id, "min")
-  else:
-    new_scores, rolled_prm_cache, prm_flops = common.append_and_score(
-        models, prm_params, prm_cache, out.tokens, counts)
-  scores = jnp.where(counts > 0, new_scores, scores)
-  flops = models.policy_rate.decode(context, counts) + prm_flops
-  return (scores, flops, counts, _forget_appends(out.cache, step.cache),
-          _forget_appends(rolled_prm_cache, prm_cache))
+    new_scores = verify_exact(rolled, counts)
+  elif models.runs_prm:
+    flops = flops + models.prm_rate.decode(prm_cache.next_position, counts)
+  return jnp.where(counts > 0, new_scores, scores), flops, counts
 
 
 def _distinct_live_prefixes(tokens, lengths, finished, budget: int) -> jax.Array:
@@ -283,9 +331,9 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
     if config.aggregation == "min":
       step_scores = lowest
     if config.lookahead:
-      step_scores, rollout_flops, rollout_tokens, policy_cache, prm_cache = _lookahead_scores(
+      step_scores, rollout_flops, rollout_tokens = _lookahead_scores(
           models, config, policy_params, prm_params, step, prm_cache, step_scores,
-          live, rollout_rng, verify_exact)
+          live, (tokens, new_lengths), rollout_rng, verify_exact)
       flops += rollout_flops
       decoded = decoded + rollout_tokens
     if config.lookahead and config.aggregation == "min":
