@@ -257,8 +257,8 @@ def _lookahead_scores(models, config: BeamConfig, policy_params, prm_params, ste
       jnp.zeros((), jnp.int32), jnp.zeros((rows, width), jnp.int32),
       jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.float32)))
   # Every rolling row takes its prefix's first row's rollout.
-  rolled, counts, new_scores = rolled[leader], jnp.where(rolling, counts[leader], 0), (
-      new_scores[leader])
+  rolled, new_scores = rolled[leader], new_scores[leader]
+  counts = jnp.where(rolling, counts[leader], 0)
   context = step.cache.next_position
   flops = models.policy_rate.decode(context, counts)
   if verify_exact is not None:
