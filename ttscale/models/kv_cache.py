@@ -98,11 +98,12 @@ def init_cache(config: ModelConfig, batch_size: int, max_slots: int,
 def slot_positions(slot_valid: jax.Array) -> jax.Array:
   """The RoPE position of the token in each slot, int32 [batch, max_slots].
 
-  A row's valid slots hold its tokens at positions 0, 1, 2, ... in slot order:
-  `append_layout` gives each real token the row's next position, and
-  forgetting appends restores `slot_valid` with `next_position`. So a slot's
-  position is the count of the row's valid slots before it (meaningless at
-  invalid slots, which every mask drops). Sliding-window layers read it.
+  A row's valid slots hold its tokens at positions 0, 1, 2, ... in slot order
+  (`append_layout` gives each real token the row's next position), so a
+  slot's position is the count of the row's valid slots before it
+  (meaningless at invalid slots, which every mask drops; a row that continues
+  a shared prefix adds its context's length, as `Decoder.extend` does).
+  Sliding-window layers read it.
   """
   return jnp.cumsum(slot_valid.astype(jnp.int32), axis=1) - 1
 

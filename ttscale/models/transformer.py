@@ -10,11 +10,10 @@ option is a config field and the defaults are our own models.
 
 Sliding-window layers use a mask over the full cache, not a ring buffer of W
 slots. The cache's slots are shared by all rows while each row has its own
-gaps (rows waiting, finished, or rollouts forgotten by resetting the
-bookkeeping, `search/beam.py`), so the last W slots hold a different number of
-a row's tokens in each row: a ring would have to be per row and would break
-forgetting without copies. The mask costs what a global layer costs; the
-study's contexts (up to a few thousand tokens) keep that small.
+gaps (rows waiting or finished), so the last W slots hold a different number
+of a row's tokens in each row: a ring would have to be per row. The mask
+costs what a global layer costs; the study's contexts (up to a few thousand
+tokens) keep that small.
 
 Parameters carry `logical_axes` metadata and activations are constrained by
 logical axes (`ttscale.parallel`), so the same code shards on any mesh.
