@@ -140,16 +140,21 @@ def _expand_mask(mask: jax.Array, kv_heads: int, groups: int) -> jax.Array:
   return mask.reshape(batch, 1, groups * length, slots)
 
 
-def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
-                 softcap: float) -> jax.Array:
-  """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
+def _masked_weights(scores: jax.Array, mask: jax.Array, softcap: float, dtype) -> jax.Array:
+  """Masked softmax [batch, kv_heads, groups * T, S] of scores of that shape, in `dtype`."""
   groups = scores.shape[2] // mask.shape[1]
   # Softmax in float32 whatever the compute dtype; the weights mix the values
   # in theirs. Capped before masking, as Gemma 2 does, so masked slots stay at
   # _MASKED.
   scores = soft_cap(scores.astype(jnp.float32), softcap)
-  scores = jnp.where(_expand_mask(mask, values.shape[1], groups), scores, _MASKED)
-  weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+  scores = jnp.where(_expand_mask(mask, scores.shape[1], groups), scores, _MASKED)
+  return jax.nn.softmax(scores, axis=-1).astype(dtype)
+
+
+def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
+                 softcap: float) -> jax.Array:
+  """Masked softmax of scores [batch, kv_heads, groups * T, S] applied to values."""
+  weights = _masked_weights(scores, mask, softcap, values.dtype)
   return jnp.einsum("bkqs,bksd->bkqd", weights, values)
 
 
@@ -252,11 +257,9 @@ def prefix_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array, mask: j
 
   prefix_scores = by_row(jnp.einsum("gkqd,gkds->gkqs", by_group(q), prefix_keys_t))
   own_scores = jnp.einsum("bkqd,bkds->bkqs", q, keys_t)
-  scores = soft_cap(jnp.concatenate([prefix_scores, own_scores], axis=-1).astype(jnp.float32),
-                    softcap)
-  both = _expand_mask(jnp.concatenate([prefix_mask, mask], axis=-1), kv_heads,
-                      queries // mask.shape[1])
-  weights = jax.nn.softmax(jnp.where(both, scores, _MASKED), axis=-1).astype(values.dtype)
+  weights = _masked_weights(jnp.concatenate([prefix_scores, own_scores], axis=-1),
+                            jnp.concatenate([prefix_mask, mask], axis=-1), softcap,
+                            values.dtype)
   own = jnp.einsum("bkqs,bksd->bkqd", weights[..., width:], values)
   shared = jnp.einsum("gkqs,gksd->gkqd", by_group(weights[..., :width]), prefix_values)
   return own + by_row(shared)
