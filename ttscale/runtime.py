@@ -3,12 +3,18 @@
 Both settings here must be made before JAX starts its backends, so the
 launchers call them first thing in `main`.
 
-XLA's CPU backend allocates its temporaries with `malloc`. glibc serves
-blocks above a threshold with fresh `mmap`s and returns freed memory to the
-OS, so every decode or train step page-faults its buffers in again: on this
-project's 2-core machine that made small elementwise ops 3–4x slower and the
-sampler ~1.5x slower. Raising glibc's mmap and trim thresholds keeps freed
-blocks for reuse, the same effect as linking a caching allocator.
+XLA's CPU backend allocates its temporaries with `malloc`, one block per
+program run: ~280 MB for a training step of the default policy, ~600 MB for
+the larger one. glibc serves large blocks with fresh `mmap`s and unmaps them
+when freed, so every step page-faulted its buffers in again (72k faults a
+step for the policy, 149k for the larger one): on this project's 2-core
+machine that made small elementwise ops 3–4x slower and a training step
+~20% slower. Raising the mmap threshold is not enough: glibc caps it at
+32 MB, and the per-thread arenas of XLA's worker threads `mmap` any block
+larger than their 64 MB heaps whatever the settings. So the settings here
+put every thread on the main arena, which grows with `brk`, never `mmap`
+blocks, and never hand freed memory back: the same effect as linking a
+caching allocator; the process keeps its peak heap.
 """
 
 from __future__ import annotations
@@ -20,11 +26,18 @@ import os
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _MAX_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit hosts
+_NEVER = -1  # as M_TRIM_THRESHOLD: never give memory back (mallopt(3))
 
 
 def keep_freed_host_memory() -> bool:
-  """Asks glibc to keep freed memory for reuse; False where that is not glibc."""
+  """Asks glibc to keep freed memory for reuse; False where that is not glibc.
+
+  Threads take their arena at their first `malloc`: call it before JAX starts
+  its thread pools (a thread that already has an arena keeps it).
+  """
   name = ctypes.util.find_library("c")
   if name is None:
     return False
@@ -34,8 +47,10 @@ def keep_freed_host_memory() -> bool:
   except (OSError, AttributeError):
     return False
   return all([
+      mallopt(_M_ARENA_MAX, 1) == 1,
+      mallopt(_M_MMAP_MAX, 0) == 1,
       mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) == 1,
-      mallopt(_M_TRIM_THRESHOLD, 1 << 30) == 1,
+      mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1,
       mallopt(_M_TOP_PAD, 64 << 20) == 1,
   ])
 
