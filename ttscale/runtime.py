@@ -25,10 +25,8 @@ import os
 
 _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
-_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_MAX_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit hosts
 _NEVER = -1  # as M_TRIM_THRESHOLD: never give memory back (mallopt(3))
 
 
@@ -49,7 +47,6 @@ def keep_freed_host_memory() -> bool:
   return all([
       mallopt(_M_ARENA_MAX, 1) == 1,
       mallopt(_M_MMAP_MAX, 0) == 1,
-      mallopt(_M_MMAP_THRESHOLD, _MAX_MMAP_THRESHOLD) == 1,
       mallopt(_M_TRIM_THRESHOLD, _NEVER) == 1,
       mallopt(_M_TOP_PAD, 64 << 20) == 1,
   ])
