@@ -106,9 +106,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
   c.eval_prm.update(num_questions=500, pool_size=256)
   c.search.update(max_budget=256, best_of_n_max_budget=256, num_questions=500,
                   max_rounds=40, max_step_tokens=128, rows=1024)
-  # The paper's recipe only: the MATH train split has no questions to spare
-  # for mixing in the policy's own data.
+  # The paper's recipe only: 16 trajectories of a question's 64 samples, no
+  # kept attempts, none of the policy's own data mixed in.
   c.revision.update(num_questions=12_000, samples_per_question=64, seq_len=4096,
+                    trajectories_per_question=16, keep_fraction=0.0,
                     questions_per_part=500, verifier_questions=2_000,
                     policy_data_fraction=0.0)
   c.revision_train.update(batch_size=32, num_steps=2_000, learning_rate=1e-5,

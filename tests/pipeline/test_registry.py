@@ -120,6 +120,7 @@ def test_rerun_of_a_finished_workdir_with_another_model_shape_is_refused(finishe
     ("large_model.num_heads", 3, "large_model.num_heads=3"),
     ("data.too_long", "sometimes", "data.too_long='sometimes'"),
     ("revision.keep_fraction", 1.5, "revision.keep_fraction=1.5"),
+    ("revision.policy_data", "solutions", "revision.policy_data='solutions'"),
 ])
 def test_bad_network_or_sampling_values_are_refused_before_any_stage_writes(
     tmp_path, field, value, needle):

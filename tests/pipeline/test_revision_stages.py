@@ -30,27 +30,36 @@ REVISION_STAGES = ("revision_data", "train_revision", "train_revision_verifier",
 
 def test_revision_data_mixes_in_the_policy_data_the_config_asks_for(finished):
   """Fails if the revision model's training records are not the trajectories
-  plus `revision.policy_data_fraction` of all records as reference solutions
-  of the training questions after the revision and revision-verifier ones,
-  with no previous attempt."""
+  plus `revision.policy_data_fraction` of all records as the policy's own
+  samples (`revision.policy_data="samples"`, the default): each a sample of a
+  revision question, right or wrong, with no previous attempt, held out with
+  its question."""
   config = tiny_config()
   fraction = config.revision.policy_data_fraction
-  assert 0 < fraction < 1, "the tiny config must mix policy data for this test"
+  assert 0 < fraction < 1 and config.revision.policy_data == "samples", (
+      "the tiny config must mix the policy's samples in for this test")
   records = [json.loads(line) for line in open(
       os.path.join(finished.workdir, "revision", "trajectories.jsonl"))]
   mixed = [r for r in records if r["source"] == "policy_data"]
-  trajectories = [r for r in records if r["source"] == "trajectory"]
+  trajectories = [r for r in records if r["source"] in ("trajectory", "keep")]
   assert len(mixed) + len(trajectories) == len(records) and trajectories
   assert len(mixed) == round(len(trajectories) * fraction / (1 - fraction))
+  sample_parts = sorted(os.listdir(os.path.join(finished.workdir, "revision", "samples")))
+  samples = [texts for part in sample_parts for texts in json.load(open(
+      os.path.join(finished.workdir, "revision", "samples", part)))["texts"]]
   train = pipeline.Context(config, finished.workdir).examples("train")
-  first = config.revision.num_questions + config.revision.verifier_questions
-  assert [r["question_index"] for r in mixed] == list(range(first, first + len(mixed)))
+  held_out = {r["question_index"]: r["holdout"] for r in trajectories}
   for record in mixed:
-    example = train[record["question_index"]]
-    assert (record["question"], record["target"], record["previous"]) == (
-        example.question, example.solution, [])
+    q = record["question_index"]
+    assert q < config.revision.num_questions and record["previous"] == []
+    assert record["question"] == train[q].question
+    assert record["target"] in samples[q]
+    if q in held_out:
+      assert record["holdout"] == held_out[q]
+  assert len({r["question_index"] for r in mixed}) > 1
   summary = marker(finished.workdir, "revision_data")["summary"]
-  assert (summary["num_policy_data_records"], summary["num_trajectories"]) == (
+  assert (summary["num_policy_data_records"],
+          summary["num_trajectories"] + summary["num_keep_trajectories"]) == (
       len(mixed), len(trajectories))
 
 

@@ -91,6 +91,9 @@ def check_config(config) -> None:
   if not 0 <= config.revision.policy_data_fraction < 1:
     raise ValueError(f"revision.policy_data_fraction={config.revision.policy_data_fraction}: "
                      "expected a fraction in [0, 1)")
+  if config.revision.get("policy_data", "reference") not in ("samples", "reference"):
+    raise ValueError(f"revision.policy_data={config.revision.policy_data!r}: expected "
+                     "'samples' or 'reference'")
   if not 0 <= config.revision.get("keep_fraction", 0.0) <= 1:
     raise ValueError(f"revision.keep_fraction={config.revision.keep_fraction}: "
                      "expected a fraction in [0, 1]")

@@ -55,13 +55,18 @@ def stage_revision_data(ctx: Context) -> dict:
   parts = resumable.map_ranges(ctx.path(layout.REVISION_SAMPLES), len(examples),
                                r.questions_per_part, sample_part, "revision_data (samples)",
                                ctx.log)
+  texts = [row for part in parts for row in part["texts"]]
+  holdout = holdout_questions(len(examples), r.holdout_fraction, _seed(ctx, "holdout"))
   records, sample_correct = revision_data.trajectory_records(
-      ctx.task, examples, [row for part in parts for row in part["texts"]],
-      holdout_questions(len(examples), r.holdout_fraction, _seed(ctx, "holdout")), r,
-      np.random.default_rng(_seed(ctx, "trajectories")))
-  records += revision_data.policy_data_records(
-      train_examples, r.num_questions + r.verifier_questions, len(records),
-      r.policy_data_fraction, _seed(ctx, "policy_data_holdout"), r.holdout_fraction)
+      ctx.task, examples, texts, holdout, r, np.random.default_rng(_seed(ctx, "trajectories")))
+  count = revision_data.policy_data_count(len(records), r.policy_data_fraction)
+  if r.get("policy_data", "reference") == "samples":
+    records += revision_data.policy_sample_records(
+        examples, texts, count, holdout, np.random.default_rng(_seed(ctx, "policy_samples")))
+  else:
+    records += revision_data.policy_data_records(
+        train_examples, r.num_questions + r.verifier_questions, count,
+        _seed(ctx, "policy_data_holdout"), r.holdout_fraction)
   if not any(t["holdout"] for t in records) or all(t["holdout"] for t in records):
     raise ValueError(
         f"revision_data: {len(records)} trajectories, from questions with a correct "
@@ -72,8 +77,8 @@ def stage_revision_data(ctx: Context) -> dict:
   summary = revision_data.data_summary(records, sample_correct, len(examples),
                                       r.samples_per_question, parts)
   ctx.log(f"revision_data: {summary['num_trajectories']} trajectories from {len(examples)} "
-          f"questions and {summary['num_policy_data_records']} reference solutions of other "
-          f"training questions (sample accuracy {summary['sample_accuracy']:.3f}); k: "
+          f"questions and {summary['num_policy_data_records']} records of the policy's own "
+          f"data (sample accuracy {summary['sample_accuracy']:.3f}); k: "
           f"{summary['previous_attempts_histogram']}")
   return summary
 

@@ -49,24 +49,51 @@ def trajectory_records(task: Task, examples: list[Example], texts: list[list[str
   return records, sample_correct
 
 
-def policy_data_records(train_examples: list[Example], first: int, num_trajectories: int,
-                        fraction: float, holdout_seed: int, holdout_fraction: float
-                        ) -> list[dict]:
-  """The policy's own training data mixed into the revision model's: reference
-  solutions of the training questions from `first` on, with no previous
-  attempt, `fraction` of all records (so that fine-tuning on long revision
-  contexts keeps what the policy knew about first attempts). A held-out
-  fraction validates, as for trajectories."""
-  count = round(num_trajectories * fraction / (1.0 - fraction))
+def policy_data_count(num_trajectories: int, fraction: float) -> int:
+  """How many policy-data records make `fraction` of all records."""
+  return round(num_trajectories * fraction / (1.0 - fraction))
+
+
+def policy_data_records(train_examples: list[Example], first: int, count: int,
+                        holdout_seed: int, holdout_fraction: float) -> list[dict]:
+  """The policy's own training data as reference solutions: `count` records,
+  those of the training questions from `first` on, with no previous attempt
+  (`revision.policy_data="reference"`). A held-out fraction validates, as for
+  trajectories."""
   if first + count > len(train_examples):
-    raise ValueError(f"revision.policy_data_fraction={fraction}: needs {count} training "
-                     f"questions after the first {first}; the train split has "
-                     f"{len(train_examples)}")
+    raise ValueError(f"revision.policy_data_fraction: needs {count} training questions after "
+                     f"the first {first}; the train split has {len(train_examples)}")
   holdout = holdout_questions(count, holdout_fraction, holdout_seed)
   return [{"question_index": first + i, "question": e.question, "level": e.level,
            "holdout": i in holdout, "source": "policy_data", "previous": [],
            "target": e.solution}
           for i, e in enumerate(train_examples[first:first + count])]
+
+
+def policy_sample_records(examples: list[Example], texts: list[list[str]], count: int,
+                          holdout: set[int], rng: np.random.Generator) -> list[dict]:
+  """The policy's own data as its own samples (`revision.policy_data="samples"`):
+  `count` records, each a revision question drawn at random with one of the
+  policy's samples of it, right or wrong, as the target and no previous attempt.
+
+  Reference solutions teach the first attempt more than the policy knew (the
+  policy is undertrained), so a revision model trained on them for longer
+  starts better than the policy; its own samples keep the first attempt where
+  the policy's is, and what later attempts gain is revision. A record is held
+  out when its question is (`holdout`, the trajectories' split).
+
+  Args:
+    texts: [question][sample] the policy's samples of `examples`.
+  """
+  questions = rng.integers(len(examples), size=count)
+  records = []
+  for q in questions.tolist():
+    samples = texts[q]
+    records.append({"question_index": q, "question": examples[q].question,
+                    "level": examples[q].level, "holdout": q in holdout,
+                    "source": "policy_data", "previous": [],
+                    "target": samples[int(rng.integers(len(samples)))]})
+  return records
 
 
 def revision_sequences(tokenizer: Tokenizer, task: Task, records: list[dict]
