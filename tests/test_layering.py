@@ -22,6 +22,7 @@ _UTILS = "utils"
 # layer). A new top-level module must be placed here.
 TOP_LEVEL_MODULES = {
     "__init__": _UTILS,
+    "compile_clock": _UTILS,
     "diffs": _UTILS,
     "distributed": _UTILS,
     "io_utils": _UTILS,

@@ -242,6 +242,17 @@ def test_sweep_with_another_max_rounds_names_it_and_leaves_the_table_untouched(
 # ------------------------------------------------------------------ revisions
 
 
+def _search_inputs(finished: FinishedStudy):
+  """(context, policy, PRM, search models, search options) of the finished study."""
+  from ttscale.search import common
+
+  config = tiny_config()
+  ctx = pipeline.Context(config, finished.workdir, log=lambda line: None)
+  policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
+  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
+  return ctx, policy, prm, models, search_sweep.search_options(config)
+
+
 def test_search_batches_do_not_depend_on_how_many_devices_run_them(finished):
   """Fails if a batch's candidates depend on the device that runs it or on
   the other batches of its group: e.g. a group's padding copy kept, batches
@@ -250,14 +261,10 @@ def test_search_batches_do_not_depend_on_how_many_devices_run_them(finished):
   one padded to three)."""
   import jax
 
-  from ttscale.search import common, runner
+  from ttscale.search import runner
   from ttscale.search.budget import SearchSetting
 
-  config = tiny_config()
-  ctx = pipeline.Context(config, finished.workdir, log=lambda line: None)
-  policy, prm = ctx.load_policy(), ctx.load_verifier("prm")
-  models = common.SearchModels(policy.graphdef, prm.graphdef, policy.config, prm.config)
-  options = search_sweep.search_options(config)
+  ctx, policy, prm, models, options = _search_inputs(finished)
   questions = [e.question for e in ctx.examples("test")][:4]
   setting = SearchSetting("beam", 2, beam_width=2)
   per_batch = runner.questions_per_batch(setting.budget, options.rows)
@@ -275,3 +282,35 @@ def test_search_batches_do_not_depend_on_how_many_devices_run_them(finished):
   assert one == three
   # Each batch its own draws: the same question under 4 keys is not searched alike.
   assert len({tuple(candidates) for _, candidates, _, _ in one[::per_batch]}) > 1
+
+
+def test_tree_settings_sharing_one_program_search_as_with_a_program_each(finished,
+                                                                         monkeypatch):
+  """Fails if beam search and DVTS at one budget do not share one compiled
+  program, or if sharing it (widths as inputs) changes what a setting finds:
+  each against its own program, compiled with its widths fixed."""
+  import jax
+
+  from ttscale.search import runner
+  from ttscale.search.budget import SearchSetting
+
+  ctx, policy, prm, models, options = _search_inputs(finished)
+  questions = [e.question for e in ctx.examples("test")][:2]
+  settings = [SearchSetting("dvts", 4, beam_width=2), SearchSetting("beam", 4, beam_width=2)]
+
+  def search(setting):
+    per_batch = runner.questions_per_batch(setting.budget, options.rows)
+    found = runner.search_batches(
+        setting, models, policy.params, prm.params, ctx.tokenizer, ctx.task,
+        [(questions * per_batch)[:per_batch]], options=options,
+        width=runner.prompt_width(ctx.tokenizer, ctx.task, questions),
+        rngs=[jax.random.key(7)])
+    return [(r.answer, r.candidates, r.scores.tolist(), r.flops, r.distinct_prefixes)
+            for r in found[0]]
+
+  programs = runner.compiled_search.cache_info().currsize
+  shared = [search(setting) for setting in settings]
+  assert runner.compiled_search.cache_info().currsize <= programs + 1
+  monkeypatch.setattr(runner, "program_setting", lambda setting: setting)
+  assert [search(setting) for setting in settings] == shared
+  assert shared[0] != shared[1], "DVTS and beam search must differ on these questions"

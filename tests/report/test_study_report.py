@@ -78,7 +78,7 @@ def _write_workdir(workdir, with_select=True):
                                  {"N0004_s0004_q00000.json": (0, np.array(ATTEMPT_CHAINS))},
                                  SEED, {"N0004_s0004_q00000.json": ATTEMPT_FIRST_ERRORS}))
   io_utils.write_json_atomic(os.path.join(workdir, "stages", "train_revision_verifier.json"), {
-      "stage": "train_revision_verifier", "seconds": 1.0, "summary": {
+      "stage": "train_revision_verifier", "seconds": 1.0, "compile_seconds": 0.4, "summary": {
           "heldout_outcome_auc": {"revision_verifier": 0.8, "base_prm": 0.7},
           "heldout_auc_advantage": {"difference": 0.1, "interval": [-0.05, 0.25],
                                     "num_questions": 30}}})
@@ -243,7 +243,9 @@ def test_report_accuracy_and_difficulty_sections(built):
           "and 1.5e+06 FLOPs per question.") in markdown
   assert "Not run (stage `flops_matched`)." in markdown
   assert results["flops_matched"] is None
-  assert "| train_revision_verifier | 1.0 |" in markdown and "| total | 1.0 |" in markdown
+  assert "| train_revision_verifier | 1.0 | 0.4 |" in markdown
+  assert "| total | 1.0 | 0.4 |" in markdown
+  assert results["stage_compile_seconds"] == {"train_revision_verifier": 0.4}
 
 
 def test_engine_check_compares_tree_search_with_best_of_n_per_verifier(built):

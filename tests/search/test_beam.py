@@ -133,6 +133,27 @@ def test_distinct_prefixes_are_compared_within_a_group_only():
   np.testing.assert_array_equal(source, [0, 1, 0, 1, 4, 5, 4, 5])
 
 
+def test_groups_within_a_block_select_as_blocks_of_the_group_size():
+  """Fails if a traced group size inside a question's block of rows selects
+  differently from blocks of that size (DVTS subtrees sharing beam search's
+  compiled program), with copies, finished rows and ties."""
+  rng = np.random.default_rng(0)
+  block, rows = 8, 32
+  beam_width_traced = jax.jit(beam.keep_top_beams, static_argnums=2)
+  for trial in range(8):
+    scores = jnp.asarray(rng.choice([0.1, 0.5, 0.9], rows), jnp.float32)
+    live = jnp.asarray(rng.random(rows) < 0.8)
+    tokens = jnp.asarray(rng.integers(0, 2, (rows, 2)), jnp.int32)
+    lengths = jnp.asarray(rng.integers(1, 3, rows), jnp.int32)
+    for group in (1, 2, 4, 8):
+      for width in sorted({1, 2, group} & set(range(1, group + 1))):
+        prefixes = (tokens, lengths) if trial % 2 else (None, None)
+        expected = beam.keep_top_beams(scores, live, group, width, *prefixes)
+        grouped = beam_width_traced(scores, live, block, jnp.int32(width), *prefixes,
+                                    group_size=jnp.int32(group))
+        np.testing.assert_array_equal(grouped, expected, err_msg=f"group {group}, M {width}")
+
+
 # ------------------------------------------------------------- programs
 
 
@@ -187,8 +208,9 @@ def test_copies_of_a_prefix_share_one_lookahead_rollout(monkeypatch):
   rows = [tuple(shared.tokens[r, :shared.lengths[r]].tolist()) for r in range(2 * N)]
   assert len(set(rows[:N])) < N, "this seed must repeat a prefix"
   # Every row its own first copy: each row rolled out by itself.
-  monkeypatch.setattr(beam, "first_copy_of", lambda tokens, lengths, live: jnp.broadcast_to(
-      jnp.arange(tokens.shape[1], dtype=jnp.int32), live.shape))
+  monkeypatch.setattr(beam, "first_copy_of", lambda tokens, lengths, live, groups=None:
+                      jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32),
+                                       live.shape))
   alone = run()
   np.testing.assert_array_equal(shared.tokens, alone.tokens)
   np.testing.assert_allclose(shared.scores, alone.scores, rtol=1e-6)

@@ -19,6 +19,7 @@ import jax
 from etils import epath
 
 from ttscale import io_utils, layout
+from ttscale.compile_clock import CompileClock
 from ttscale.pipeline import workdir_lock
 from ttscale.pipeline.config_checks import check_config
 from ttscale.pipeline.context import Context
@@ -100,13 +101,16 @@ def run_stage(ctx: Context, name: str) -> dict:
   ctx.log(f"stage {name}: running")
   started = time.time()
   stage = STAGES[name]
-  summary = stage.run(ctx)
+  with CompileClock() as compiling:
+    summary = stage.run(ctx)
   record = {"stage": name, "seconds": time.time() - started,
+            "compile_seconds": round(compiling.seconds, 1),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "summary": summary,
             "inputs": stage_inputs(ctx.config, stage),
             "outputs": {relative: digest(ctx.path(relative)) for relative in stage.vouches_for}}
   io_utils.write_json_atomic(marker, record)
-  ctx.log(f"stage {name}: done in {format_seconds(record['seconds'])}")
+  ctx.log(f"stage {name}: done in {format_seconds(record['seconds'])} "
+          f"({format_seconds(compiling.seconds)} of it compiling)")
   return record
 
 

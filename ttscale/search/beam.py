@@ -28,6 +28,11 @@ A row finishes when it ends its solution, runs out of tokens or cache, or its
 step does not end within `max_step_tokens`. Finished rows are kept as they are
 (never dropped or overwritten) and count toward the N candidates returned.
 The loop stops when every row has finished or after `max_rounds` rounds.
+
+The beam width M and the group size may come in as traced scalars
+(`BeamWidths`), so that beam search and DVTS at one budget and lookahead, at
+every M, run one compiled program: on CPU a cold sweep spends much of its
+time compiling, one program per setting.
 """
 
 from __future__ import annotations
@@ -74,6 +79,18 @@ class BeamConfig:
 
 
 @struct.dataclass
+class BeamWidths:
+  """A tree search's widths as program inputs; they override `BeamConfig`'s."""
+  beam_width: jax.Array  # int32 []: M, dividing the group size
+  group_size: jax.Array  # int32 []: rows that compete (the budget N, or M for DVTS)
+
+  @classmethod
+  def of(cls, config: BeamConfig) -> BeamWidths:
+    return cls(beam_width=jnp.asarray(config.beam_width, jnp.int32),
+               group_size=jnp.asarray(config.group, jnp.int32))
+
+
+@struct.dataclass
 class BeamState:
   round: jax.Array          # int32 []: rounds done
   policy_cache: KVCache     # rows [B = Q·N]
@@ -104,20 +121,24 @@ class _Rows:
   lowest: jax.Array         # float32 [B]
 
 
-def first_copies(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.Array:
+def first_copies(tokens: jax.Array, lengths: jax.Array, live: jax.Array,
+                 groups: jax.Array | None = None) -> jax.Array:
   """Which live rows are the first (lowest index) of their token-identical prefix.
 
   Args:
     tokens: int32 [G, n, T] (0 past each row's length); lengths: int32 [G, n];
     live: bool [G, n]; rows are compared within their group only.
+    groups: int32 [G, n], given, splits each group further: rows are
+      compared only with rows of the same value.
 
   Returns:
     bool [G, n]: live and no live row before it in its group is identical.
   """
-  return live & (first_copy_of(tokens, lengths, live) == jnp.arange(tokens.shape[1]))
+  return live & (first_copy_of(tokens, lengths, live, groups) == jnp.arange(tokens.shape[1]))
 
 
-def first_copy_of(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax.Array:
+def first_copy_of(tokens: jax.Array, lengths: jax.Array, live: jax.Array,
+                  groups: jax.Array | None = None) -> jax.Array:
   """Each live row's first (lowest index) live row of the same prefix, itself if none.
 
   Args: as `first_copies`.
@@ -128,30 +149,39 @@ def first_copy_of(tokens: jax.Array, lengths: jax.Array, live: jax.Array) -> jax
   """
   same = ((lengths[:, :, None] == lengths[:, None, :])
           & jnp.all(tokens[:, :, None, :] == tokens[:, None, :, :], axis=-1))  # [G, i, j]
+  if groups is not None:
+    same &= groups[:, :, None] == groups[:, None, :]
   # A live row is the same as itself, so its first match is at or before it.
   first = jnp.argmax(same & live[:, None, :], axis=2).astype(jnp.int32)
   return jnp.where(live, first, jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :])
 
 
-def keep_top_beams(scores: jax.Array, live: jax.Array, group_size: int, beam_width: int,
-                   tokens: jax.Array | None = None,
-                   lengths: jax.Array | None = None) -> jax.Array:
+def keep_top_beams(scores: jax.Array, live: jax.Array, block_size: int, beam_width,
+                   tokens: jax.Array | None = None, lengths: jax.Array | None = None,
+                   group_size=None) -> jax.Array:
   """Where each row's next content comes from, per group of rows.
 
   Args:
-    scores: float [B]; live: bool [B] (rows still searching); B = groups ·
-      `group_size` (a group is a question's N rows, or a DVTS subtree).
+    scores: float [B]; live: bool [B] (rows still searching); B = blocks ·
+      `block_size` (static: a question's N rows).
+    beam_width: M, an int or a traced int32 scalar.
     tokens, lengths: int32 [B, T] and [B], each row's prefix. Given, rows with
       token-identical prefixes count once: distinct prefixes are kept first,
       copies only fill slots that distinct prefixes cannot.
+    group_size: rows that compete, consecutive within a block and dividing
+      `block_size` (a DVTS subtree's M); an int or a traced int32 scalar;
+      default the whole block.
 
   Returns:
     int32 [B] source rows: a finished row keeps itself; the L live rows of a
     group are filled with its best ceil(L/M) live rows (ties: lower index),
     in rank order, cycling, so each kept row gets about M slots.
   """
-  scores = scores.reshape(-1, group_size)
-  live = live.reshape(-1, group_size)
+  scores = scores.reshape(-1, block_size)
+  live = live.reshape(-1, block_size)
+  columns = jnp.arange(block_size)
+  size = block_size if group_size is None else group_size
+  group_of = columns // size                                                 # [n]
   # Live rows first, best first (stable: ties keep row order).
   order = jnp.argsort(jnp.where(live, -scores, jnp.inf), axis=1, stable=True)
   if tokens is not None:
@@ -161,15 +191,23 @@ def keep_top_beams(scores: jax.Array, live: jax.Array, group_size: int, beam_wid
         tokens.reshape(*live.shape, -1), order[:, :, None], axis=1)
     ranked_live = jnp.take_along_axis(live, order, axis=1)
     distinct = first_copies(ranked_tokens, jnp.take_along_axis(
-        lengths.reshape(live.shape), order, axis=1), ranked_live)
+        lengths.reshape(live.shape), order, axis=1), ranked_live, group_of[order])
     tier = jnp.where(distinct, 0, jnp.where(ranked_live, 1, 2))
     order = jnp.take_along_axis(order, jnp.argsort(tier, axis=1, stable=True), axis=1)
-  num_live = live.sum(axis=1, keepdims=True)
+  # Groups in turn, each in its rank order: group g's ranks fill positions
+  # g·group_size onwards.
+  order = jnp.take_along_axis(order, jnp.argsort(group_of[order], axis=1, stable=True), axis=1)
+  same_group = group_of[:, None] == group_of[None, :]                        # [n, n]
+  num_live = live.astype(jnp.int32) @ same_group.astype(jnp.int32)           # [blocks, n]
   num_kept = jnp.maximum((num_live + beam_width - 1) // beam_width, 1)
-  live_rank = jnp.cumsum(live, axis=1) - 1
-  source = jnp.take_along_axis(order, live_rank % num_kept, axis=1)
-  within = jnp.where(live, source, jnp.arange(group_size)[None, :])
-  offsets = jnp.arange(scores.shape[0])[:, None] * group_size
+  # Live rows before each row in its own group.
+  live_before = jnp.cumsum(live, axis=1) - live
+  group_start = group_of * size
+  live_rank = live_before - jnp.take_along_axis(live_before, jnp.broadcast_to(
+      group_start, live.shape), axis=1)
+  source = jnp.take_along_axis(order, group_start + live_rank % num_kept, axis=1)
+  within = jnp.where(live, source, columns[None, :])
+  offsets = jnp.arange(scores.shape[0])[:, None] * block_size
   return (within + offsets).reshape(-1)
 
 
@@ -276,12 +314,14 @@ def _distinct_live_prefixes(tokens, lengths, finished, budget: int) -> jax.Array
 
 
 def beam_search(models: common.SearchModels, policy_params, prm_params, prompts, lengths,
-                rng, *, config: BeamConfig) -> Candidates:
+                rng, widths: BeamWidths | None = None, *, config: BeamConfig) -> Candidates:
   """N candidates per question by verifier-guided tree search: beam (k = 0),
   lookahead (k > 0), or DVTS (`config.group_size` = M).
 
   Args:
     prompts: int32 [Q, P] left-padded; lengths: int32 [Q]; rng: PRNG key.
+    widths: given, the beam width and group size, in place of `config`'s
+      (whose other fields fix the program).
 
   Returns:
     `Candidates` with Q·N rows, question-major; finished or not, every row is
@@ -298,6 +338,7 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
   rows = started.pending.shape[0]
   budget_tokens = config.max_new_tokens
   exact = models.exact_verifier
+  widths = widths or BeamWidths.of(config)
 
   def cond(state: BeamState):
     return (state.round < config.max_rounds) & ~jnp.all(state.finished)
@@ -344,7 +385,8 @@ def beam_search(models: common.SearchModels, policy_params, prm_params, prompts,
     finished = state.finished | (live & (step.ended_solution | step.truncated | out_of_room))
     lengths_now = jnp.minimum(new_lengths, budget_tokens)
     prefixes = (tokens, lengths_now) if config.distinct else (None, None)
-    source = keep_top_beams(scores, ~finished, config.group, config.beam_width, *prefixes)
+    source = keep_top_beams(scores, ~finished, n, widths.beam_width, *prefixes,
+                            group_size=widths.group_size)
     kept = sampling.gather_rows(_Rows(
         policy_cache=policy_cache, pending=step.pending, prm_cache=prm_cache, tokens=tokens,
         lengths=lengths_now, finished=finished, scores=scores, lowest=lowest), source)

@@ -90,17 +90,43 @@ def questions_per_batch(budget: int, rows: int) -> int:
   return max(rows // budget, 1)
 
 
+def program_setting(setting: SearchSetting) -> SearchSetting:
+  """The setting whose compiled program runs `setting`.
+
+  Tree settings at one budget, lookahead and verifier share a program, beam
+  search and DVTS at every beam width: those come in as inputs
+  (`beam.BeamWidths`). On CPU a cold sweep spends much of its time
+  compiling, so fewer programs is time saved.
+  """
+  if setting.method == "best_of_n":
+    return setting
+  return dataclasses.replace(setting, method="lookahead" if setting.lookahead else "beam",
+                             beam_width=setting.budget)
+
+
+def program_widths(setting: SearchSetting) -> beam.BeamWidths:
+  """The inputs that make `program_setting(setting)`'s program run `setting`
+  (ignored by best-of-N's)."""
+  if setting.method == "best_of_n":
+    return beam.BeamWidths(beam_width=np.int32(1), group_size=np.int32(setting.budget))
+  return beam.BeamWidths(beam_width=np.int32(setting.beam_width),
+                         group_size=np.int32(setting.group_size))
+
+
 def search_program(models: common.SearchModels, setting: SearchSetting,
                    options: SearchOptions, step_id: int, eos_id: int):
   """The program of one setting, not jitted: `(policy_params, prm_params,
-  prompts, lengths, rng) -> Candidates` for one batch."""
+  prompts, lengths, rng, widths) -> Candidates` for one batch, `widths`
+  (`program_widths`) the tree's beam width and group size."""
   if setting.method == "best_of_n":
     sampler_config = sampling.SamplerConfig(
         rule=options.rule, stop_at=sampling.StopAt.SOLUTION,
         max_new_tokens=options.max_new_tokens, step_id=step_id, eos_id=eos_id)
-    return functools.partial(best_of_n.best_of_n, models,
+    pool = functools.partial(best_of_n.best_of_n, models,
                              num_samples=setting.budget, sampler_config=sampler_config,
                              aggregation=options.aggregation)
+    return lambda policy_params, prm_params, prompts, lengths, rng, widths: pool(
+        policy_params, prm_params, prompts, lengths, rng)
   config = beam.BeamConfig(
       budget=setting.budget, beam_width=setting.beam_width, lookahead=setting.lookahead,
       max_rounds=options.max_rounds, max_new_tokens=options.max_new_tokens,
@@ -114,9 +140,10 @@ def search_program(models: common.SearchModels, setting: SearchSetting,
 def compiled_search(models: common.SearchModels, setting: SearchSetting,
                     options: SearchOptions, step_id: int, eos_id: int,
                     devices: tuple = ()):
-  """The jitted program of one setting over `devices` (default: this
-  process's first device): `(policy_params, prm_params, prompts, lengths,
-  rngs) -> Candidates`, each input and output stacked on a leading axis of
+  """The jitted program of one setting (`program_setting`) over `devices`
+  (default: this process's first device): `(policy_params, prm_params,
+  prompts, lengths, rngs, widths) -> Candidates`, each input but the
+  parameters and `widths` and each output stacked on a leading axis of
   `len(devices)` batches, batch g run whole on device g.
 
   One `shard_map`ped program for all the devices: a program jitted for one
@@ -129,14 +156,14 @@ def compiled_search(models: common.SearchModels, setting: SearchSetting,
   program = search_program(models, setting, options, step_id, eos_id)
   mesh = Mesh(np.asarray(devices), (_BATCHES,))
 
-  def one_batch_per_device(policy_params, prm_params, prompts, lengths, rngs):
-    out = program(policy_params, prm_params, prompts[0], lengths[0], rngs[0])
+  def one_batch_per_device(policy_params, prm_params, prompts, lengths, rngs, widths):
+    out = program(policy_params, prm_params, prompts[0], lengths[0], rngs[0], widths)
     return jax.tree.map(lambda x: x[None], out)
 
-  stacked = PartitionSpec(_BATCHES)
+  stacked, shared = PartitionSpec(_BATCHES), PartitionSpec()
   return jax.jit(jax.shard_map(
       one_batch_per_device, mesh=mesh,
-      in_specs=(PartitionSpec(), PartitionSpec(), stacked, stacked, stacked),
+      in_specs=(shared, shared, stacked, stacked, stacked, shared),
       out_specs=stacked, check_vma=False))
 
 
@@ -146,7 +173,8 @@ _BATCHES = "batches"  # the mesh axis of `compiled_search`: one batch per device
 @functools.lru_cache(maxsize=64)
 def _compiled_per_device(models: common.SearchModels, setting: SearchSetting,
                          options: SearchOptions, step_id: int, eos_id: int):
-  """The jitted program of one setting for one batch (see `_run_per_device`)."""
+  """The jitted program of one setting (`program_setting`) for one batch (see
+  `_run_per_device`)."""
   return jax.jit(search_program(models, setting, options, step_id, eos_id))
 
 
@@ -218,26 +246,28 @@ def search_batches(setting: SearchSetting, models: common.SearchModels, policy_p
   if len(rngs) != len(batches):
     raise ValueError(f"{len(rngs)} PRNG keys for {len(batches)} batches")
   params = _this_process((policy_params, prm_params))
-  program_key = (models, setting, options, tokenizer.step_id, tokenizer.eos_id)
+  program_key = (models, program_setting(setting), options, tokenizer.step_id,
+                 tokenizer.eos_id)
+  widths = program_widths(setting)
   if models.exact_verifier is None:
     outputs = _run_in_groups(compiled_search(*program_key, local), params,
-                             [inputs(number) for number in mine], local)
+                             [inputs(number) for number in mine], widths, local)
   else:
     outputs = _run_per_device(_compiled_per_device(*program_key), params,
-                              [inputs(number) for number in mine], local)
+                              [inputs(number) for number in mine], widths, local)
   if any(device.process_index != here for device in devices):  # others ran the rest
-    like = jax.eval_shape(search_program(*program_key), *params, *inputs(0))
+    like = jax.eval_shape(search_program(*program_key), *params, *inputs(0), widths)
     outputs = _exchange(dict(zip(mine, outputs, strict=True)), owners, like)
   seconds = (time.time() - started) / sum(len(b) for b in batches)
   return [_results(setting.budget, tokenizer, task, len(questions), out, seconds)
           for questions, out in zip(batches, outputs, strict=True)]
 
 
-def _run_in_groups(run, params, batch_inputs: list, devices: tuple) -> list:
+def _run_in_groups(run, params, batch_inputs: list, widths, devices: tuple) -> list:
   """Outputs of `run` (`compiled_search` over `devices`) on every batch's
-  inputs, a group of one batch per device at a time."""
+  inputs and the shared `widths`, a group of one batch per device at a time."""
   mesh = Mesh(np.asarray(devices), (_BATCHES,))
-  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  params, widths = jax.device_put((params, widths), NamedSharding(mesh, PartitionSpec()))
   outputs = []
   for start in range(0, len(batch_inputs), len(devices)):
     group = batch_inputs[start:start + len(devices)]
@@ -247,26 +277,29 @@ def _run_in_groups(run, params, batch_inputs: list, devices: tuple) -> list:
         lambda *xs: jax.numpy.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs),
         *padded)
     stacked = jax.device_put(stacked, NamedSharding(mesh, PartitionSpec(_BATCHES)))
-    out = jax.tree.map(np.asarray, run(*params, *stacked))
+    out = jax.tree.map(np.asarray, run(*params, *stacked, widths))
     outputs += [jax.tree.map(lambda x, g=g: x[g], out) for g in range(len(group))]
   return outputs
 
 
-def _run_per_device(run, params, batch_inputs: list, devices: tuple) -> list:
-  """Outputs of `run` (jitted for one batch) on every batch's inputs, batch
-  j on device j % len(devices), one host thread per device.
+def _run_per_device(run, params, batch_inputs: list, widths, devices: tuple) -> list:
+  """Outputs of `run` (jitted for one batch) on every batch's inputs and the
+  shared `widths`, batch j on device j % len(devices), one host thread per
+  device.
 
   For programs with a host callback (the exact verifier): inside a program
   over several devices, a callback's inputs go to the first device, which
   waits for that program to end, and it never does. Each device compiles its
   own copy.
   """
-  params_on = {device: jax.device_put(params, device) for device in devices}
+  params_on = {device: jax.device_put((params, widths), device) for device in devices}
 
   def run_one(j: int):
     device = devices[j % len(devices)]
-    return jax.tree.map(np.asarray, run(*params_on[device],
-                                        *jax.device_put(batch_inputs[j], device)))
+    device_params, device_widths = params_on[device]
+    return jax.tree.map(np.asarray, run(*device_params,
+                                        *jax.device_put(batch_inputs[j], device),
+                                        device_widths))
 
   return parallel.run_on_devices(run_one, len(batch_inputs), len(devices))
 
