@@ -203,8 +203,7 @@ def keep_top_beams(scores: jax.Array, live: jax.Array, block_size: int, beam_wid
   # Live rows before each row in its own group.
   live_before = jnp.cumsum(live, axis=1) - live
   group_start = group_of * size
-  live_rank = live_before - jnp.take_along_axis(live_before, jnp.broadcast_to(
-      group_start, live.shape), axis=1)
+  live_rank = live_before - live_before[:, group_start]
   source = jnp.take_along_axis(order, group_start + live_rank % num_kept, axis=1)
   within = jnp.where(live, source, columns[None, :])
   offsets = jnp.arange(scores.shape[0])[:, None] * block_size
