@@ -1,7 +1,8 @@
 """Scoring and answer selection: one score per solution, one answer per question.
 
-Pure and vectorised (jax.numpy, so usable inside jitted search programs and
-on numpy arrays alike). Solutions are identified by their index in a
+Pure and vectorised numpy, run on the host over decoded answers (in
+jax.numpy each eager op compiled once per new shape: ~5% of the tiny study's
+time). Solutions are identified by their index in a
 `[questions, N]` layout; a selector returns, per question, the index of a
 sample whose final answer it picks, or -1 when no sample has an answer.
 
@@ -20,14 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 STEP_AGGREGATIONS = ("last", "min", "prod")
 SELECTORS = ("best_of_n", "weighted_best_of_n", "majority")
 
 
-def aggregate_steps(step_scores, step_mask, how: str):
+def aggregate_steps(step_scores, step_mask, how: str) -> np.ndarray:
   """One score per solution from its step scores.
 
   Args:
@@ -36,22 +36,23 @@ def aggregate_steps(step_scores, step_mask, how: str):
     how: "last", "min" or "prod".
 
   Returns:
-    float [...]; 0 for a solution without any step.
+    float32 [...]; 0 for a solution without any step.
   """
-  step_scores = jnp.asarray(step_scores, jnp.float32)
-  step_mask = jnp.asarray(step_mask, bool)
+  if how not in STEP_AGGREGATIONS:
+    raise ValueError(f"step aggregation {how!r}: expected one of {STEP_AGGREGATIONS}")
+  step_scores = np.asarray(step_scores, np.float32)
+  step_mask = np.asarray(step_mask, bool)
   has_steps = step_mask.any(axis=-1)
   if how == "last":
     count = step_mask.sum(axis=-1)
-    last = jnp.take_along_axis(
-        step_scores, jnp.maximum(count - 1, 0)[..., None], axis=-1)[..., 0]
     # Steps are a prefix of the row; the last real one is at count - 1.
-    return jnp.where(has_steps, last, 0.0)
-  if how == "min":
-    return jnp.where(has_steps, jnp.where(step_mask, step_scores, jnp.inf).min(axis=-1), 0.0)
-  if how == "prod":
-    return jnp.where(has_steps, jnp.where(step_mask, step_scores, 1.0).prod(axis=-1), 0.0)
-  raise ValueError(f"step aggregation {how!r}: expected one of {STEP_AGGREGATIONS}")
+    aggregate = np.take_along_axis(
+        step_scores, np.maximum(count - 1, 0)[..., None], axis=-1)[..., 0]
+  elif how == "min":
+    aggregate = np.where(step_mask, step_scores, np.inf).min(axis=-1)
+  else:
+    aggregate = np.where(step_mask, step_scores, 1.0).prod(axis=-1)
+  return np.where(has_steps, aggregate, 0.0).astype(np.float32)
 
 
 def answer_ids(answers: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, np.ndarray]:
@@ -76,18 +77,18 @@ def answer_ids(answers: Sequence[Sequence[str | None]]) -> tuple[np.ndarray, np.
   return ids, ids >= 0
 
 
-def _pick(totals, valid):
+def _pick(totals, valid) -> np.ndarray:
   """Index of the first valid sample with the largest total, or -1."""
-  totals = jnp.where(valid, totals, -jnp.inf)
-  return jnp.where(valid.any(axis=-1), jnp.argmax(totals, axis=-1), -1)
+  totals = np.where(valid, totals, -np.inf)
+  return np.where(valid.any(axis=-1), np.argmax(totals, axis=-1), -1).astype(np.int32)
 
 
-def best_of_n(scores, valid):
+def best_of_n(scores, valid) -> np.ndarray:
   """int32 [questions]: the valid sample with the highest score [questions, N]."""
-  return _pick(jnp.asarray(scores, jnp.float32), jnp.asarray(valid, bool))
+  return _pick(np.asarray(scores, np.float32), np.asarray(valid, bool))
 
 
-def weighted_best_of_n(ids, scores, valid):
+def weighted_best_of_n(ids, scores, valid) -> np.ndarray:
   """int32 [questions]: a sample of the answer with the largest score sum.
 
   Args:
@@ -95,15 +96,15 @@ def weighted_best_of_n(ids, scores, valid):
     scores: float [questions, N].
     valid: bool [questions, N].
   """
-  ids, valid = jnp.asarray(ids), jnp.asarray(valid, bool)
+  ids, valid = np.asarray(ids), np.asarray(valid, bool)
   same = (ids[:, :, None] == ids[:, None, :]) & valid[:, :, None] & valid[:, None, :]
-  # --> [questions, N]: each sample's answer's total score.
-  totals = jnp.einsum("qij,qj->qi", same.astype(jnp.float32),
-                      jnp.asarray(scores, jnp.float32))
+  # --> [questions, N]: each sample's answer's total score, summed in float64
+  # so that equal sets of scores tie exactly whatever their order.
+  totals = np.einsum("qij,qj->qi", same, np.asarray(scores, np.float32).astype(np.float64))
   return _pick(totals, valid)
 
 
-def hierarchical_weighted_best_of_n(ids, scores, valid):
+def hierarchical_weighted_best_of_n(ids, scores, valid) -> np.ndarray:
   """int32 [questions]: weighted best-of-N within each chain, then across chains.
 
   Each chain picks the answer with the largest score sum over its own
@@ -117,27 +118,25 @@ def hierarchical_weighted_best_of_n(ids, scores, valid):
     int32 [questions]: the flat index `chain * attempts + attempt` of an
     attempt giving the chosen answer, or -1 when no attempt has an answer.
   """
-  ids, valid = jnp.asarray(ids), jnp.asarray(valid, bool)
-  scores = jnp.asarray(scores, jnp.float32)
+  ids, valid = np.asarray(ids), np.asarray(valid, bool)
+  scores = np.asarray(scores, np.float32).astype(np.float64)
   questions, chains, attempts = ids.shape
   flat = (questions * chains, attempts)
-  pick = weighted_best_of_n(ids.reshape(flat), scores.reshape(flat), valid.reshape(flat))
-  picked = jnp.maximum(pick, 0)[:, None]
-  same = (ids.reshape(flat) == jnp.take_along_axis(ids.reshape(flat), picked, axis=1))
-  weight = jnp.where(same & valid.reshape(flat), scores.reshape(flat), 0.0).sum(axis=1)
-  chain_ids = jnp.take_along_axis(ids.reshape(flat), picked, axis=1)[:, 0]
-  chain_valid = pick >= 0
+  ids, valid, scores = ids.reshape(flat), valid.reshape(flat), scores.reshape(flat)
+  pick = weighted_best_of_n(ids, scores, valid)
+  chain_ids = np.take_along_axis(ids, np.maximum(pick, 0)[:, None], axis=1)[:, 0]
+  weight = np.where((ids == chain_ids[:, None]) & valid, scores, 0.0).sum(axis=1)
   chain = weighted_best_of_n(chain_ids.reshape(questions, chains),
                              weight.reshape(questions, chains),
-                             chain_valid.reshape(questions, chains))
-  within = jnp.take_along_axis(pick.reshape(questions, chains),
-                               jnp.maximum(chain, 0)[:, None], axis=1)[:, 0]
-  return jnp.where(chain >= 0, chain * attempts + within, -1)
+                             (pick >= 0).reshape(questions, chains))
+  within = np.take_along_axis(pick.reshape(questions, chains),
+                              np.maximum(chain, 0)[:, None], axis=1)[:, 0]
+  return np.where(chain >= 0, chain * attempts + within, -1).astype(np.int32)
 
 
-def majority(ids, valid):
+def majority(ids, valid) -> np.ndarray:
   """int32 [questions]: a sample of the most frequent answer."""
-  return weighted_best_of_n(ids, jnp.ones(jnp.shape(ids), jnp.float32), valid)
+  return weighted_best_of_n(ids, np.ones(np.shape(ids), np.float32), valid)
 
 
 def select(selector: str, ids, scores, valid):

@@ -12,16 +12,43 @@ The directory may be a URL (`gs://...`): orbax takes it as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
 from ttscale import io_utils
 from ttscale.diffs import first_difference
 from ttscale.models.config import comparable_records
+
+# Orbax saves a replicated array by having each replica write a slice of it,
+# cut by an eager `slice` that XLA compiles once per array shape and device:
+# 2.9 s for ten small arrays on 8 CPU devices, against 0.04 s whole. Only
+# slices of at least this many bytes are worth cutting (a large model's
+# weights on many hosts); smaller arrays are written whole by one replica.
+MIN_REPLICA_SLICE_BYTES = 4 << 20
+
+
+def _register_array_handler() -> None:
+  """Replaces orbax's handler of jax.Array by one with our slice threshold."""
+  # Orbax logs a warning on every override; a launcher's stderr is kept to
+  # one line for bad input, so the override is made with absl's logger quiet.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 
 def _vocab_size(spec: dict) -> int | None:
