@@ -28,7 +28,8 @@ included), and the PRM's share of the time (each program timed again with
 its PRM calls left out); see `launch.bench_lib.search_benchmark`.
 
 `train`: training steps per second of the policy, the larger policy and the
-PRM at their configs' batch sizes and a row width of `data.seq_len`, tokens/s,
+PRM at their configs' batch sizes and a row width of `data.seq_len`, and of
+the revision model on rows of `revision.seq_len`, tokens/s,
 and the fraction of the matmul rate measured in the same run (a step counted
 as 3x the forward FLOPs, 1x for a PRM whose trunk stays as trained); see
 `launch.bench_lib.train_benchmark`.

@@ -274,8 +274,9 @@ def _value_batch(rng: np.random.Generator, batch: int, width: int, vocab_size: i
 
 def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
   """Training throughput of the policy, the larger policy and the PRM, each at its
-  config's batch size and a row width of `data.seq_len`, against the machine's
-  measured matmul rate.
+  config's batch size and a row width of `data.seq_len`, and of the revision
+  model (the policy fine-tuned on rows of `revision.seq_len`, at
+  `revision_train.batch_size`), against the machine's measured matmul rate.
 
   A training step costs about 3x the forward FLOPs (backward: 2x), counted at
   the mean context (half the width): `3 * flops_per_token(width / 2)` per
@@ -295,12 +296,15 @@ def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
   # A PRM that reads its trunk's step likelihood keeps the trunk as trained
   # (no gradient through it): a step costs one forward, not three.
   prm_passes = 1 if config.verifier_train.step_likelihood else 3
-  setups = [("policy", config.model, config.train, LanguageModel, _lm_batch, "lm", 3),
-            ("large", config.large_model, config.train, LanguageModel, _lm_batch, "lm", 3),
-            ("prm", verifier_trunk, config.verifier_train, value_model, _value_batch, "value",
-             prm_passes)]
+  setups = [("policy", config.model, config.train, width, LanguageModel, _lm_batch, "lm", 3),
+            ("large", config.large_model, config.train, width, LanguageModel, _lm_batch,
+             "lm", 3),
+            ("prm", verifier_trunk, config.verifier_train, width, value_model, _value_batch,
+             "value", prm_passes),
+            ("revision", config.model, config.revision_train, config.revision.seq_len,
+             LanguageModel, _lm_batch, "lm", 3)]
   rows = []
-  for name, block, train_config, module, make_batch, loss, passes in setups:
+  for name, block, train_config, width, module, make_batch, loss, passes in setups:
     model_config = ModelConfig.from_config(block, vocab_size)
     graphdef, params = nnx.split(module(model_config, rngs=nnx.Rngs(0)))
     forward = policy_forward_fn(graphdef)
@@ -335,5 +339,5 @@ def train_benchmark(config, vocab_size: int, steps: int = 5) -> dict:
                  "flops_per_second": round(flops_per_token * tokens_per_second),
                  "matmul_peak_fraction": round(flops_per_token * tokens_per_second
                                                / flops_rate, 3)})
-  return {"bench": "train", "width": width,
+  return {"bench": "train", "width": config.data.seq_len,
           "machine": {"matmul_flops_per_second": round(flops_rate)}, "train": rows}
