@@ -25,7 +25,7 @@ from ttscale.models import (
   policy_forward_fn,
 )
 from ttscale.models.kv_cache import continue_shared
-from ttscale.models.transformer import RMSNorm, _softmax_mix, dense_attention
+from ttscale.models.transformer import RMSNorm, _softmax_mix, dense_attention, soft_cap
 
 BATCH = 3
 GAP = 64       # rows that wait two whole attention blocks of the cache
@@ -289,19 +289,32 @@ def test_config_rejects_bad_architecture_options_naming_the_field(field, value):
     ModelConfig(vocab_size=16, **{field: value})
 
 
-def test_blocked_causal_attention_equals_one_block_over_every_key():
+@pytest.mark.parametrize("softcap", [0.0, 3.0])
+def test_blocked_causal_attention_and_its_gradient_equal_one_block_over_every_key(softcap):
   """Fails if a query block drops a key it may attend or misplaces a group's
-  rows: 100 tokens (two blocks), two query groups per kv head, packed segments."""
-  batch, kv_heads, groups, length, head_dim = 2, 2, 2, 100, 8
-  keys = jax.random.split(jax.random.key(0), 3)
+  rows, forward (200 tokens: five blocks) or differentiated (its own two
+  blocks): two query groups per kv head, packed segments."""
+  batch, kv_heads, groups, length, head_dim = 2, 2, 2, 200, 8
+  keys = jax.random.split(jax.random.key(0), 4)
   q = jax.random.normal(keys[0], (batch, kv_heads, groups * length, head_dim))
   k = jax.random.normal(keys[1], (batch, kv_heads, length, head_dim))
   v = jax.random.normal(keys[2], (batch, kv_heads, length, head_dim))
-  segments = jnp.asarray(np.repeat([[1, 2], [1, 1]], [37, 63], axis=1))
+  weights = jax.random.normal(keys[3], q.shape)
+  segments = jnp.asarray(np.repeat([[1, 2], [1, 1]], [77, 123], axis=1))
   mask = (jnp.tril(jnp.ones((length, length), bool))[None]
           & (segments[:, :, None] == segments[:, None, :]))
-  one_block = _softmax_mix(jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, 0.0)
-  np.testing.assert_allclose(dense_attention(q, k, v, mask), one_block, atol=1e-5)
+
+  def one_block(q, k, v):
+    return _softmax_mix(soft_cap(jnp.einsum("bkqd,bksd->bkqs", q, k), softcap) if softcap
+                        else jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, 0.0)
+
+  np.testing.assert_allclose(dense_attention(q, k, v, mask, softcap), one_block(q, k, v),
+                             atol=1e-5)
+  gradients = jax.grad(lambda *qkv: (dense_attention(*qkv, mask, softcap) * weights).sum(),
+                       argnums=(0, 1, 2))(q, k, v)
+  expected = jax.grad(lambda *qkv: (one_block(*qkv) * weights).sum(), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(gradients, expected, strict=True):
+    np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 # Every option of the released families at once (Gemma 3's layout, Qwen's

@@ -28,6 +28,8 @@ Two ways to run the trunk:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,39 +160,29 @@ def _softmax_mix(scores: jax.Array, mask: jax.Array, values: jax.Array,
   return jnp.einsum("bkqs,bksd->bkqd", weights, values)
 
 
-# Whole-sequence attention (`dense_attention`) goes in two query blocks.
-# Each block's backward pads its keys' and values' gradients to the full
-# length, so more blocks skip more of the causal triangle but pay more pads.
-# One train step on 2 CPU cores, seconds (the policy at batch 50 × 160
-# tokens; the revision model at 16 × 704): 17 blocks of 40 0.85 at 704;
-# 8 blocks 0.79; 4 blocks 0.21 at 160, 0.65 at 704; 3 blocks 0.22, 0.51;
-# 2 blocks 0.20, 0.53; 1 block 0.23, 0.61.
-_QUERY_BLOCKS = 2
+# Whole-sequence attention (`dense_attention`) goes in query blocks, each
+# over the keys up to its last query: more blocks skip more of the causal
+# triangle. But each block's backward pads its keys' and values' gradients to
+# the full length, so a differentiated call goes in 2 blocks, and a forward
+# one (scoring, validation) in one block per ~40 queries, at most 8.
+# Measured on 2 CPU cores, seconds:
+# - one train step of the policy at batch 50 × 160 tokens, and of the
+#   revision model at 16 × 704: 17 blocks –, 0.85; 8 blocks –, 0.79;
+#   4 blocks 0.21, 0.65; 3 blocks 0.22, 0.51; 2 blocks 0.20, 0.53;
+#   1 block 0.23, 0.61;
+# - the policy's forward pass at 16 × 704: 17 blocks 0.20, 8 blocks 0.17,
+#   2 blocks 0.26 (at 64 × 160 the larger policy's: 0.31–0.33 for all).
+_TRAINING_QUERY_BLOCKS = 2
+_QUERY_BLOCK = 40
+_MAX_QUERY_BLOCKS = 8
 
 
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                    mask: jax.Array, softcap: float = 0.0) -> jax.Array:
-  """Causal softmax attention of whole sequences (no cache).
-
-  The queries go in `_QUERY_BLOCKS` blocks, each over the keys up to its
-  last query only: a causal mask hides the later ones, so the first block's
-  scores against the second half of the keys (a quarter of the matrix) are
-  never computed. The result is that of one block up to
-  the order of float sums.
-
-  Args:
-    q: float [batch, kv_heads, groups * T, head_dim], already scaled.
-    k, v: float [batch, kv_heads, T, head_dim].
-    mask: bool [batch, T, T], causal: no query attends a later key.
-    softcap: soft cap of the scores (`soft_cap`); 0 is off.
-
-  Returns:
-    float [batch, kv_heads, groups * T, head_dim].
-  """
+def _blocked_attention(q, k, v, mask, softcap: float, num_blocks: int):
+  """`dense_attention` in `num_blocks` query blocks."""
   batch, kv_heads, rows, head_dim = q.shape
   length = k.shape[2]
   groups = rows // length
-  num_blocks = min(_QUERY_BLOCKS, length)
+  num_blocks = max(1, min(num_blocks, length))
   bounds = [length * i // num_blocks for i in range(num_blocks + 1)]
   # --> [batch, kv_heads, groups, T, head_dim]: a block takes its queries of every group.
   q = q.reshape(batch, kv_heads, groups, length, head_dim)
@@ -201,6 +193,48 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     mixed.append(_softmax_mix(scores, mask[:, start:end, :end], v[:, :, :end], softcap)
                  .reshape(batch, kv_heads, groups, end - start, head_dim))
   return jnp.concatenate(mixed, axis=3).reshape(batch, kv_heads, rows, head_dim)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                    mask: jax.Array, softcap: float = 0.0) -> jax.Array:
+  """Causal softmax attention of whole sequences (no cache).
+
+  The queries go in blocks, each over the keys up to its last query only: a
+  causal mask hides the later ones, so part of the score matrix is never
+  computed. A forward call goes in one block per `_QUERY_BLOCK` queries (at
+  most `_MAX_QUERY_BLOCKS`); a differentiated one in
+  `_TRAINING_QUERY_BLOCKS`, forward and backward. Either result is that of
+  one block up to the order of float sums.
+
+  Args:
+    q: float [batch, kv_heads, groups * T, head_dim], already scaled.
+    k, v: float [batch, kv_heads, T, head_dim].
+    mask: bool [batch, T, T], causal: no query attends a later key.
+    softcap: soft cap of the scores (`soft_cap`); 0 is off.
+
+  Returns:
+    float [batch, kv_heads, groups * T, head_dim].
+  """
+  length = k.shape[2]
+  return _blocked_attention(q, k, v, mask, softcap,
+                            min(_MAX_QUERY_BLOCKS, length // _QUERY_BLOCK))
+
+
+def _dense_attention_forward(q, k, v, mask, softcap):
+  mixed, backward = jax.vjp(
+      lambda q, k, v: _blocked_attention(q, k, v, mask, softcap, _TRAINING_QUERY_BLOCKS),
+      q, k, v)
+  return mixed, backward
+
+
+def _dense_attention_backward(softcap, backward, gradient):
+  del softcap  # a static argument of the forward, closed over by `backward`
+  # The mask is boolean: no gradient.
+  return (*backward(gradient), None)
+
+
+dense_attention.defvjp(_dense_attention_forward, _dense_attention_backward)
 
 
 def cached_attention(q: jax.Array, keys_t: jax.Array, values: jax.Array,
