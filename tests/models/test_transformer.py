@@ -305,8 +305,7 @@ def test_blocked_causal_attention_and_its_gradient_equal_one_block_over_every_ke
           & (segments[:, :, None] == segments[:, None, :]))
 
   def one_block(q, k, v):
-    return _softmax_mix(soft_cap(jnp.einsum("bkqd,bksd->bkqs", q, k), softcap) if softcap
-                        else jnp.einsum("bkqd,bksd->bkqs", q, k), mask, v, 0.0)
+    return _softmax_mix(soft_cap(jnp.einsum("bkqd,bksd->bkqs", q, k), softcap), mask, v, 0.0)
 
   np.testing.assert_allclose(dense_attention(q, k, v, mask, softcap), one_block(q, k, v),
                              atol=1e-5)

@@ -222,10 +222,10 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
 
 def _dense_attention_forward(q, k, v, mask, softcap):
-  mixed, backward = jax.vjp(
+  """(the output, its backward) in `_TRAINING_QUERY_BLOCKS` blocks."""
+  return jax.vjp(
       lambda q, k, v: _blocked_attention(q, k, v, mask, softcap, _TRAINING_QUERY_BLOCKS),
       q, k, v)
-  return mixed, backward
 
 
 def _dense_attention_backward(softcap, backward, gradient):
